@@ -1,0 +1,130 @@
+"""The ``mtq.auto_quantize`` call and the plain per-layer-group data it yields."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .calibration import Batch
+from .errors import UserError
+from .schema import Method
+
+RECIPE_SUFFIX = ".quant_recipe"
+_BITS = re.compile(r"effective-bits:\s*([0-9.]+)")
+
+
+def _forward(model: torch.nn.Module, batch: Batch) -> Any:
+    return model(**batch, use_cache=False)
+
+
+def _loss(output: Any, batch: Batch) -> torch.Tensor:
+    return output.loss  # labels mask padding with -100
+
+
+def _logits_of_real_tokens(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    # kl_div compares logits directly: keep only positions that hold a caption token.
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits
+    return logits[batch["attention_mask"].bool()]
+
+
+def run(model: torch.nn.Module, batches: list[Batch], quant_cfg: dict[str, Any], *,
+        method: Method, modelopt_bits: float, frozen_patterns: list[str], num_score_steps: int,
+        checkpoint: str | None = None) -> dict[str, Any]:
+    """Calibrate on every batch, score on the first ``num_score_steps``, solve; return the state."""
+    import modelopt.torch.quantization as mtq
+
+    step_kwargs: dict[str, Any] = (
+        {"forward_step": _forward, "loss_func": _loss}
+        if method == Method.gradient
+        else {"forward_step": _logits_of_real_tokens}
+    )
+    try:
+        _, state = mtq.auto_quantize(
+            model,
+            constraints={"effective_bits": modelopt_bits},
+            quantization_formats=[quant_cfg],
+            data_loader=batches,
+            disabled_layers=frozen_patterns or None,
+            num_calib_steps=len(batches),
+            num_score_steps=num_score_steps,
+            method=method.value,
+            checkpoint=checkpoint,
+            **step_kwargs,
+        )
+    except ValueError as e:
+        if "infeasible" in str(e):
+            raise InfeasibleTarget(str(e)) from None
+        raise
+    return state
+
+
+class InfeasibleTarget(UserError):
+    """ModelOpt's feasibility check failed; the caller restates it in language-model bits."""
+
+
+def format_bits(fmt: str) -> float:
+    m = _BITS.search(fmt)
+    return float(m.group(1)) if m else math.nan
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """One runtime-grouped decision (e.g. q/k/v of one layer share a format)."""
+
+    formats: list[str]  # "FP8_DEFAULT_CFG(effective-bits: 8.0)", ..., "NONE(effective-bits: 16.0)"
+    scores: list[float]
+    costs: list[float]
+    modules: list[str]
+    chosen: str  # the format the solver picked
+    in_scope: bool
+
+    @property
+    def importance(self) -> float:
+        """Sensitivity: the largest score among quantized formats (NONE scores 0)."""
+        quantized = [s for f, s in zip(self.formats, self.scores) if not f.startswith("NONE")]
+        return max(quantized, default=0.0)
+
+    @property
+    def uncompressed_cost(self) -> float:
+        return max(self.costs)
+
+    @property
+    def chosen_cost(self) -> float:
+        return self.costs[self.formats.index(self.chosen)]
+
+
+def group_stats(state: dict[str, Any], frozen_patterns: list[str]) -> dict[str, GroupStats]:
+    """Plain per-group data from ModelOpt's search state, keyed by the recipe handle."""
+    best = state["best"]["recipe"]
+    out = {}
+    for handle, stats in state["candidate_stats"].items():
+        modules = list(stats.get("module_names", []))
+        frozen = bool(modules) and all(
+            any(fnmatch.fnmatch(m, p) for p in frozen_patterns) for m in modules
+        )
+        out[handle] = GroupStats(
+            formats=[str(f) for f in stats["formats"]],
+            scores=[float(s) for s in stats["scores"]],
+            costs=[float(c) for c in stats["costs"]],
+            modules=modules,
+            chosen=str(best[handle]),
+            in_scope=not frozen,
+        )
+    return out
+
+
+def achieved_scope_bits(groups: dict[str, GroupStats]) -> float:
+    """Average bits over in-scope weights of the solver's choice."""
+    scoped = [g for g in groups.values() if g.in_scope]
+    return 16.0 * sum(g.chosen_cost for g in scoped) / sum(g.uncompressed_cost for g in scoped)
+
+
+def min_scope_bits(groups: dict[str, GroupStats]) -> float:
+    scoped = [g for g in groups.values() if g.in_scope]
+    return 16.0 * sum(min(g.costs) for g in scoped) / sum(g.uncompressed_cost for g in scoped)

@@ -1,0 +1,93 @@
+"""Captions file -> calibration batches padded to their longest caption, padding masked out."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Captions:
+    path: Path
+    lines: tuple[str, ...]  # the captions used, in file order
+    available: int  # non-blank lines in the file
+    requested: int  # samples the config asked for
+
+    @property
+    def sha256(self) -> str:
+        """Digest of exactly the captions used (one per line), independent of blank lines."""
+        return hashlib.sha256("".join(f"{line}\n" for line in self.lines).encode()).hexdigest()
+
+
+def read_captions(path: str | Path, max_samples: int) -> Captions:
+    """The first ``max_samples`` non-blank lines of a UTF-8 captions file."""
+    path = Path(path)
+    if max_samples <= 0:
+        raise UserError(
+            f"The number of calibration samples must be positive, got {max_samples}. Set "
+            "dataset.size to small, medium or large, or dataset.max_calib_samples to a positive "
+            "integer."
+        )
+    if not path.is_file():
+        raise UserError(
+            f"Captions file '{path}' does not exist. Set dataset.captions_path to a UTF-8 text "
+            "file with one caption per line (the bundled file is used by default)."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"Captions file '{path}' is not UTF-8 text ({e.reason} at byte {e.start}). Save it as "
+            "UTF-8 with one caption per line."
+        ) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UserError(
+            f"Captions file '{path}' has no captions (it is empty or only blank lines). Put one "
+            "caption per line in it, or point dataset.captions_path at another file."
+        )
+    return Captions(path, tuple(lines[:max_samples]), len(lines), max_samples)
+
+
+Batch = dict[str, torch.Tensor]
+
+
+def build_batches(captions: list[str] | tuple[str, ...], tokenizer: Any, batch_size: int,
+                  seq_len: int) -> list[Batch]:
+    """Tokenize in batches of ``batch_size``, each padded only to its own longest caption.
+
+    ``labels`` repeat ``input_ids`` with padding set to -100 so the loss ignores it;
+    the model shifts labels itself.
+    """
+    if batch_size <= 0 or seq_len <= 0:
+        raise UserError(
+            f"autoquant.batch_size ({batch_size}) and dataset.calib_seq_len ({seq_len}) must be "
+            "positive integers."
+        )
+    batches = []
+    for start in range(0, len(captions), batch_size):
+        enc = tokenizer(
+            list(captions[start : start + batch_size]),
+            padding="longest",
+            truncation=True,
+            max_length=seq_len,
+            return_tensors="pt",
+        )
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        batches.append(
+            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        )
+    return batches
+
+
+def batch_tokens(batches: list[Batch]) -> tuple[int, int]:
+    """(real tokens, padded positions) over all batches: what padding to the longest saves."""
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    total = sum(b["input_ids"].numel() for b in batches)
+    return real, total

@@ -1,0 +1,1 @@
+"""Hydra entry points: turn a composed config into plain arguments and call the core."""

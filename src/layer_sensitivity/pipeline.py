@@ -1,0 +1,204 @@
+"""One sensitivity job as plain function calls: plan (validate, no model) then run.
+
+No Hydra, no MLflow: callers pass a ``SensitivityConfig`` and an output directory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import autoquant, calibration, catalogue, manifest, model, report
+from .errors import UserError
+from .schema import Coverage, Precision, SensitivityConfig
+
+BITS_TOLERANCE = 1e-9
+
+
+@dataclass
+class Plan:
+    """Everything decided before the model loads."""
+
+    cfg: SensitivityConfig
+    checkpoint: Path
+    device: str
+    captions: calibration.Captions
+    quant_cfg: dict[str, Any]
+    format_bits: float
+    target_bits: float  # requested average over the language model's quantizable weights
+    score_samples: int
+
+    @property
+    def scheme_name(self) -> str:
+        c = self.cfg
+        scope = "lm" if c.autoquant.coverage == Coverage.lm_only else "full"
+        return f"{c.model.name}_autoquant_{c.quant_pair.name}_{scope}_{c.dataset.size.value}"
+
+
+@dataclass
+class Result:
+    manifest: dict[str, Any]
+    files: list[Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def sample_count(cfg: SensitivityConfig) -> int:
+    d = cfg.dataset
+    if d.max_calib_samples is not None:
+        return d.max_calib_samples
+    if d.size.value not in d.size_samples:
+        raise UserError(
+            f"dataset.size={d.size.value} has no entry in dataset.size_samples "
+            f"({sorted(d.size_samples)}). Add one or set dataset.max_calib_samples."
+        )
+    return d.size_samples[d.size.value]
+
+
+def plan(cfg: SensitivityConfig) -> Plan:
+    """Validate the job and resolve every input that does not need the model."""
+    aq, pair = cfg.autoquant, cfg.quant_pair
+    for name, value in (("autoquant.batch_size", aq.batch_size),
+                        ("dataset.calib_seq_len", cfg.dataset.calib_seq_len),
+                        ("autoquant.score_size", aq.score_size),
+                        ("dataset.max_calib_samples", cfg.dataset.max_calib_samples)):
+        if value is not None and value <= 0:
+            raise UserError(f"{name}={value} must be a positive integer. Set it to 1 or more.")
+    device = model.resolve_device(cfg.model.device)
+    if pair.requires_cuda and not device.startswith("cuda"):
+        raise UserError(
+            f"quant_pair={pair.name} ({pair.description or pair.modelopt_base}) needs a CUDA "
+            f"device: ModelOpt's dynamic block quantization for {pair.weight.value} weights runs "
+            f"only on CUDA tensors, and this job runs on {device}. Choose a CPU-capable pair "
+            "(e.g. quant_pair=fp8, int8 or int4) or run on a GPU host."
+        )
+    checkpoint = model.checkpoint_dir(cfg.model)
+    captions = calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg))
+    quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
+    fmt_bits = catalogue.format_effective_bits(quant_cfg)
+    target = aq.effective_bits if aq.effective_bits is not None else fmt_bits
+    if not (fmt_bits - BITS_TOLERANCE <= target <= 16.0):
+        raise UserError(
+            f"autoquant.effective_bits={target:g} is out of reach for quant_pair={pair.name}: the "
+            f"language model can average between {fmt_bits:g} bits (every layer in "
+            f"{pair.modelopt_base}) and 16 bits (nothing quantized). Set "
+            f"autoquant.effective_bits to a value in [{fmt_bits:g}, 16], or null for {fmt_bits:g}."
+        )
+    score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
+    return Plan(cfg, checkpoint, device, captions, quant_cfg, fmt_bits, target, score_samples)
+
+
+def _versions() -> dict[str, str]:
+    import modelopt
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "modelopt": modelopt.__version__}
+
+
+def run(p: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Result:
+    """Load, calibrate, score and solve; write manifest and reports into ``out_dir``."""
+    cfg = p.cfg
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    torch.manual_seed(cfg.autoquant.seed)
+
+    t = time.perf_counter()
+    loaded = model.load(cfg.model, p.checkpoint, p.device)
+    frozen = model.FROZEN_PATTERNS[cfg.autoquant.coverage]
+    in_scope, frozen_weights = model.weight_counts(loaded.model, frozen)
+    seconds["load"] = time.perf_counter() - t
+    log(f"loaded {p.checkpoint} on {p.device} ({loaded.dtype}) in {seconds['load']:.1f}s")
+
+    t = time.perf_counter()
+    batches = calibration.build_batches(p.captions.lines, loaded.tokenizer,
+                                        cfg.autoquant.batch_size, cfg.dataset.calib_seq_len)
+    real_tokens, padded_tokens = calibration.batch_tokens(batches)
+    batches = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
+    seconds["calibration_data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    given = model.modelopt_bits(p.target_bits, in_scope, frozen_weights)
+    score_steps = math.ceil(p.score_samples / cfg.autoquant.batch_size)
+    try:
+        state = autoquant.run(loaded.model, batches, p.quant_cfg, method=cfg.autoquant.method,
+                              modelopt_bits=given, frozen_patterns=frozen,
+                              num_score_steps=score_steps)
+    except autoquant.InfeasibleTarget as e:
+        raise UserError(
+            f"autoquant.effective_bits={p.target_bits:g} is infeasible for quant_pair="
+            f"{cfg.quant_pair.name} on this model ({e}; ModelOpt was given {given:.4f} bits over "
+            f"all its layers, i.e. {p.target_bits:g} over the language model). Raise "
+            "autoquant.effective_bits."
+        ) from None
+    groups = autoquant.group_stats(state, frozen)
+    seconds["autoquant"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    q = cfg.quant_pair
+    doc = manifest.build(
+        scheme={
+            "name": p.scheme_name,
+            "effective_bits_requested": p.target_bits,
+            "effective_bits_modelopt": given,
+            "method": cfg.autoquant.method.value,
+            "score_size": p.score_samples,
+            "coverage": cfg.autoquant.coverage.value,
+            "formats": [catalogue.format_name(q)],
+        },
+        model={
+            "id": str(p.checkpoint),
+            "name": cfg.model.name,
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "device": p.device,
+            "fingerprint": model.fingerprint(p.checkpoint),
+            "weights_in_scope": in_scope,
+            "weights_frozen": frozen_weights,
+        },
+        dataset={
+            "name": cfg.dataset.name,
+            "size": cfg.dataset.size.value,
+            "path": str(p.captions.path),
+            "sha256": p.captions.sha256,
+            "samples_used": len(p.captions.lines),
+            "samples_max": p.captions.requested,
+            "samples_available": p.captions.available,
+            "seq_len": cfg.dataset.calib_seq_len,
+            "batch_size": cfg.autoquant.batch_size,
+            "batches": len(batches),
+            "score_batches": score_steps,
+            "real_tokens": real_tokens,
+            "padded_tokens": padded_tokens,
+        },
+        quantization={
+            "pair": q.name,
+            "weight_dtype": q.weight.value,
+            "activation_dtype": q.activation.value,
+            "activations_quantized": q.activation != Precision.fp16,
+            "modelopt_format": catalogue.format_name(q),
+            "modelopt_base": q.modelopt_base,
+            "edits": list(q.edits),
+            "granularity": cfg.quant_granularity.name,
+            "granularity_overrides": {"weight": dict(cfg.quant_granularity.weight),
+                                      "input": dict(cfg.quant_granularity.input)},
+            "requires_cuda": q.requires_cuda,
+            "experimental": q.experimental,
+        },
+        groups=groups,
+        autoquant={
+            "effective_bits_achieved": autoquant.achieved_scope_bits(groups),
+            "modelopt_effective_bits_achieved": float(state["best"]["constraints"]["effective_bits"]),
+            "min_effective_bits": autoquant.min_scope_bits(groups),
+            "total_score": float(state["best"]["score"]),
+            "satisfied": bool(state["best"]["is_satisfied"]),
+        },
+        versions=_versions(),
+    )
+    files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]
+    seconds["reports"] = time.perf_counter() - t
+    return Result(doc, files, seconds)

@@ -1,0 +1,139 @@
+"""Typed schemas for every config group.
+
+Plain dataclasses and enums, importable without Hydra: the CLI registers them with Hydra's
+ConfigStore (see ``cli/config_store.py``) so a wrong key, type or enum value fails at compose time,
+and the core receives the same dataclasses as plain Python objects.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+
+class _Choice(str, Enum):
+    """An enum whose text is its value, so it reads naturally in paths and interpolations."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DType(_Choice):
+    auto = "auto"  # bf16 on CUDA, fp32 on CPU
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class DatasetSize(_Choice):
+    small = "small"
+    medium = "medium"
+    large = "large"
+
+
+class Precision(_Choice):
+    """A weight or activation precision as users name it (fp16 = left unquantized)."""
+
+    fp16 = "fp16"
+    fp8 = "fp8"
+    int8 = "int8"
+    int4 = "int4"
+    fp4 = "fp4"
+
+
+class Method(_Choice):
+    gradient = "gradient"
+    kl_div = "kl_div"
+
+
+class Coverage(_Choice):
+    lm_only = "lm_only"  # vision tower stays unquantized
+    full = "full"
+
+
+class OutputLayout(_Choice):
+    tmp = "tmp"  # the Hydra run directory
+    publish = "publish"  # the committed models/<model>/layer-analysis/... tree
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-qwen3-vl"
+    # Local checkpoint directory; weights are never fetched from a hub.
+    path: Optional[str] = None
+    # Environment variable that holds the directory when ``path`` is unset (presets for real
+    # checkpoints name one, e.g. QWEN3_VL_4B_PATH).
+    path_env: Optional[str] = None
+    dtype: DType = DType.auto
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "bundled-captions"
+    captions_path: str = "${asset:captions/captions.txt}"
+    size: DatasetSize = DatasetSize.small
+    size_samples: Dict[str, int] = field(
+        default_factory=lambda: {"small": 16, "medium": 128, "large": 512}
+    )
+    max_calib_samples: Optional[int] = None  # overrides the size's sample count
+    calib_seq_len: int = 128  # captions longer than this are truncated
+
+
+@dataclass
+class QuantPairConfig:
+    name: str = "wfp8_afp8"  # canonical w<weight>_a<activation>
+    weight: Precision = Precision.fp8
+    activation: Precision = Precision.fp8
+    modelopt_base: str = "FP8_DEFAULT_CFG"  # the mtq.*_CFG preset this pair starts from
+    edits: List[str] = field(default_factory=list)  # named edits applied to the preset
+    requires_cuda: bool = False
+    experimental: bool = False
+    description: str = ""
+
+
+@dataclass
+class QuantGranularityConfig:
+    name: str = "default"
+    # Quantizer attributes merged into the pair's weight / input quantizer settings.
+    weight: Dict[str, Any] = field(default_factory=dict)
+    input: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AutoQuantConfig:
+    method: Method = Method.gradient
+    # Average bits over the language model's quantizable weights (lm_head included);
+    # null = the pair's natural target (its weight format's bits).
+    effective_bits: Optional[float] = None
+    score_size: Optional[int] = None  # samples used for scoring; null = all calibration samples
+    batch_size: int = 4
+    coverage: Coverage = Coverage.lm_only
+    seed: int = 0
+
+
+@dataclass
+class OutputLayoutConfig:
+    kind: OutputLayout = OutputLayout.tmp
+    root: str = "models"  # publish root (layout `publish` only)
+    dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # null = MLFLOW_TRACKING_URI when set, else sqlite:///<project root>/mlflow.db
+    uri: Optional[str] = None
+    experiment: str = "qwen3-vl-layer-sensitivity"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class SensitivityConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    quant_pair: QuantPairConfig = field(default_factory=QuantPairConfig)
+    quant_granularity: QuantGranularityConfig = field(default_factory=QuantGranularityConfig)
+    autoquant: AutoQuantConfig = field(default_factory=AutoQuantConfig)
+    output_layout: OutputLayoutConfig = field(default_factory=OutputLayoutConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ROOT / "src" / "layer_sensitivity" / "assets" / "tiny-qwen3-vl"
+CAPTIONS = ROOT / "src" / "layer_sensitivity" / "assets" / "captions" / "captions.txt"
+
+
+def run_cli(args: list[str], store: Path, cwd: Path = ROOT, timeout: int = 600,
+            module: str = "layer_sensitivity") -> subprocess.CompletedProcess[str]:
+    """``python -m layer_sensitivity ...`` against a temporary tracking store."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "HYDRA_FULL_ERROR": "0"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def finished_runs(store: Path) -> list[str]:
+    if not store.exists():
+        return []
+    with sqlite3.connect(store) as db:
+        return [r[0] for r in db.execute("select run_uuid from runs where status='FINISHED'")]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "mlflow.db"
+
+
+@pytest.fixture
+def out_args(tmp_path: Path) -> list[str]:
+    """Keep Hydra's output directories inside the test's temporary directory."""
+    return [f"hydra.run.dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multi"]
