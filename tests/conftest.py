@@ -13,12 +13,19 @@ TINY_MODEL = ROOT / "src" / "layer_sensitivity" / "assets" / "tiny-qwen3-vl"
 CAPTIONS = ROOT / "src" / "layer_sensitivity" / "assets" / "captions" / "captions.txt"
 
 
+def tool_env(store: Path) -> dict[str, str]:
+    """Environment for a subprocess: this interpreter's bin first on PATH (``mlflow run`` calls
+    ``python``), a temporary tracking store, and no run inherited from an outer ``mlflow run``."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "HYDRA_FULL_ERROR": "0"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
 def run_cli(args: list[str], store: Path, cwd: Path = ROOT, timeout: int = 600,
             module: str = "layer_sensitivity") -> subprocess.CompletedProcess[str]:
     """``python -m layer_sensitivity ...`` against a temporary tracking store."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "HYDRA_FULL_ERROR": "0"}
-    env.pop("MLFLOW_RUN_ID", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=tool_env(store),
                           capture_output=True, text=True, timeout=timeout)
 
 
