@@ -48,7 +48,7 @@ def test_batches_pad_to_their_longest_caption_and_mask_padding(tokenizer) -> Non
             "tiny", "two birds"]
     batches = build_batches(caps, tokenizer, batch_size=2, seq_len=512)
     assert len(batches) == 2
-    for b, pair in zip(batches, (caps[:2], caps[2:])):
+    for b, pair in zip(batches, (caps[:2], caps[2:]), strict=True):
         lengths = [len(tokenizer(c)["input_ids"]) for c in pair]
         assert b["input_ids"].shape == (2, max(lengths))  # longest in batch, not seq_len
         assert b["attention_mask"].sum(1).tolist() == lengths
@@ -63,3 +63,18 @@ def test_batches_pad_to_their_longest_caption_and_mask_padding(tokenizer) -> Non
 def test_seq_len_truncates(tokenizer) -> None:  # type: ignore[no-untyped-def]
     b = build_batches(["one two three four five six seven eight nine ten"], tokenizer, 1, 3)
     assert b[0]["input_ids"].shape == (1, 3)
+
+
+def test_fixed_padding_pads_every_batch_to_seq_len(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    caps = ["a cat", "two birds on a wire", "tiny"]
+    batches = build_batches(caps, tokenizer, 2, 64, pad_to_longest=False)
+    assert [b["input_ids"].shape[1] for b in batches] == [64, 64]
+    assert (batches[0]["labels"][batches[0]["attention_mask"] == 0] == -100).all()
+
+
+def test_sorting_by_length_reduces_padding(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    caps = ["a", "a very long caption about a dog running across a sunny green park today",
+            "b", "another long caption describing a crowded market street with many stalls"]
+    plain = batch_tokens(build_batches(caps, tokenizer, 2, 512))
+    ordered = batch_tokens(build_batches(caps, tokenizer, 2, 512, sort_by_length=True))
+    assert plain[0] == ordered[0] and ordered[1] < plain[1]

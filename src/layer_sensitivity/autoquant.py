@@ -87,7 +87,7 @@ class GroupStats:
     @property
     def importance(self) -> float:
         """Sensitivity: the largest score among quantized formats (NONE scores 0)."""
-        quantized = [s for f, s in zip(self.formats, self.scores) if not f.startswith("NONE")]
+        quantized = [s for f, s in zip(self.formats, self.scores, strict=True) if not f.startswith("NONE")]
         return max(quantized, default=0.0)
 
     @property
@@ -128,3 +128,36 @@ def achieved_scope_bits(groups: dict[str, GroupStats]) -> float:
 def min_scope_bits(groups: dict[str, GroupStats]) -> float:
     scoped = [g for g in groups.values() if g.in_scope]
     return 16.0 * sum(min(g.costs) for g in scoped) / sum(g.uncompressed_cost for g in scoped)
+
+
+def resolve(state: dict[str, Any], modelopt_target: float) -> dict[str, str]:
+    """Re-solve the search for another budget from the stored scores alone (no model, no data).
+
+    This is what ``mtq.get_auto_quantize_config(state, constraints)`` does before it flattens the
+    result into a config; we keep the per-group choice, which the flat config no longer names.
+    """
+    from modelopt.torch.quantization.algorithms import _resolve_best_recipe
+
+    recipe = _resolve_best_recipe(state, {"effective_bits": modelopt_target})
+    return {handle: str(fmt) for handle, fmt in recipe.items()}
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    target_bits: float  # requested, over the in-scope weights
+    modelopt_bits: float  # what the solver was given
+    achieved_bits: float  # over the in-scope weights
+    total_score: float
+    satisfied: bool
+    recipe: dict[str, str]  # group handle -> chosen format
+
+
+def frontier_point(groups: dict[str, GroupStats], recipe: dict[str, str], target_bits: float,
+                   modelopt_target: float) -> FrontierPoint:
+    scoped = {h: g for h, g in groups.items() if g.in_scope}
+    cost = sum(g.costs[g.formats.index(recipe[h])] for h, g in scoped.items())
+    full = sum(g.uncompressed_cost for g in scoped.values())
+    score = sum(g.scores[g.formats.index(recipe[h])] for h, g in groups.items())
+    achieved = 16.0 * cost / full
+    return FrontierPoint(target_bits, modelopt_target, achieved, score,
+                         achieved <= target_bits + 1e-6, {h: recipe[h] for h in scoped})

@@ -59,22 +59,29 @@ Batch = dict[str, torch.Tensor]
 
 
 def build_batches(captions: list[str] | tuple[str, ...], tokenizer: Any, batch_size: int,
-                  seq_len: int) -> list[Batch]:
+                  seq_len: int, pad_to_longest: bool = True,
+                  sort_by_length: bool = False) -> list[Batch]:
     """Tokenize in batches of ``batch_size``, each padded only to its own longest caption.
 
-    ``labels`` repeat ``input_ids`` with padding set to -100 so the loss ignores it;
-    the model shifts labels itself.
+    ``pad_to_longest=False`` pads every batch to ``seq_len`` (how the earlier runner did it: the
+    same scores for many times the compute). ``sort_by_length`` groups captions of similar length
+    so batches carry even less padding. ``labels`` repeat ``input_ids`` with padding set to -100 so
+    the loss ignores it; the model shifts labels itself.
     """
     if batch_size <= 0 or seq_len <= 0:
         raise UserError(
             f"autoquant.batch_size ({batch_size}) and dataset.calib_seq_len ({seq_len}) must be "
             "positive integers."
         )
+    captions = list(captions)
+    if sort_by_length:
+        lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
+        captions = [c for _, c in sorted(zip(lengths, captions, strict=True), key=lambda x: x[0])]
     batches = []
     for start in range(0, len(captions), batch_size):
         enc = tokenizer(
-            list(captions[start : start + batch_size]),
-            padding="longest",
+            captions[start : start + batch_size],
+            padding="longest" if pad_to_longest else "max_length",
             truncation=True,
             max_length=seq_len,
             return_tensors="pt",

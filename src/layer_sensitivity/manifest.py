@@ -7,6 +7,8 @@ by the earlier Hydra runner (no ``schema_version``), normalising both to the cur
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,62 +88,160 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(f"Manifest '{path}' is not valid JSON ({e}). Nothing was changed.") from None
     if not isinstance(data, dict):
         raise UserError(f"Manifest '{path}' is not a JSON object. Nothing was changed.")
+    source = f"Manifest '{path}'"
     version = data.get("schema_version")
     if version == SCHEMA_VERSION:
+        _check_scheme(data, source)
+        for handle, s in _groups(data, source).items():
+            _group_lists(handle, s, source)
         return data
-    if version is None and {"scheme", "layer_sensitivity"} <= data.keys():
-        return from_legacy(data)
+    if version is None and "scheme" in data and "layer_sensitivity" in data:
+        return from_legacy(data, source)
+    if version is None:
+        missing = [k for k in ("scheme", "layer_sensitivity") if k not in data]
+        raise UserError(
+            f"{source} is not a quant manifest: it has no schema_version and lacks "
+            f"{', '.join(repr(k) for k in missing)}, so it is neither the current schema nor the "
+            "legacy (unversioned) shape. Point at a *_quant_manifest.json written by a sensitivity "
+            "job. Nothing was changed."
+        )
     raise UserError(
-        f"Manifest '{path}' has unknown schema_version {version!r}; this version reads "
+        f"{source} has unknown schema_version {version!r}; this version reads "
         f"schema_version {SCHEMA_VERSION} and legacy (unversioned) manifests. Upgrade "
         "layer_sensitivity or regenerate the manifest. Nothing was changed."
     )
 
 
-def from_legacy(old: dict[str, Any]) -> dict[str, Any]:
-    """Normalise a manifest of the earlier Hydra runner to the current schema."""
-    scheme = old["scheme"]
-    state = old.get("autoquant_state", {})
-    groups = {}
-    for handle, s in old["layer_sensitivity"].items():
-        formats = [str(f) for f in s.get("formats", [])]
-        if all(f.startswith("NONE") for f in formats):
-            continue  # frozen (vision) group: only the NONE choice was offered
-        groups[handle] = s
-    order = sorted(groups, key=lambda h: (-float(groups[h].get("importance", 0.0)), h))
+def _bad(source: str, what: str) -> UserError:
+    return UserError(f"{source} cannot be read: {what}. Fix or regenerate the manifest; nothing "
+                     "was changed.")
+
+
+def _check_scheme(data: dict[str, Any], source: str) -> dict[str, Any]:
+    scheme = data.get("scheme")
+    if not isinstance(scheme, dict) or not isinstance(scheme.get("name"), str):
+        raise _bad(source, "'scheme' must be an object with a string 'name'")
+    return scheme
+
+
+def _groups(data: dict[str, Any], source: str) -> dict[str, Any]:
+    groups = data.get("layer_sensitivity")
+    if not isinstance(groups, dict) or not all(isinstance(s, dict) for s in groups.values()):
+        raise _bad(source, "'layer_sensitivity' must map each '<module>.quant_recipe' to an object")
+    return groups
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _group_lists(handle: str, s: dict[str, Any],
+                 source: str) -> tuple[list[str], list[float], list[float]]:
+    """A group's formats, scores and costs, checked to be parallel lists of the right types."""
+    formats, scores, costs = s.get("formats"), s.get("scores"), s.get("costs")
+    if not (isinstance(formats, list) and all(isinstance(f, str) for f in formats)):
+        raise _bad(source, f"layer_sensitivity['{handle}'].formats must be a list of strings")
+    for name, values in (("scores", scores), ("costs", costs)):
+        if not (isinstance(values, list) and all(_number(v) for v in values)):
+            raise _bad(source, f"layer_sensitivity['{handle}'].{name} must be a list of finite "
+                               "numbers")
+        if len(values) != len(formats):
+            raise _bad(source, f"layer_sensitivity['{handle}'] has {len(formats)} formats but "
+                               f"{len(values)} {name}")
+    return formats, [float(x) for x in scores], [float(x) for x in costs]  # type: ignore[union-attr]
+
+
+def _section(old: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = old.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(source, f"'{key}' must be an object")
+    return dict(value)
+
+
+def _model_name(model_id: Any) -> str | None:
+    """``/ckpts/Qwen3-VL-4B`` or ``Qwen/Qwen3-VL-4B`` -> ``Qwen3-VL-4B``."""
+    if not isinstance(model_id, str) or not model_id.strip("/\\"):
+        return None
+    return re.split(r"[/\\]", model_id.rstrip("/\\"))[-1]
+
+
+def from_legacy(old: dict[str, Any], source: str = "Legacy manifest") -> dict[str, Any]:
+    """Normalise a manifest of the earlier Hydra runner to the current schema.
+
+    Legacy shape: ``scheme`` {name, auto_quantize_bits, auto_quantize_method,
+    auto_quantize_score_size, coverage_mode, coverage_fraction, quant_formats}, ``model`` {id},
+    ``num_quantized_layers``, ``layers``, ``autoquant_state`` {keys, constraints: {effective_bits},
+    score, is_satisfied}, ``layer_sensitivity`` {handle: {formats, scores, costs, importance,
+    rank}}, ``sensitivity_ranking``, optional ``dataset``, ``quantization``, ``run_config``.
+
+    Its ``rank`` and ``sensitivity_ranking`` run the other way (rank 1 = least sensitive, vision
+    groups first) and are not used: importance and rank are recomputed exactly as ``build`` does
+    (importance = the largest score among quantized formats; rank 1 = most sensitive; ties by
+    name), so a legacy manifest orders its layers like a current one. Groups offered only the
+    NONE format (the vision tower) become ``frozen_groups``. Legacy runners passed the bits
+    target straight to ModelOpt, so requested and given bits are the same number there.
+    """
+    scheme = _check_scheme(old, source)
+    raw = _groups(old, source)
+    state = _section(old, "autoquant_state", source)
+    constraints = state.get("constraints")
+    if not isinstance(constraints, dict):
+        constraints = {}
+    sens_in: dict[str, tuple[list[str], list[float], list[float], float]] = {}
+    frozen = []
+    for handle, s in raw.items():
+        formats, scores, costs = _group_lists(handle, s, source)
+        quantized = [sc for f, sc in zip(formats, scores, strict=True) if not f.startswith("NONE")]
+        if not quantized:
+            frozen.append(handle)  # only NONE was offered: outside the analysed scope
+            continue
+        sens_in[handle] = (formats, scores, costs, max(quantized))
+    if not sens_in:
+        raise _bad(source, "no layer group in 'layer_sensitivity' has a quantized format")
+    order = sorted(sens_in, key=lambda h: (-sens_in[h][3], h))
     sens = {
         h: {
-            "formats": [str(f) for f in groups[h]["formats"]],
-            "scores": [float(x) for x in groups[h].get("scores", [])],
-            "costs": [float(x) for x in groups[h].get("costs", [])],
-            "importance": float(groups[h].get("importance", 0.0)),
-            "rank": order.index(h) + 1,
+            "formats": sens_in[h][0],
+            "scores": sens_in[h][1],
+            "costs": sens_in[h][2],
+            "importance": sens_in[h][3],
+            "rank": rank,
             "modules": [h.removesuffix(RECIPE_SUFFIX)],
             "chosen": None,
         }
-        for h in order
+        for rank, h in enumerate(order, start=1)
     }
+    raw_formats = scheme.get("quant_formats")
+    formats = ([raw_formats] if isinstance(raw_formats, str)
+               else [str(f) for f in raw_formats or []])
+    model = _section(old, "model", source)
+    model.setdefault("name", _model_name(model.get("id")))
+    bits = scheme.get("auto_quantize_bits")
+    achieved = constraints.get("effective_bits")
     return {
         "schema_version": SCHEMA_VERSION,
         "legacy": True,
         "scheme": {
-            "name": scheme.get("name"),
-            "effective_bits_requested": scheme.get("auto_quantize_bits"),
-            "effective_bits_modelopt": scheme.get("auto_quantize_bits"),
+            "name": scheme["name"],
+            "effective_bits_requested": bits,
+            "effective_bits_modelopt": bits,
             "method": scheme.get("auto_quantize_method"),
             "score_size": scheme.get("auto_quantize_score_size"),
             "coverage": scheme.get("coverage_mode"),
             "coverage_fraction": scheme.get("coverage_fraction"),
-            "formats": scheme.get("quant_formats", []),
+            "formats": formats,
         },
-        "model": dict(old.get("model", {})),
-        "dataset": dict(old.get("dataset") or {}),
-        "quantization": dict(old.get("quantization") or {}),
+        "model": model,
+        "dataset": _section(old, "dataset", source),
+        "quantization": _section(old, "quantization", source),
         "layer_sensitivity": sens,
         "sensitivity_ranking": [{"name": h, "importance": s["importance"]} for h, s in sens.items()],
-        "frozen_groups": sorted(set(old["layer_sensitivity"]) - set(groups)),
+        "frozen_groups": sorted(frozen),
         "autoquant": {
-            "effective_bits_achieved": (state.get("constraints") or {}).get("effective_bits"),
+            "effective_bits_achieved": achieved,
+            "modelopt_effective_bits_achieved": achieved,
             "total_score": state.get("score"),
             "satisfied": state.get("is_satisfied"),
         },

@@ -92,7 +92,8 @@ def load(cfg: ModelConfig, path: Path, device: str) -> LoadedModel:
 
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorator
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     if tokenizer.pad_token is None:

@@ -70,16 +70,13 @@ def plan(cfg: SensitivityConfig) -> Plan:
         if value is not None and value <= 0:
             raise UserError(f"{name}={value} must be a positive integer. Set it to 1 or more.")
     device = model.resolve_device(cfg.model.device)
-    if pair.requires_cuda and not device.startswith("cuda"):
-        raise UserError(
-            f"quant_pair={pair.name} ({pair.description or pair.modelopt_base}) needs a CUDA "
-            f"device: ModelOpt's dynamic block quantization for {pair.weight.value} weights runs "
-            f"only on CUDA tensors, and this job runs on {device}. Choose a CPU-capable pair "
-            "(e.g. quant_pair=fp8, int8 or int4) or run on a GPU host."
-        )
-    checkpoint = model.checkpoint_dir(cfg.model)
-    captions = calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg))
+    # Pair and overlay: preset available, overlay meaningful, runnable on this device.
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
+    catalogue.check_device(pair, cfg.quant_granularity, quant_cfg, device)
+    checkpoint = model.checkpoint_dir(cfg.model)
+    catalogue.check_layer_fit(cfg.quant_granularity, checkpoint,
+                              model.FROZEN_PATTERNS[aq.coverage], cfg.model.trust_remote_code)
+    captions = calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg))
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
     target = aq.effective_bits if aq.effective_bits is not None else fmt_bits
     if not (fmt_bits - BITS_TOLERANCE <= target <= 16.0):
@@ -136,11 +133,12 @@ def run(p: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Result:
             f"all its layers, i.e. {p.target_bits:g} over the language model). Raise "
             "autoquant.effective_bits."
         ) from None
-    groups = autoquant.group_stats(state, frozen)
+    groups = catalogue.name_custom_format(autoquant.group_stats(state, frozen),
+                                          catalogue.format_name(cfg.quant_pair, cfg.quant_granularity))
     seconds["autoquant"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    q = cfg.quant_pair
+    q, g = cfg.quant_pair, cfg.quant_granularity
     doc = manifest.build(
         scheme={
             "name": p.scheme_name,
@@ -149,7 +147,7 @@ def run(p: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Result:
             "method": cfg.autoquant.method.value,
             "score_size": p.score_samples,
             "coverage": cfg.autoquant.coverage.value,
-            "formats": [catalogue.format_name(q)],
+            "formats": [catalogue.format_name(q, g)],
         },
         model={
             "id": str(p.checkpoint),
@@ -180,12 +178,17 @@ def run(p: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Result:
             "weight_dtype": q.weight.value,
             "activation_dtype": q.activation.value,
             "activations_quantized": q.activation != Precision.fp16,
-            "modelopt_format": catalogue.format_name(q),
+            "fp4_format": q.fp4_format.value if q.fp4_format else None,
+            "modelopt_format": catalogue.format_name(q, g),
             "modelopt_base": q.modelopt_base,
-            "edits": list(q.edits),
-            "granularity": cfg.quant_granularity.name,
-            "granularity_overrides": {"weight": dict(cfg.quant_granularity.weight),
-                                      "input": dict(cfg.quant_granularity.input)},
+            "edits": [str(e) for e in q.edits],
+            "granularity": g.name,
+            "granularity_weight": g.weight.value,
+            "granularity_group_size": g.group_size,
+            "granularity_activation": g.activation.value,
+            # Exact settings of a decoder linear layer's quantizers (type, num_bits, axis, blocks).
+            "weight_quantizer": catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
+            "input_quantizer": catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
             "requires_cuda": q.requires_cuda,
             "experimental": q.experimental,
         },

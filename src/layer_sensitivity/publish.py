@@ -1,10 +1,22 @@
-"""The committed analysis tree: models/<model>/layer-analysis/weight-<w>-act-<a>/<granularity>/<scheme>/."""
+"""The committed analysis tree: models/<model>/layer-analysis/weight-<w>-act-<a>/<granularity>/<scheme>/.
+
+Layout, path safety, and an atomic copy of a run's files with their provenance (no MLflow here:
+the caller passes the files and the provenance as plain data)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .errors import UserError
+from .manifest import MANIFEST_SUFFIX
 from .schema import SensitivityConfig
 
 
@@ -34,3 +46,199 @@ def analysis_dir(root: Path, job: SensitivityConfig, scheme_name: str) -> Path:
     q = job.quant_pair
     return layout_dir(root, job.model.name, q.weight.value, q.activation.value,
                       job.quant_granularity.name, scheme_name)
+
+
+# --- Publishing a finished run's files ------------------------------------------------------
+
+PROVENANCE = "provenance.json"
+CONFIG_FILE = "composed_config.yaml"
+REPORT_PREFIX = "layer-sensitivity-report."
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+# Serialized state (ModelOpt search state, checkpoints, pickles) is never published, whatever
+# the selection below says.
+BINARY_STATE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".safetensors",
+                         ".npy", ".npz", ".joblib")
+
+
+def is_binary_state(path: str) -> bool:
+    name = PurePosixPath(path).name.lower()
+    return name.endswith(BINARY_STATE_SUFFIXES) or name.startswith("modelopt_state")
+
+
+def select(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Split a run's artifact files into (published, skipped).
+
+    Published: the manifest, the reports and the composed config (top level) and plots
+    (anywhere). Everything else, binary ModelOpt state above all, stays in the tracking store.
+    """
+    chosen: list[str] = []
+    skipped: list[str] = []
+    for path in sorted(paths):
+        top = "/" not in path
+        name = PurePosixPath(path).name
+        wanted = (
+            (top and (name.endswith(MANIFEST_SUFFIX) or name.startswith(REPORT_PREFIX)
+                      or name == CONFIG_FILE))
+            or name.lower().endswith(PLOT_SUFFIXES)
+        )
+        (chosen if wanted and not is_binary_state(path) and name != PROVENANCE
+         else skipped).append(path)
+    return chosen, skipped
+
+
+def destination(root: Path, manifest: dict[str, Any]) -> Path:
+    """``<root>/<model>/layer-analysis/weight-<w>-act-<a>/<granularity>/<scheme>/`` of a manifest."""
+    model, q = manifest.get("model") or {}, manifest.get("quantization") or {}
+    parts = {
+        "model.name": model.get("name"),
+        "quantization.weight_dtype": q.get("weight_dtype"),
+        "quantization.activation_dtype": q.get("activation_dtype"),
+        "quantization.granularity": q.get("granularity"),
+        "scheme.name": (manifest.get("scheme") or {}).get("name"),
+    }
+    missing = [k for k, v in parts.items() if not isinstance(v, str) or not v]
+    if missing:
+        raise UserError(
+            f"The manifest lacks {', '.join(missing)}, which name the publish directory. Publish "
+            "runs written by this version of the sensitivity job (legacy manifests can be "
+            "re-reported but not published)."
+        )
+    return layout_dir(root, *(str(v) for v in parts.values()))
+
+
+@dataclass(frozen=True)
+class Published:
+    path: Path
+    status: str  # "published" | "replaced" | "unchanged"
+    files: dict[str, str]  # relative path -> sha256
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_provenance(directory: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((directory / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _changed(directory: Path, files: dict[str, str]) -> list[str]:
+    """Files of a provenance record that are missing or differ on disk."""
+    bad = []
+    for rel, digest in files.items():
+        try:
+            path = safe_join(directory, *rel.split("/"))
+        except UserError:
+            bad.append(rel)
+            continue
+        if not path.is_file() or sha256_file(path) != digest:
+            bad.append(rel)
+    return bad
+
+
+def check_existing(dest: Path, run_id: str, force: bool) -> Published | None:
+    """None: go ahead (nothing there, or ``force``). ``unchanged``: this run is already there,
+    intact. Anything else there is refused with a UserError naming the way out."""
+    if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+        return None
+    if not dest.is_dir():
+        raise UserError(f"'{dest}' exists and is not a directory; remove it and publish again.")
+    prov = read_provenance(dest)
+    files = prov.get("files") if prov else None
+    if prov and prov.get("run_id") == run_id and isinstance(files, dict):
+        changed = _changed(dest, files)
+        if not changed:
+            return None if force else Published(dest, "unchanged", dict(files))
+        if not force:
+            raise UserError(
+                f"'{dest}' was published from run {run_id} but {', '.join(changed)} changed "
+                "since. Nothing was changed; publish again with force=true to restore the run's "
+                "files."
+            )
+    if force:
+        return None
+    if prov is None:
+        raise UserError(
+            f"'{dest}' already exists and was not published from a run (it has no {PROVENANCE}; "
+            "e.g. a job with output_layout=publish wrote there). Nothing was changed; publish "
+            "with force=true to replace it."
+        )
+    raise UserError(
+        f"'{dest}' already holds run {prov.get('run_id')} (published {prov.get('published_at')})"
+        f"; refusing to replace it with run {run_id}. Nothing was changed; publish with "
+        "force=true to replace it."
+    )
+
+
+def publish_files(files: dict[str, Path], dest: Path, provenance: dict[str, Any], *,
+                  force: bool = False) -> Published:
+    """Copy ``files`` (relative path -> local file) to ``dest`` with a ``provenance.json``.
+
+    Atomic: everything is written into a hidden staging directory next to ``dest`` and renamed
+    into place, so an interrupted publish leaves no half-written directory. ``provenance`` is
+    plain data (run id, params, ...); the sha256 of every published file is added to it.
+    """
+    run_id = str(provenance["run_id"])
+    existing = check_existing(dest, run_id, force)
+    if existing:
+        return existing
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    try:
+        digests = {}
+        for rel, src in sorted(files.items()):
+            if rel == PROVENANCE or is_binary_state(rel):
+                raise UserError(f"'{rel}' cannot be published (reserved name or binary state).")
+            target = safe_join(stage, *rel.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+            _fsync(target)
+            digests[rel] = sha256_file(target)
+        (stage / PROVENANCE).write_text(
+            json.dumps({**provenance, "files": digests}, indent=2, sort_keys=True) + "\n")
+        _fsync(stage / PROVENANCE)
+        _make_readable(stage)
+        replaced = dest.exists()
+        _commit(stage, dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return Published(dest, "replaced" if replaced else "published", digests)
+
+
+def _commit(stage: Path, dest: Path) -> None:
+    if not dest.exists():
+        try:
+            os.rename(stage, dest)
+        except OSError as e:
+            raise UserError(f"'{dest}' appeared while publishing (another publish?): {e}. "
+                            "Nothing was changed; look at it and publish again.") from None
+        return
+    old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
+    os.rename(dest, old)
+    try:
+        os.rename(stage, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _make_readable(stage: Path) -> None:
+    """mkdtemp makes the directory private; published directories get the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for d in [stage, *(p for p in stage.rglob("*") if p.is_dir())]:
+        d.chmod(0o777 & ~umask)

@@ -19,7 +19,7 @@ def layer_rows(manifest: dict[str, Any]) -> pd.DataFrame:
     """One row per (layer group, quantized format), most sensitive first."""
     rows = []
     for handle, s in manifest["layer_sensitivity"].items():
-        for fmt, score, cost in zip(s["formats"], s["scores"], s["costs"]):
+        for fmt, score, cost in zip(s["formats"], s["scores"], s["costs"], strict=True):
             if fmt.startswith("NONE"):
                 continue
             rows.append([handle.removesuffix(RECIPE_SUFFIX), format_bits(fmt), float(score), float(cost)])
@@ -55,9 +55,17 @@ def _dataset(m: dict[str, Any]) -> dict[str, Any]:
 
 def _quantization(m: dict[str, Any]) -> dict[str, Any]:
     q = m.get("quantization") or {}
-    keys = ["pair", "weight_dtype", "activation_dtype", "modelopt_format", "granularity",
-            "edits", "experimental", "requires_cuda"]
-    return {k: q.get(k) for k in keys if k in q}
+    keys = ["pair", "weight_dtype", "activation_dtype", "fp4_format", "modelopt_format",
+            "modelopt_base", "edits", "granularity", "granularity_weight", "granularity_group_size",
+            "granularity_activation", "weight_quantizer", "input_quantizer", "experimental",
+            "requires_cuda"]
+    out = {k: q.get(k) for k in keys if k in q}
+    for side in ("weight_quantizer", "input_quantizer"):  # one readable line + exact settings
+        s = out.get(side)
+        if isinstance(s, dict) and "summary" in s:
+            out[side] = s["summary"]
+            out[f"{side}_settings"] = {k: v for k, v in s.items() if k not in ("summary", "scaling")}
+    return out
 
 
 def _kv_table(d: dict[str, Any]) -> str:

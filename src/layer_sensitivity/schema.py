@@ -7,7 +7,7 @@ and the core receives the same dataclasses as plain Python objects.
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 
 class _Choice(str, Enum):
@@ -80,24 +80,57 @@ class DatasetConfig:
     calib_seq_len: int = 128  # captions longer than this are truncated
 
 
+class FP4Format(_Choice):
+    """The two FP4 flavours ModelOpt offers (E2M1 values, different block scaling)."""
+
+    nvfp4 = "nvfp4"  # blocks of 16 (32 in W4A8_NVFP4_FP8_CFG) with FP8 E4M3 scales; the default FP4
+    mxfp4 = "mxfp4"  # OCP microscaling: blocks of 32 with E8M0 (power-of-two) scales
+
+
+class PresetEdit(_Choice):
+    """Named edits to a ModelOpt preset (implemented in ``catalogue.EDITS``, derived from presets)."""
+
+    disable_input_quantizers = "disable_input_quantizers"
+    fp8_inputs = "fp8_inputs"
+    int8_inputs = "int8_inputs"
+    int4_inputs = "int4_inputs"
+
+
 @dataclass
 class QuantPairConfig:
     name: str = "wfp8_afp8"  # canonical w<weight>_a<activation>
     weight: Precision = Precision.fp8
     activation: Precision = Precision.fp8
+    fp4_format: Optional[FP4Format] = None  # set when weights or activations are FP4
     modelopt_base: str = "FP8_DEFAULT_CFG"  # the mtq.*_CFG preset this pair starts from
-    edits: List[str] = field(default_factory=list)  # named edits applied to the preset
+    edits: List[PresetEdit] = field(default_factory=list)  # applied to the preset, in order
+    # Whether ModelOpt can only run this pair on CUDA (checked against the derived config).
     requires_cuda: bool = False
-    experimental: bool = False
+    experimental: bool = False  # a mixed combination no inference runtime deploys yet
     description: str = ""
+
+
+class WeightGranularity(_Choice):
+    keep = "keep"  # the pair's own weight scaling
+    per_tensor = "per_tensor"
+    per_out_channel = "per_out_channel"  # one scale per output feature (axis 0)
+    per_in_channel = "per_in_channel"  # one scale per input feature (axis 1)
+    group = "group"  # blocks of ``group_size`` consecutive input features, static scales
+
+
+class ActivationGranularity(_Choice):
+    keep = "keep"  # the pair's own activation scaling
+    per_tensor_static = "per_tensor_static"  # one calibrated scale per tensor
+    per_token_dynamic = "per_token_dynamic"  # one scale per token, computed at run time
 
 
 @dataclass
 class QuantGranularityConfig:
     name: str = "default"
-    # Quantizer attributes merged into the pair's weight / input quantizer settings.
-    weight: Dict[str, Any] = field(default_factory=dict)
-    input: Dict[str, Any] = field(default_factory=dict)
+    weight: WeightGranularity = WeightGranularity.keep
+    group_size: Optional[int] = None  # for weight=group
+    activation: ActivationGranularity = ActivationGranularity.keep
+    description: str = ""
 
 
 @dataclass
@@ -129,6 +162,14 @@ class TrackingConfig:
 
 
 @dataclass
+class RunnerConfig:
+    # Regenerate the reports from the one *_quant_manifest.json in ``output_dir`` (no model, no
+    # MLflow) instead of running a job.
+    report_only: bool = False
+    output_dir: Optional[str] = None
+
+
+@dataclass
 class SensitivityConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -137,3 +178,4 @@ class SensitivityConfig:
     autoquant: AutoQuantConfig = field(default_factory=AutoQuantConfig)
     output_layout: OutputLayoutConfig = field(default_factory=OutputLayoutConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)

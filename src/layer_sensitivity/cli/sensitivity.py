@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .. import paths, pipeline, publish, tracking
+from .. import catalogue, paths, pipeline, publish, tracking
 from ..schema import OutputLayout, SensitivityConfig
 from .common import flatten, user_errors
 from .config_store import CONF_DIR
@@ -26,6 +27,9 @@ def run_job(cfg: DictConfig) -> pipeline.Result:
     """Validate (nothing logged yet), then run and log into one MLflow run."""
     job: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     plan = pipeline.plan(job)
+    warning = catalogue.experimental_warning(job.quant_pair)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     out_dir = output_dir(job, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = out_dir / CONFIG_FILE
@@ -45,6 +49,10 @@ def run_job(cfg: DictConfig) -> pipeline.Result:
             "resolved.samples": len(plan.captions.lines),
             "resolved.score_samples": plan.score_samples,
             "resolved.output_dir": str(out_dir),
+            "resolved.weight_quantizer": catalogue.quantizer_settings(plan.quant_cfg,
+                                                                      catalogue.WEIGHT)["summary"],
+            "resolved.input_quantizer": catalogue.quantizer_settings(plan.quant_cfg,
+                                                                     catalogue.INPUT)["summary"],
         })
         tracking.log_captions(plan.captions.lines, str(plan.captions.path), job.dataset.name,
                               plan.captions.sha256)
@@ -70,4 +78,9 @@ def run_job(cfg: DictConfig) -> pipeline.Result:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sensitivity")
 def main(cfg: DictConfig) -> None:
     with user_errors():
+        if cfg.runner.report_only:  # regenerate reports from a manifest; no model, no MLflow
+            from .report import report_only
+
+            report_only(cfg.runner.output_dir)
+            return
         run_job(cfg)
