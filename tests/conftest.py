@@ -22,10 +22,12 @@ def tool_env(store: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], store: Path, cwd: Path = ROOT, timeout: int = 600,
+def run_cli(args: list[str], store: Path, cwd: Path | None = None, timeout: int = 600,
             module: str = "layer_sensitivity") -> subprocess.CompletedProcess[str]:
     """``python -m layer_sensitivity ...`` against a temporary tracking store."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=tool_env(store),
+    # cwd next to the store: MLflow puts a new store's artifacts in ./mlruns of the launch dir.
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or store.parent,
+                          env=tool_env(store),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,7 +8,6 @@ Nothing is mocked: real ModelOpt AutoQuantize, real model, real MLflow store.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,8 @@ from layer_sensitivity import catalogue, report
 from layer_sensitivity.cli.config_store import CONF_DIR
 from layer_sensitivity.cli.sensitivity import run_job
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import tool_env
+
 FAST = ["dataset.max_calib_samples=4", "autoquant.batch_size=2"]
 LM_GROUPS = 4 * 4 + 1  # per decoder layer: qkv, o_proj, gate/up, down_proj; plus lm_head
 
@@ -89,12 +89,10 @@ def test_weight_group64_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "HYDRA_FULL_ERROR": "0"}
-    env.pop("MLFLOW_RUN_ID", None)
     return subprocess.run([sys.executable, "-m", "layer_sensitivity", *args,
                            f"hydra.run.dir={tmp_path}/out/${{quant_pair.name}}/${{quant_granularity.name}}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env=tool_env(tmp_path / "mlflow.db"), capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_experimental_pair_with_per_token_activations_is_tracked(tmp_path: Path) -> None:

@@ -317,12 +317,15 @@ def format_effective_bits(cfg: QuantCfg) -> float:
 MODELOPT_CUSTOM_NAME = "CUSTOM_0"  # how mtq.auto_quantize shows the first non-preset format
 
 
+def custom_label(fmt: str, name: str) -> str:
+    """ModelOpt's ``CUSTOM_0(...)`` label of a derived config, renamed to the catalogue's name."""
+    return name + fmt[len(MODELOPT_CUSTOM_NAME):] if fmt.startswith(MODELOPT_CUSTOM_NAME + "(") else fmt
+
+
 def name_custom_format(groups: dict[str, GroupStats], name: str) -> dict[str, GroupStats]:
     """Per-group stats with ModelOpt's ``CUSTOM_0(...)`` label replaced by the catalogue's name."""
-    def rename(fmt: str) -> str:
-        return name + fmt[len(MODELOPT_CUSTOM_NAME):] if fmt.startswith(MODELOPT_CUSTOM_NAME + "(") else fmt
-
-    return {h: dataclasses.replace(g, formats=[rename(f) for f in g.formats], chosen=rename(g.chosen))
+    return {h: dataclasses.replace(g, formats=[custom_label(f, name) for f in g.formats],
+                                   chosen=custom_label(g.chosen, name))
             for h, g in groups.items()}
 
 

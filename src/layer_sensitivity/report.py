@@ -29,6 +29,17 @@ def layer_rows(manifest: dict[str, Any]) -> pd.DataFrame:
                           ignore_index=True)
 
 
+def frontier_rows(manifest: dict[str, Any]) -> pd.DataFrame:
+    """One row per bit target of a frontier run, lowest target first."""
+    rows = [{"Target bits": p["target_bits"], "ModelOpt bits": p["modelopt_bits"],
+             "Achieved bits": p["achieved_bits"], "Total score": p["total_score"],
+             "Satisfied": p["satisfied"],
+             "Quantized groups": sum(not f.startswith("NONE") for f in p["recipe"].values())}
+            for p in manifest.get("frontier", [])]
+    df = pd.DataFrame(rows)
+    return df.sort_values("Target bits", ignore_index=True) if rows else df
+
+
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
     scheme, aq = m["scheme"], m.get("autoquant", {})
     return {
@@ -99,6 +110,10 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         layers.to_markdown(index=False, floatfmt=".6g"),
         "",
     ]
+    frontier = frontier_rows(manifest)
+    if not frontier.empty:
+        parts += ["## Score versus bits (one search, re-solved per target)",
+                  frontier.to_markdown(index=False, floatfmt=".6g"), ""]
     return "\n".join(parts)
 
 
@@ -109,6 +124,8 @@ def render_json(manifest: dict[str, Any]) -> str:
         "quantization": _quantization(manifest),
         "layers": layer_rows(manifest).to_dict(orient="records"),
     }
+    if manifest.get("frontier"):
+        doc["frontier"] = frontier_rows(manifest).to_dict(orient="records")
     return json.dumps(doc, indent=2) + "\n"
 
 

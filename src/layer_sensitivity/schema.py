@@ -7,7 +7,7 @@ and the core receives the same dataclasses as plain Python objects.
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 class _Choice(str, Enum):
@@ -78,6 +78,9 @@ class DatasetConfig:
     )
     max_calib_samples: Optional[int] = None  # overrides the size's sample count
     calib_seq_len: int = 128  # captions longer than this are truncated
+    # false = pad every batch to calib_seq_len (the earlier runner's way; same scores, more compute)
+    pad_to_longest: bool = True
+    sort_by_length: bool = False  # batch captions of similar length together (less padding)
 
 
 class FP4Format(_Choice):
@@ -137,12 +140,18 @@ class QuantGranularityConfig:
 class AutoQuantConfig:
     method: Method = Method.gradient
     # Average bits over the language model's quantizable weights (lm_head included);
-    # null = the pair's natural target (its weight format's bits).
-    effective_bits: Optional[float] = None
+    # null = the pair's natural target (its weight format's bits). A list ([4.5, 6, 8]) is a
+    # bit-target frontier: scores are computed once, the search is re-solved per target, and the
+    # first target is the run's main result. (Typed Any because OmegaConf has no float|list union;
+    # pipeline.plan validates it.)
+    effective_bits: Any = None
     score_size: Optional[int] = None  # samples used for scoring; null = all calibration samples
     batch_size: int = 4
     coverage: Coverage = Coverage.lm_only
     seed: int = 0
+    # Reuse stored scores (ModelOpt checkpoint=) when everything they depend on matches.
+    reuse_scores: bool = True
+    score_cache_dir: str = "${project_root:}/.cache/autoquant-scores"
 
 
 @dataclass

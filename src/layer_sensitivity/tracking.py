@@ -156,8 +156,20 @@ def log_job(manifest: dict[str, Any], files: list[Path], seconds: dict[str, floa
     }
     metrics |= {f"seconds/{phase}": s for phase, s in seconds.items()}
     mlflow.log_metrics(metrics)
+    for point in manifest.get("frontier", []):
+        step = frontier_step(point["target_bits"])
+        for key in ("effective_bits_achieved", "total_score", "satisfied"):
+            value = point["achieved_bits" if key == "effective_bits_achieved" else key]
+            mlflow.log_metric(f"frontier/{key}", float(value), step=step)
+    root = files[0].parent  # the job's output directory (the manifest lives there)
     for f in [*files, *([config_file] if config_file else [])]:
-        mlflow.log_artifact(str(f))
+        sub = f.parent.relative_to(root).as_posix()  # e.g. frontier/ for per-target recipes
+        mlflow.log_artifact(str(f), artifact_path=None if sub == "." else sub)
+
+
+def frontier_step(target_bits: float) -> int:
+    """MLflow steps are integers: a frontier point's step is its target in hundredths of a bit."""
+    return round(target_bits * 100)
 
 
 def version_tags(versions: dict[str, str]) -> dict[str, str]:

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .. import catalogue, paths, pipeline, publish, tracking
+from ..reuse import Resources
 from ..schema import OutputLayout, SensitivityConfig
 from .common import flatten, user_errors
 from .config_store import CONF_DIR
@@ -23,8 +26,11 @@ def output_dir(job: SensitivityConfig, plan: pipeline.Plan) -> Path:
     return Path(job.output_layout.dir)
 
 
-def run_job(cfg: DictConfig) -> pipeline.Result:
-    """Validate (nothing logged yet), then run and log into one MLflow run."""
+def run_job(cfg: DictConfig, resources: Resources | None = None) -> pipeline.Result:
+    """Validate (nothing logged yet), then run and log into one MLflow run.
+
+    ``resources`` shares loaded models and batches between the jobs of one process (a sweep).
+    """
     job: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     plan = pipeline.plan(job)
     warning = catalogue.experimental_warning(job.quant_pair)
@@ -36,7 +42,7 @@ def run_job(cfg: DictConfig) -> pipeline.Result:
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(f"job {plan.scheme_name} -> {out_dir}")
     if not job.tracking.enabled:
-        return pipeline.run(plan, out_dir)
+        return pipeline.run(plan, out_dir, resources=resources)
 
     uri = tracking.resolve_uri(job.tracking.uri, paths.project_root())
     run_name = job.tracking.run_name or (
@@ -56,7 +62,7 @@ def run_job(cfg: DictConfig) -> pipeline.Result:
         })
         tracking.log_captions(plan.captions.lines, str(plan.captions.path), job.dataset.name,
                               plan.captions.sha256)
-        result = pipeline.run(plan, out_dir)
+        result = pipeline.run(plan, out_dir, resources=resources)
         m = result.manifest
         tracking.log_params({
             "resolved.effective_bits_modelopt": m["scheme"]["effective_bits_modelopt"],
@@ -69,6 +75,8 @@ def run_job(cfg: DictConfig) -> pipeline.Result:
             "model.fingerprint": m["model"]["fingerprint"],
             "quant_pair": job.quant_pair.name,
             "experimental": str(job.quant_pair.experimental).lower(),
+            "score_cache": ("off" if m["score_cache"] is None
+                            else "hit" if m["score_cache"]["hit"] else "miss"),
         })
         tracking.log_job(m, result.files, result.seconds, config_file)
         print(f"mlflow run {run.info.run_id} in {uri}")
@@ -83,4 +91,9 @@ def main(cfg: DictConfig) -> None:
 
             report_only(cfg.runner.output_dir)
             return
-        run_job(cfg)
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        run_job(cfg, _MULTIRUN_RESOURCES if multirun else None)
+
+
+# Hydra's -m runs every job in this process: share loaded models and batches between them.
+_MULTIRUN_RESOURCES = Resources(keep=True)

@@ -39,6 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .. import paths, pipeline, tracking
 from ..errors import UserError
+from ..reuse import Resources
 from ..schema import SensitivityConfig
 from .common import expand_packed_overrides, flatten, user_errors
 from .config_store import CONF_DIR
@@ -239,12 +240,13 @@ def define(quant_pairs: str | None, dataset_sizes: str | None, overrides: list[s
 # --- Running ---------------------------------------------------------------------------------
 
 
-def run_one(job: Job, parent_run_id: str | None, uri: str | None) -> Outcome:
+def run_one(job: Job, parent_run_id: str | None, uri: str | None,
+            resources: Resources | None = None) -> Outcome:
     """One job; failures are recorded (FAILED child + error.txt) and returned, never raised."""
     print(f"[sweep] job {job.num}: {job.name}", flush=True)
     with tracking.recording_runs() as started:
         try:
-            result = run_job(job.cfg)
+            result = run_job(job.cfg, resources)
         except Exception as e:  # noqa: BLE001 - any failure of one job is recorded, not fatal
             error = tracking.error_text(e)
             print(f"[sweep] job {job.num} FAILED: {error.strip()}", file=sys.stderr, flush=True)
@@ -302,8 +304,10 @@ def parent_name(sweep: Sweep) -> str:
 def run(sweep: Sweep) -> list[Outcome]:
     """Run every job; raises JobsFailed at the end if any failed (all of them recorded)."""
     t = sweep.jobs[0].spec.tracking
+    # One process for all jobs: each checkpoint is loaded and each captions file tokenized once.
+    resources = Resources(keep=True)
     if not t.enabled:
-        outcomes = [run_one(job, None, None) for job in sweep.jobs]
+        outcomes = [run_one(job, None, None, resources) for job in sweep.jobs]
         _write_summary(sweep, summary(outcomes))
         if any(o.status == FAILED for o in outcomes):
             raise JobsFailed(outcomes)
@@ -320,7 +324,7 @@ def run(sweep: Sweep) -> list[Outcome]:
         tracking.log_text(json.dumps(sweep.definition(), indent=2) + "\n", DEFINITION)
         outcomes = []
         for job in sweep.jobs:
-            outcome = run_one(job, parent_id, uri)
+            outcome = run_one(job, parent_id, uri, resources)
             if outcome.run_id:
                 tracking.set_run_tags(uri, outcome.run_id, {
                     "sweep.job": str(job.num), "sweep.overrides": " ".join(job.overrides)[:8000]})
