@@ -60,6 +60,7 @@ def test_every_ingredient_changes_the_key(tmp_path: Path) -> None:
         "method": _key(tmp_path, "autoquant.method=kl_div"),
         "coverage": _key(tmp_path, "autoquant.coverage=full"),
         "pair": _key(tmp_path, "quant_pair=int8"),
+        "int4_blocks": _key(tmp_path, "quant_pair=int4"),
         "granularity": _key(tmp_path, "quant_pair=int8", "quant_granularity=a_per_token_dynamic"),
     }
     assert base not in variants.values()

@@ -162,7 +162,8 @@ def score_key_ingredients(p: Plan, fingerprint: str, dtype: torch.dtype,
         "method": c.autoquant.method.value,
         "coverage": c.autoquant.coverage.value,
         "frozen_patterns": model.FROZEN_PATTERNS[c.autoquant.coverage],
-        "quant_cfg": json.dumps(p.quant_cfg, sort_keys=True, default=str),
+        # Insertion order is deterministic for a derived config; keys mix int and str (block sizes).
+        "quant_cfg": json.dumps(p.quant_cfg, default=str),
         "modelopt": modelopt.__version__,
     }
 
