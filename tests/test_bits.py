@@ -30,3 +30,12 @@ def test_weight_counts_split_by_pattern() -> None:
     m.norm = torch.nn.LayerNorm(8)  # not quantizable, never counted
     assert weight_counts(m, ["*visual*"]) == (64, 8 + 18)
     assert weight_counts(m, []) == (64 + 26, 0)
+
+
+def test_infeasible_message_is_restated_in_language_model_bits() -> None:
+    from layer_sensitivity.autoquant import InfeasibleTarget
+
+    e = InfeasibleTarget("The effective_bits target 8.0 is infeasible for the resolved module "
+                         "search spaces. The minimum achievable effective bits is 9.6000.")
+    assert e.minimum_bits == 9.6
+    assert scope_bits(e.minimum_bits, 800, 200) == pytest.approx(8.0)

@@ -67,6 +67,12 @@ def run(model: torch.nn.Module, batches: list[Batch], quant_cfg: dict[str, Any],
 class InfeasibleTarget(UserError):
     """ModelOpt's feasibility check failed; the caller restates it in language-model bits."""
 
+    @property
+    def minimum_bits(self) -> float:
+        """ModelOpt's minimum achievable effective bits over every layer it sees."""
+        m = re.search(r"minimum achievable effective bits is ([0-9]+(?:\.[0-9]+)?)", str(self))
+        return float(m.group(1)) if m else math.nan
+
 
 def format_bits(fmt: str) -> float:
     m = _BITS.search(fmt)

@@ -216,11 +216,13 @@ def run(p: Plan, out_dir: Path, log: Callable[[str], None] = print,
         if cache and not cache_hit:
             cache.commit()
     except autoquant.InfeasibleTarget as e:
+        lm_min = model.scope_bits(e.minimum_bits, in_scope, frozen_weights)
         raise UserError(
             f"autoquant.effective_bits={p.target_bits:g} is infeasible for quant_pair="
-            f"{cfg.quant_pair.name} on this model ({e}; ModelOpt was given {given:.4f} bits over "
-            f"all its layers, i.e. {p.target_bits:g} over the language model). Raise "
-            "autoquant.effective_bits."
+            f"{cfg.quant_pair.name} on this model: the language model can reach at least "
+            f"{lm_min:.4f} bits (ModelOpt was given {given:.4f} bits over all its layers, vision "
+            f"included at 16, and reports a minimum of {e.minimum_bits:.4f}). Set "
+            f"autoquant.effective_bits to {math.ceil(lm_min * 100) / 100:g} or more."
         ) from None
     fmt_name = catalogue.format_name(cfg.quant_pair, cfg.quant_granularity)
     raw_groups = autoquant.group_stats(state, frozen)
