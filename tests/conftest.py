@@ -38,6 +38,12 @@ def finished_runs(store: Path) -> list[str]:
         return [r[0] for r in db.execute("select run_uuid from runs where status='FINISHED'")]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_score_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Stored scores go to a temporary directory (also for subprocesses), not the repo's .cache."""
+    os.environ["LAYER_SENSITIVITY_CACHE_DIR"] = str(tmp_path_factory.mktemp("score-cache"))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "mlflow.db"

@@ -151,7 +151,7 @@ class AutoQuantConfig:
     seed: int = 0
     # Reuse stored scores (ModelOpt checkpoint=) when everything they depend on matches.
     reuse_scores: bool = True
-    score_cache_dir: str = "${project_root:}/.cache/autoquant-scores"
+    score_cache_dir: str = "${oc.env:LAYER_SENSITIVITY_CACHE_DIR,${project_root:}/.cache}/autoquant-scores"
 
 
 @dataclass
