@@ -31,14 +31,20 @@ def _manifest(run: mlflow.entities.Run, store: Path, tmp_path: Path) -> dict:
     return json.loads(Path(local).read_text())
 
 
+def _mlflow_run(tmp_path: Path, *params: str) -> subprocess.CompletedProcess[str]:
+    """``mlflow run <repo> -e sensitivity -P ... --env-manager local`` into tmp_path/mlflow.db."""
+    args = [a for p in params for a in ("-P", p)]
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "sensitivity", *args,
+         "--env-manager", "local"],
+        env=tool_env(tmp_path / "mlflow.db"), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path)
+
+
 def test_mlflow_run_sensitivity_logs_one_complete_run(tmp_path: Path) -> None:
     store = tmp_path / "mlflow.db"
-    env = tool_env(store)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "sensitivity",
-         "-P", "quant_pair=fp8", "--env-manager", "local",
-         "-P", f"overrides=hydra.run.dir={tmp_path}/out dataset.max_calib_samples=8"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = _mlflow_run(tmp_path, "quant_pair=fp8",
+                       f"overrides=hydra.run.dir={tmp_path}/out dataset.max_calib_samples=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _only_run(store)
     assert run.info.status == "FINISHED"
@@ -86,12 +92,7 @@ def test_mlflow_run_sensitivity_logs_one_complete_run(tmp_path: Path) -> None:
 
 def test_bad_input_through_mlflow_run_fails_the_run(tmp_path: Path) -> None:
     store = tmp_path / "mlflow.db"
-    env = tool_env(store)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "sensitivity",
-         "-P", "effective_bits=3", "--env-manager", "local",
-         "-P", f"overrides=hydra.run.dir={tmp_path}/out"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = _mlflow_run(tmp_path, "effective_bits=3", f"overrides=hydra.run.dir={tmp_path}/out")
     assert proc.returncode != 0
     assert "autoquant.effective_bits=3 is out of reach" in proc.stderr
     assert finished_runs(store) == []
