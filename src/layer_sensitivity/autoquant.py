@@ -12,10 +12,8 @@ import torch
 
 from .calibration import Batch
 from .errors import UserError
+from .groups import GroupStats
 from .schema import Method
-
-RECIPE_SUFFIX = ".quant_recipe"
-_BITS = re.compile(r"effective-bits:\s*([0-9.]+)")
 
 
 def _forward(model: torch.nn.Module, batch: Batch) -> Any:
@@ -74,37 +72,6 @@ class InfeasibleTarget(UserError):
         return float(m.group(1)) if m else math.nan
 
 
-def format_bits(fmt: str) -> float:
-    m = _BITS.search(fmt)
-    return float(m.group(1)) if m else math.nan
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """One runtime-grouped decision (e.g. q/k/v of one layer share a format)."""
-
-    formats: list[str]  # "FP8_DEFAULT_CFG(effective-bits: 8.0)", ..., "NONE(effective-bits: 16.0)"
-    scores: list[float]
-    costs: list[float]
-    modules: list[str]
-    chosen: str  # the format the solver picked
-    in_scope: bool
-
-    @property
-    def importance(self) -> float:
-        """Sensitivity: the largest score among quantized formats (NONE scores 0)."""
-        quantized = [s for f, s in zip(self.formats, self.scores, strict=True) if not f.startswith("NONE")]
-        return max(quantized, default=0.0)
-
-    @property
-    def uncompressed_cost(self) -> float:
-        return max(self.costs)
-
-    @property
-    def chosen_cost(self) -> float:
-        return self.costs[self.formats.index(self.chosen)]
-
-
 def group_stats(state: dict[str, Any], frozen_patterns: list[str]) -> dict[str, GroupStats]:
     """Plain per-group data from ModelOpt's search state, keyed by the recipe handle."""
     best = state["best"]["recipe"]
@@ -123,17 +90,6 @@ def group_stats(state: dict[str, Any], frozen_patterns: list[str]) -> dict[str, 
             in_scope=not frozen,
         )
     return out
-
-
-def achieved_scope_bits(groups: dict[str, GroupStats]) -> float:
-    """Average bits over in-scope weights of the solver's choice."""
-    scoped = [g for g in groups.values() if g.in_scope]
-    return 16.0 * sum(g.chosen_cost for g in scoped) / sum(g.uncompressed_cost for g in scoped)
-
-
-def min_scope_bits(groups: dict[str, GroupStats]) -> float:
-    scoped = [g for g in groups.values() if g.in_scope]
-    return 16.0 * sum(min(g.costs) for g in scoped) / sum(g.uncompressed_cost for g in scoped)
 
 
 def resolve(state: dict[str, Any], modelopt_target: float) -> dict[str, str]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .autoquant import GroupStats
 from .errors import UserError
+from .groups import GroupStats
 from .schema import (
     ActivationGranularity,
     FP4Format,

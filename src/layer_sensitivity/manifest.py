@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .autoquant import RECIPE_SUFFIX, GroupStats
 from .errors import UserError
+from .groups import RECIPE_SUFFIX, GroupStats
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = "_quant_manifest.json"

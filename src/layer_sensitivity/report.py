@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from .autoquant import RECIPE_SUFFIX, format_bits
+from .groups import RECIPE_SUFFIX, format_bits
 
 MARKDOWN_NAME = "layer-sensitivity-report.md"
 JSON_NAME = "layer-sensitivity-report.json"

@@ -19,8 +19,8 @@ import pandas as pd
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from .autoquant import RECIPE_SUFFIX
 from .errors import UserError
+from .groups import RECIPE_SUFFIX
 
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./: ]")
 ERROR_ARTIFACT = "error.txt"  # a failed child run's error message
