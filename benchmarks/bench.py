@@ -73,11 +73,34 @@ class MeasurementFailed(RuntimeError):
     pass
 
 
+def _cpu_ticks_of_others() -> dict[int, int]:
+    """CPU time (own + waited-for children, in clock ticks) of every process but this one."""
+    ticks = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks[int(entry)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks
+
+
+def other_cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds that processes outside the measurement used between two samples."""
+    delta = sum(t - before.get(pid, 0) for pid, t in after.items() if t >= before.get(pid, 0))
+    return delta / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Measured:
     seconds: float
     rss_mb: float
     out_dirs: list[Path] = field(default_factory=list)
+    other_cpu_s: float = 0.0  # CPU used by unrelated processes meanwhile (noise)
 
 
 @dataclass
@@ -94,6 +117,7 @@ class Row:
     rss_ok: Callable[[float], bool] | None = None
     extra: str = ""
     extra_ok: bool = True
+    other_cpu_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -123,6 +147,7 @@ class Row:
             "peak RSS MB (baseline / candidate)": f"{self.baseline_rss_mb:.0f} / {self.candidate_rss_mb:.0f}",
             "RSS ratio": round(self.rss_ratio, 2),
             "extra": self.extra,
+            "other CPU s": round(self.other_cpu_s),
             "result": {True: "pass", False: "FAIL", None: "info"}[self.passed],
         }
 
@@ -148,6 +173,7 @@ class Bench:
         self.env.pop("MLFLOW_EXPERIMENT_NAME", None)
         self.env.pop("MLFLOW_EXPERIMENT_ID", None)
         self._n = 0
+        self.other_cpu_s = 0.0
 
     def _dir(self, kind: str, label: str) -> Path:
         self._n += 1
@@ -156,6 +182,7 @@ class Bench:
     def run(self, label: str, cmds: list[list[str]], out_dirs: list[Path] | None = None) -> Measured:
         """Run ``cmds`` one after another; total wall time, the largest peak RSS among them."""
         total, rss = 0.0, 0.0
+        before = _cpu_ticks_of_others()
         for i, cmd in enumerate(cmds):
             log = self._dir("logs", f"{label}-{i}").with_suffix(".log")
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -172,8 +199,10 @@ class Bench:
             seconds, maxrss_kib = report.read_text().split()
             total += float(seconds)
             rss = max(rss, int(maxrss_kib) / 1024)  # KiB on Linux
-        print(f"    {label}: {total:6.1f} s, peak RSS {rss:5.0f} MB", flush=True)
-        return Measured(total, rss, out_dirs or [])
+        other = other_cpu_seconds(before, _cpu_ticks_of_others())
+        print(f"    {label}: {total:6.1f} s, peak RSS {rss:5.0f} MB, other processes "
+              f"{other:.1f} CPU s", flush=True)
+        return Measured(total, rss, out_dirs or [], other)
 
     def measure(self, label: str, make: Callable[[], tuple[list[list[str]], list[Path]]]) -> Measured:
         """``repeat`` runs (fresh outputs each); the median time and RSS, the last run's outputs."""
@@ -182,12 +211,15 @@ class Bench:
             cmds, dirs = make()
             runs.append(self.run(label, cmds, dirs))
         return Measured(statistics.median(r.seconds for r in runs),
-                        statistics.median(r.rss_mb for r in runs), runs[-1].out_dirs)
+                        statistics.median(r.rss_mb for r in runs), runs[-1].out_dirs,
+                        sum(r.other_cpu_s for r in runs))
 
     def pair(self, label_a: str, make_a: Callable[[], tuple[list[list[str]], list[Path]]],
              label_b: str, make_b: Callable[[], tuple[list[list[str]], list[Path]]]
              ) -> tuple[Measured, Measured]:
-        return self.measure(label_a, make_a), self.measure(label_b, make_b)
+        a, b = self.measure(label_a, make_a), self.measure(label_b, make_b)
+        self.other_cpu_s = a.other_cpu_s + b.other_cpu_s  # read by the row builders
+        return a, b
 
     # Commands ----------------------------------------------------------------------------------
 
@@ -485,7 +517,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    started = time.perf_counter()
     if args.quick:
         model_dir = REPO / "src" / "layer_sensitivity" / "assets" / "tiny-qwen3-vl"
         model_overrides = ["model=tiny_qwen3_vl"]
@@ -504,6 +535,7 @@ def main() -> int:
                       f"{params['language_model'] / 1e6:.1f} M LM + {params['vision'] / 1e6:.1f} M "
                       f"vision parameters, {report['steps']} training steps, fp32 on CPU)")
 
+    started = time.perf_counter()  # after generating the model: that happens once
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="layer-sens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     b = Bench(work, model_overrides, size, args.sweep_sizes, args.repeat)
@@ -537,7 +569,9 @@ def main() -> int:
         for num, make in makers:
             if num in wanted:
                 print(f"row {num}", flush=True)
-                rows.append(make())
+                row = make()
+                row.other_cpu_s = b.other_cpu_s
+                rows.append(row)
     except MeasurementFailed as e:
         print(f"error: {e}\n(work dir kept: {work})", file=sys.stderr)
         return 2
@@ -560,6 +594,11 @@ def main() -> int:
     if not (args.keep or args.work):
         shutil.rmtree(work, ignore_errors=True)
 
+    noisy = [r.comparison.split(".")[0] for r in rows
+             if r.other_cpu_s > 0.05 * (r.baseline_s + r.candidate_s)]
+    if noisy:
+        print(f"warning: other processes used CPU during row(s) {', '.join(noisy)} (column 'other "
+              "CPU s'); their times are not reliable. Rerun on a quiet machine.", file=sys.stderr)
     missed = [r.comparison for r in rows if r.passed is False]
     if missed and args.quick:
         print(f"(quick run: targets not enforced; missed: {'; '.join(missed)})")

@@ -51,14 +51,14 @@ PRESETS: dict[str, dict] = {
         steps=200,
     ),
     "bench": dict(
-        text=dict(hidden_size=384, num_hidden_layers=8, num_attention_heads=6,
-                  num_key_value_heads=2, head_dim=64, intermediate_size=1024,
+        text=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=64, intermediate_size=1536,
                   mrope_section=[8, 12, 12]),
         vision=dict(depth=4, hidden_size=128, num_heads=4, intermediate_size=512,
                     deepstack_visual_indexes=[1, 3]),
-        # The benchmark model (benchmarks/bench.py): 14 M language-model parameters, 8 layers, so
-        # a default job on the large captions takes about a minute on 2 cores. 100 steps give
-        # held-out loss 5.36 (7.68 untrained) in under a minute; longer runs memorise.
+        # The benchmark model (benchmarks/bench.py, conf/model/bench_qwen3_vl.yaml): 27 M
+        # language-model parameters, so a default job on the large captions takes about a minute
+        # on 2 cores. 100 steps give held-out loss 5.35 (7.68 untrained) in 90 s.
         steps=100,
     ),
 }

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from layer_sensitivity import manifest, report
-from layer_sensitivity.autoquant import GroupStats
+from layer_sensitivity.groups import GroupStats
 from layer_sensitivity.errors import UserError
 
 FP8, NONE = "FP8_DEFAULT_CFG(effective-bits: 8.0)", "NONE(effective-bits: 16.0)"

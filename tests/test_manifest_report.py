@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from layer_sensitivity import manifest, report
-from layer_sensitivity.autoquant import GroupStats, achieved_scope_bits, min_scope_bits
+from layer_sensitivity.groups import GroupStats, achieved_scope_bits, min_scope_bits
 from layer_sensitivity.errors import UserError
 
 FP8, NONE = "FP8_DEFAULT_CFG(effective-bits: 8.0)", "NONE(effective-bits: 16.0)"
