@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -73,23 +73,54 @@ class InfeasibleTarget(UserError):
 
 
 def group_stats(state: dict[str, Any], frozen_patterns: list[str]) -> dict[str, GroupStats]:
-    """Plain per-group data from ModelOpt's search state, keyed by the recipe handle."""
-    best = state["best"]["recipe"]
+    """Plain per-group data from ModelOpt's search state, keyed by the recipe handle.
+
+    ``chosen`` is the state's own best choice when it has one; :func:`with_choice` sets another.
+    """
+    best = (state.get("best") or {}).get("recipe") or {}
     out = {}
     for handle, stats in state["candidate_stats"].items():
         modules = list(stats.get("module_names", []))
         frozen = bool(modules) and all(
             any(fnmatch.fnmatch(m, p) for p in frozen_patterns) for m in modules
         )
+        formats = [str(f) for f in stats["formats"]]
         out[handle] = GroupStats(
-            formats=[str(f) for f in stats["formats"]],
+            formats=formats,
             scores=[float(s) for s in stats["scores"]],
             costs=[float(c) for c in stats["costs"]],
             modules=modules,
-            chosen=str(best[handle]),
+            chosen=str(best[handle]) if handle in best else formats[-1],
             in_scope=not frozen,
         )
     return out
+
+
+def with_choice(groups: dict[str, GroupStats], recipe: dict[str, str]) -> dict[str, GroupStats]:
+    """The groups with the solver's choice for one target."""
+    return {h: replace(g, chosen=recipe.get(h, g.chosen)) for h, g in groups.items()}
+
+
+def state_weight_counts(state: dict[str, Any]) -> tuple[int, int]:
+    """(weights in scope, weights kept at 16 bits) from the search state alone.
+
+    A group's uncompressed cost is its weight count, and frozen groups are offered only NONE, so
+    stored scores need neither the model nor the checkpoint's weights.
+    """
+    in_scope = frozen = 0.0
+    for stats in state["candidate_stats"].values():
+        n = float(stats.get("uncompressed_cost") or max(stats["costs"]))
+        if all(str(f).startswith("NONE") for f in stats["formats"]):
+            frozen += n
+        else:
+            in_scope += n
+    return int(in_scope), int(frozen)
+
+
+def modelopt_achieved_bits(groups: dict[str, GroupStats]) -> float:
+    """The chosen recipe's bits over every group ModelOpt sees (what ModelOpt itself reports)."""
+    return 16.0 * sum(g.chosen_cost for g in groups.values()) / sum(
+        g.uncompressed_cost for g in groups.values())
 
 
 def resolve(state: dict[str, Any], modelopt_target: float) -> dict[str, str]:
@@ -112,6 +143,9 @@ class FrontierPoint:
     total_score: float
     satisfied: bool
     recipe: dict[str, str]  # group handle -> chosen format
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def frontier_point(groups: dict[str, GroupStats], recipe: dict[str, str], target_bits: float,

@@ -58,6 +58,18 @@ def read_captions(path: str | Path, max_samples: int) -> Captions:
 Batch = dict[str, torch.Tensor]
 
 
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's tokenizer, offline, padding on the right (stored scores need no model)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                              trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
 def build_batches(captions: list[str] | tuple[str, ...], tokenizer: Any, batch_size: int,
                   seq_len: int, pad_to_longest: bool = True,
                   sort_by_length: bool = False) -> list[Batch]:
@@ -98,3 +110,8 @@ def batch_tokens(batches: list[Batch]) -> tuple[int, int]:
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     total = sum(b["input_ids"].numel() for b in batches)
     return real, total
+
+
+def truncated_count(batches: list[Batch], seq_len: int) -> int:
+    """Captions that filled all ``seq_len`` positions: cut at ``seq_len`` (or exactly that long)."""
+    return sum(int((b["attention_mask"].sum(dim=1) >= seq_len).sum()) for b in batches)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 from .groups import RECIPE_SUFFIX, GroupStats
+from .schema import SensitivityConfig
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = "_quant_manifest.json"
@@ -41,22 +43,110 @@ def layer_sensitivity(groups: dict[str, GroupStats]) -> dict[str, dict[str, Any]
     }
 
 
-def build(*, scheme: dict[str, Any], model: dict[str, Any], dataset: dict[str, Any],
-          quantization: dict[str, Any], groups: dict[str, GroupStats],
-          autoquant: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class JobFacts:
+    """What a job measured or derived besides the groups, as plain values (no torch objects)."""
+
+    scheme_name: str
+    checkpoint: str
+    fingerprint: str
+    device: str
+    dtype: str
+    weights_in_scope: int
+    weights_frozen: int
+    captions_path: str
+    captions_sha256: str
+    samples_used: int
+    samples_max: int
+    samples_available: int
+    batches: int
+    score_batches: int
+    score_samples: int
+    real_tokens: int
+    padded_tokens: int
+    target_bits: float
+    modelopt_bits: float
+    format_name: str
+    weight_quantizer: dict[str, Any]
+    input_quantizer: dict[str, Any]
+    modelopt_config: dict[str, Any]  # the exact ModelOpt config searched (JSON-safe)
+    versions: dict[str, str]
+
+
+def build(cfg: SensitivityConfig, f: JobFacts, groups: dict[str, GroupStats],
+          autoquant: dict[str, Any], frontier: list[dict[str, Any]],
+          score_cache: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest of one job: config, facts, per-group sensitivity, the solver's outcome."""
     sens = layer_sensitivity(groups)
-    return {
+    q, g, d = cfg.quant_pair, cfg.quant_granularity, cfg.dataset
+    doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "scheme": scheme,
-        "model": model,
-        "dataset": dataset,
-        "quantization": quantization,
+        "scheme": {
+            "name": f.scheme_name,
+            "effective_bits_requested": f.target_bits,
+            "effective_bits_modelopt": f.modelopt_bits,
+            "method": cfg.autoquant.method.value,
+            "score_size": f.score_samples,
+            "coverage": cfg.autoquant.coverage.value,
+            "formats": [f.format_name],
+            # AutoQuantize scores are sums over the score batches: compare runs by share or rank,
+            # or by the per-sample values (score / score_size).
+            "score_semantics": "sum over score batches",
+        },
+        "model": {
+            "id": f.checkpoint,
+            "name": cfg.model.name,
+            "dtype": f.dtype,
+            "device": f.device,
+            "fingerprint": f.fingerprint,
+            "weights_in_scope": f.weights_in_scope,
+            "weights_frozen": f.weights_frozen,
+        },
+        "dataset": {
+            "name": d.name,
+            "size": d.size.value,
+            "path": f.captions_path,
+            "sha256": f.captions_sha256,
+            "samples_used": f.samples_used,
+            "samples_max": f.samples_max,
+            "samples_available": f.samples_available,
+            "seq_len": d.calib_seq_len,
+            "batch_size": cfg.autoquant.batch_size,
+            "batches": f.batches,
+            "score_batches": f.score_batches,
+            "real_tokens": f.real_tokens,
+            "padded_tokens": f.padded_tokens,
+        },
+        "quantization": {
+            "pair": q.name,
+            "weight_dtype": q.weight.value,
+            "activation_dtype": q.activation.value,
+            "activations_quantized": q.activation.value != "fp16",
+            "fp4_format": q.fp4_format.value if q.fp4_format else None,
+            "modelopt_format": f.format_name,
+            "modelopt_base": q.modelopt_base,
+            "edits": [str(e) for e in q.edits],
+            "granularity": g.name,
+            "granularity_weight": g.weight.value,
+            "granularity_group_size": g.group_size,
+            "granularity_activation": g.activation.value,
+            # Exact settings of a decoder linear layer's quantizers (type, num_bits, axis, blocks).
+            "weight_quantizer": f.weight_quantizer,
+            "input_quantizer": f.input_quantizer,
+            "requires_cuda": q.requires_cuda,
+            "experimental": q.experimental,
+            "modelopt_config": f.modelopt_config,
+        },
         "layer_sensitivity": sens,
         "sensitivity_ranking": [{"name": h, "importance": s["importance"]} for h, s in sens.items()],
-        "frozen_groups": sorted(h for h, g in groups.items() if not g.in_scope),
+        "frozen_groups": sorted(h for h, gs in groups.items() if not gs.in_scope),
         "autoquant": autoquant,
-        "versions": versions,
+        "versions": f.versions,
+        "score_cache": score_cache,
     }
+    if frontier:
+        doc["frontier"] = frontier
+    return doc
 
 
 def write(manifest: dict[str, Any], out_dir: Path) -> Path:

@@ -1,15 +1,20 @@
-"""One sensitivity job as plain function calls: plan (validate, no model) then run.
+"""One sensitivity job as plain function calls: ``plan`` (validate, no model) then ``run``.
 
-No Hydra, no MLflow: callers pass a ``SensitivityConfig`` and an output directory.
+``run`` reads top to bottom as named phases: calibration data -> scores (stored, or load the model
+and search) -> solve every bit target -> manifest and reports. No Hydra, no MLflow: callers pass a
+``SensitivityConfig`` and an output directory.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +22,31 @@ import torch
 
 from . import autoquant, calibration, catalogue, manifest, model, report, scorecache
 from .errors import UserError
+from .groups import GroupStats, min_scope_bits
 from .reuse import Resources
-from .schema import Coverage, Precision, SensitivityConfig
+from .schema import Coverage, SensitivityConfig
+
+log = logging.getLogger(__name__)
 
 BITS_TOLERANCE = 1e-9
+FRONTIER_DIR = "frontier"
 
 
 @dataclass
 class Plan:
-    """Everything decided before the model loads."""
+    """Everything decided before the model loads, each value computed once."""
 
     cfg: SensitivityConfig
     checkpoint: Path
+    fingerprint: str
     device: str
     captions: calibration.Captions
     quant_cfg: dict[str, Any]
+    format_name: str  # the pair's ModelOpt format as reports name it
     format_bits: float
     targets: list[float]  # requested averages over the language model's quantizable weights
     score_samples: int
+    frozen_patterns: list[str]
 
     @property
     def target_bits(self) -> float:
@@ -47,12 +59,17 @@ class Plan:
         scope = "lm" if c.autoquant.coverage == Coverage.lm_only else "full"
         return f"{c.model.name}_autoquant_{c.quant_pair.name}_{scope}_{c.dataset.size.value}"
 
+    @property
+    def score_steps(self) -> int:
+        return math.ceil(self.score_samples / self.cfg.autoquant.batch_size)
+
 
 @dataclass
 class Result:
     manifest: dict[str, Any]
     files: list[Path]
     seconds: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None  # the run it was logged into, if any
 
 
 def sample_count(cfg: SensitivityConfig) -> int:
@@ -77,12 +94,12 @@ def plan(cfg: SensitivityConfig) -> Plan:
         if value is not None and value <= 0:
             raise UserError(f"{name}={value} must be a positive integer. Set it to 1 or more.")
     device = model.resolve_device(cfg.model.device)
+    frozen = model.FROZEN_PATTERNS[aq.coverage]
     # Pair and overlay: preset available, overlay meaningful, runnable on this device.
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
     catalogue.check_device(pair, cfg.quant_granularity, quant_cfg, device)
     checkpoint = model.checkpoint_dir(cfg.model)
-    catalogue.check_layer_fit(cfg.quant_granularity, checkpoint,
-                              model.FROZEN_PATTERNS[aq.coverage], cfg.model.trust_remote_code)
+    catalogue.check_layer_fit(cfg.quant_granularity, checkpoint, frozen, cfg.model.trust_remote_code)
     captions = calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg))
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
     targets = bit_targets(aq.effective_bits, fmt_bits)
@@ -96,7 +113,9 @@ def plan(cfg: SensitivityConfig) -> Plan:
                 f"{fmt_bits:g}."
             )
     score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
-    return Plan(cfg, checkpoint, device, captions, quant_cfg, fmt_bits, targets, score_samples)
+    return Plan(cfg, checkpoint, model.fingerprint(checkpoint), device, captions, quant_cfg,
+                catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
+                score_samples, frozen)
 
 
 def bit_targets(value: Any, natural: float) -> list[float]:
@@ -118,36 +137,67 @@ def bit_targets(value: Any, natural: float) -> list[float]:
     return targets
 
 
-def _versions() -> dict[str, str]:
-    import modelopt
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "modelopt": modelopt.__version__}
+# --- Phases -----------------------------------------------------------------------------------
 
 
-FRONTIER_DIR = "frontier"
+class Phases:
+    """Wall time of each named phase, and the phase a job was in when it stopped."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.current = ""
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.current, t = name, time.perf_counter()
+        log.info("phase %s", name)
+        yield
+        self.seconds[name] = time.perf_counter() - t
 
 
-def write_frontier_recipes(frontier: list[dict[str, Any]], directory: Path) -> list[Path]:
-    """One JSON per bit target: the chosen format of every in-scope layer group."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for point in frontier:
-        path = directory / f"recipe_{point['target_bits']:g}bits.json"
-        path.write_text(json.dumps(point, indent=2) + "\n")
-        paths.append(path)
-    return paths
+@dataclass
+class Scores:
+    """A completed AutoQuantize search: ModelOpt's state and what it was computed from."""
+
+    state: dict[str, Any]
+    dtype: str
+    cache: dict[str, Any] | None  # {key, hit, path} or None when reuse is off
+    weights_in_scope: int
+    weights_frozen: int
+
+    def modelopt_bits(self, target: float) -> float:
+        """ModelOpt averages over every quantizable layer it sees; frozen ones cost 16 bits."""
+        return model.modelopt_bits(target, self.weights_in_scope, self.weights_frozen)
 
 
-def score_key_ingredients(p: Plan, fingerprint: str, dtype: torch.dtype,
-                          batches: list[calibration.Batch], score_steps: int) -> dict[str, Any]:
+@dataclass
+class Solution:
+    groups: dict[str, GroupStats]  # the main target's choice per group
+    autoquant: dict[str, Any]  # achieved bits, total score, satisfied
+    frontier: list[dict[str, Any]]
+
+
+def calibration_data(p: Plan, resources: Resources) -> list[calibration.Batch]:
+    """Token batches (CPU): needed for the score key even when the scores are stored."""
+    c = p.cfg
+    tokenizer = resources.tokenizer(c.model, p.checkpoint)
+    batches = resources.batches(p.captions, tokenizer, f"{p.checkpoint.resolve()}",
+                                c.autoquant.batch_size, c.dataset.calib_seq_len,
+                                c.dataset.pad_to_longest, c.dataset.sort_by_length)
+    truncated = calibration.truncated_count(batches, c.dataset.calib_seq_len)
+    if truncated:
+        log.warning("%d of %d captions are longer than dataset.calib_seq_len=%d tokens and were "
+                    "truncated; raise dataset.calib_seq_len to score them whole.", truncated,
+                    len(p.captions.lines), c.dataset.calib_seq_len)
+    return batches
+
+
+def score_key_ingredients(p: Plan, dtype: torch.dtype, batches: list[calibration.Batch]
+                          ) -> dict[str, Any]:
     """Everything stored scores depend on (ModelOpt itself checks only the formats)."""
-    import modelopt
-
     c = p.cfg
     return {
-        "model_fingerprint": fingerprint,
+        "model_fingerprint": p.fingerprint,
         "dtype": str(dtype),
         "device_type": torch.device(p.device).type,
         "captions_sha256": p.captions.sha256,
@@ -158,155 +208,148 @@ def score_key_ingredients(p: Plan, fingerprint: str, dtype: torch.dtype,
         "sort_by_length": c.dataset.sort_by_length,
         "batches_sha256": scorecache.batches_digest(batches),
         "num_calib_steps": len(batches),
-        "num_score_steps": score_steps,
+        "num_score_steps": p.score_steps,
         "method": c.autoquant.method.value,
         "coverage": c.autoquant.coverage.value,
-        "frozen_patterns": model.FROZEN_PATTERNS[c.autoquant.coverage],
+        "frozen_patterns": p.frozen_patterns,
         # Insertion order is deterministic for a derived config; keys mix int and str (block sizes).
         "quant_cfg": json.dumps(p.quant_cfg, default=str),
-        "modelopt": modelopt.__version__,
+        "modelopt": metadata.version("nvidia-modelopt"),
     }
 
 
-def run(p: Plan, out_dir: Path, log: Callable[[str], None] = print,
-        resources: Resources | None = None) -> Result:
-    """Load, calibrate, score and solve; write manifest and reports into ``out_dir``.
-
-    ``resources`` lets the jobs of one process share loaded models and tokenized batches.
-    """
-    cfg = p.cfg
-    resources = resources or Resources()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    torch.manual_seed(cfg.autoquant.seed)
-
-    t = time.perf_counter()
-    loaded = resources.model(cfg.model, p.checkpoint, p.device)
-    frozen = model.FROZEN_PATTERNS[cfg.autoquant.coverage]
-    in_scope, frozen_weights = model.weight_counts(loaded.model, frozen)
-    fingerprint = model.fingerprint(p.checkpoint)
-    seconds["load"] = time.perf_counter() - t
-    log(f"loaded {p.checkpoint} on {p.device} ({loaded.dtype}) in {seconds['load']:.1f}s")
-
-    t = time.perf_counter()
-    batches = resources.batches(p.captions, loaded.tokenizer, f"{p.checkpoint.resolve()}",
-                                cfg.autoquant.batch_size, cfg.dataset.calib_seq_len,
-                                cfg.dataset.pad_to_longest, cfg.dataset.sort_by_length)
-    real_tokens, padded_tokens = calibration.batch_tokens(batches)
-    batches = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
-    seconds["calibration_data"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    givens = [model.modelopt_bits(b, in_scope, frozen_weights) for b in p.targets]
-    given = givens[0]
-    score_steps = math.ceil(p.score_samples / cfg.autoquant.batch_size)
-    cache = None
-    if cfg.autoquant.reuse_scores:
-        cache = scorecache.entry(Path(cfg.autoquant.score_cache_dir), score_key_ingredients(
-            p, fingerprint, loaded.dtype, batches, score_steps))
-    cache_hit = bool(cache and cache.hit)
-    if cache:
-        log(f"scores {'reused from' if cache_hit else 'stored in'} {cache.path}")
+def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> Scores:
+    """Stored scores when everything they depend on matches (no model load), else a search."""
+    c = p.cfg
+    dtype = model.resolve_dtype(c.model.dtype, p.device)
+    cache = key = None
+    if c.autoquant.reuse_scores:
+        cache = scorecache.ScoreCache(Path(c.autoquant.score_cache_dir))
+        key = cache.key(score_key_ingredients(p, dtype, batches))
+        state = cache.load(key)
+        if state is not None:
+            log.info("scores reused from %s", cache.path(key))
+            return _scores(state, dtype, {"key": key, "hit": True, "path": str(cache.path(key))})
+    loaded = resources.model(c.model, p.checkpoint, p.device)
+    in_scope, frozen = model.weight_counts(loaded.model, p.frozen_patterns)
+    given = model.modelopt_bits(p.target_bits, in_scope, frozen)
+    on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
     try:
-        state = autoquant.run(loaded.model, batches, p.quant_cfg, method=cfg.autoquant.method,
-                              modelopt_bits=given, frozen_patterns=frozen,
-                              num_score_steps=score_steps,
-                              checkpoint=None if cache is None else
-                              str(cache.path if cache_hit else cache.staging))
-        if cache and not cache_hit:
-            cache.commit()
+        if cache is None or key is None:
+            state = _search(p, loaded.model, on_device, given, None)
+            return _scores(state, dtype, None)
+        # ModelOpt writes its checkpoint mid-search too: only a completed search becomes an entry.
+        with cache.private_checkpoint() as tmp:
+            state = _search(p, loaded.model, on_device, given, str(tmp))
+            path = cache.store(key, tmp)
+        log.info("scores stored in %s", path)
+        return _scores(state, dtype, {"key": key, "hit": False, "path": str(path)})
     except autoquant.InfeasibleTarget as e:
-        lm_min = model.scope_bits(e.minimum_bits, in_scope, frozen_weights)
+        lm_min = model.scope_bits(e.minimum_bits, in_scope, frozen)
         raise UserError(
             f"autoquant.effective_bits={p.target_bits:g} is infeasible for quant_pair="
-            f"{cfg.quant_pair.name} on this model: the language model can reach at least "
+            f"{c.quant_pair.name} on this model: the language model can reach at least "
             f"{lm_min:.4f} bits (ModelOpt was given {given:.4f} bits over all its layers, vision "
             f"included at 16, and reports a minimum of {e.minimum_bits:.4f}). Set "
             f"autoquant.effective_bits to {math.ceil(lm_min * 100) / 100:g} or more."
         ) from None
-    fmt_name = catalogue.format_name(cfg.quant_pair, cfg.quant_granularity)
-    raw_groups = autoquant.group_stats(state, frozen)
-    groups = catalogue.name_custom_format(raw_groups, fmt_name)
-    frontier = []
-    if len(p.targets) > 1:
-        for target, modelopt_target in zip(p.targets, givens, strict=True):
-            recipe = autoquant.resolve(state, modelopt_target)
-            point = autoquant.frontier_point(raw_groups, recipe, target, modelopt_target)
-            frontier.append(asdict(point) | {"recipe": {
-                h: catalogue.custom_label(f, fmt_name) for h, f in point.recipe.items()}})
-    seconds["autoquant"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    q, g = cfg.quant_pair, cfg.quant_granularity
-    doc = manifest.build(
-        scheme={
-            "name": p.scheme_name,
-            "effective_bits_requested": p.target_bits,
-            "effective_bits_modelopt": given,
-            "method": cfg.autoquant.method.value,
-            "score_size": p.score_samples,
-            "coverage": cfg.autoquant.coverage.value,
-            "formats": [catalogue.format_name(q, g)],
-        },
-        model={
-            "id": str(p.checkpoint),
-            "name": cfg.model.name,
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "device": p.device,
-            "fingerprint": model.fingerprint(p.checkpoint),
-            "weights_in_scope": in_scope,
-            "weights_frozen": frozen_weights,
-        },
-        dataset={
-            "name": cfg.dataset.name,
-            "size": cfg.dataset.size.value,
-            "path": str(p.captions.path),
-            "sha256": p.captions.sha256,
-            "samples_used": len(p.captions.lines),
-            "samples_max": p.captions.requested,
-            "samples_available": p.captions.available,
-            "seq_len": cfg.dataset.calib_seq_len,
-            "batch_size": cfg.autoquant.batch_size,
-            "batches": len(batches),
-            "score_batches": score_steps,
-            "real_tokens": real_tokens,
-            "padded_tokens": padded_tokens,
-        },
-        quantization={
-            "pair": q.name,
-            "weight_dtype": q.weight.value,
-            "activation_dtype": q.activation.value,
-            "activations_quantized": q.activation != Precision.fp16,
-            "fp4_format": q.fp4_format.value if q.fp4_format else None,
-            "modelopt_format": catalogue.format_name(q, g),
-            "modelopt_base": q.modelopt_base,
-            "edits": [str(e) for e in q.edits],
-            "granularity": g.name,
-            "granularity_weight": g.weight.value,
-            "granularity_group_size": g.group_size,
-            "granularity_activation": g.activation.value,
-            # Exact settings of a decoder linear layer's quantizers (type, num_bits, axis, blocks).
-            "weight_quantizer": catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
-            "input_quantizer": catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
-            "requires_cuda": q.requires_cuda,
-            "experimental": q.experimental,
-        },
-        groups=groups,
-        autoquant={
-            "effective_bits_achieved": autoquant.achieved_scope_bits(groups),
-            "modelopt_effective_bits_achieved": float(state["best"]["constraints"]["effective_bits"]),
-            "min_effective_bits": autoquant.min_scope_bits(groups),
-            "total_score": float(state["best"]["score"]),
-            "satisfied": bool(state["best"]["is_satisfied"]),
-        },
-        versions=_versions(),
-    )
-    doc["score_cache"] = None if cache is None else {"key": cache.key, "hit": cache_hit,
-                                                     "path": str(cache.path)}
-    files = []
-    if frontier:
-        doc["frontier"] = frontier
-        files += write_frontier_recipes(frontier, out_dir / FRONTIER_DIR)
-    files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir), *files]
-    seconds["reports"] = time.perf_counter() - t
-    return Result(doc, files, seconds)
+
+def _search(p: Plan, net: torch.nn.Module, batches: list[calibration.Batch], given: float,
+            checkpoint: str | None) -> dict[str, Any]:
+    torch.manual_seed(p.cfg.autoquant.seed)
+    return autoquant.run(net, batches, p.quant_cfg, method=p.cfg.autoquant.method,
+                         modelopt_bits=given, frozen_patterns=p.frozen_patterns,
+                         num_score_steps=p.score_steps, checkpoint=checkpoint)
+
+
+def _scores(state: dict[str, Any], dtype: torch.dtype, cache: dict[str, Any] | None) -> Scores:
+    in_scope, frozen = autoquant.state_weight_counts(state)
+    return Scores(state, str(dtype).removeprefix("torch."), cache, in_scope, frozen)
+
+
+def solve(p: Plan, s: Scores) -> Solution:
+    """Every target re-solved from the scores alone, the same way for stored and fresh scores."""
+    raw = autoquant.group_stats(s.state, p.frozen_patterns)
+    frontier, main = [], None
+    for target in p.targets:
+        given = s.modelopt_bits(target)
+        recipe = autoquant.resolve(s.state, given)
+        point = autoquant.frontier_point(raw, recipe, target, given)
+        main = main or (recipe, point)
+        frontier.append({**point.as_dict(), "recipe": {
+            h: catalogue.custom_label(f, p.format_name) for h, f in point.recipe.items()}})
+    assert main is not None
+    recipe, point = main
+    chosen = autoquant.with_choice(raw, recipe)
+    groups = catalogue.name_custom_format(chosen, p.format_name)
+    if point.achieved_bits > p.target_bits + 1e-6 or not point.satisfied:
+        log.warning("the solver did not meet %.4g LM bits (achieved %.4f)", p.target_bits,
+                    point.achieved_bits)
+    return Solution(groups, {
+        "effective_bits_achieved": point.achieved_bits,
+        "modelopt_effective_bits_achieved": autoquant.modelopt_achieved_bits(chosen),
+        "min_effective_bits": min_scope_bits(groups),
+        "total_score": point.total_score,
+        "satisfied": point.satisfied,
+    }, frontier if len(p.targets) > 1 else [])
+
+
+def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.Batch],
+                  out_dir: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The manifest, its reports and figures, and one recipe per frontier target."""
+    real, padded = calibration.batch_tokens(batches)
+    doc = manifest.build(p.cfg, manifest.JobFacts(
+        scheme_name=p.scheme_name, checkpoint=str(p.checkpoint), fingerprint=p.fingerprint,
+        device=p.device, dtype=s.dtype, weights_in_scope=s.weights_in_scope,
+        weights_frozen=s.weights_frozen, captions_path=str(p.captions.path),
+        captions_sha256=p.captions.sha256, samples_used=len(p.captions.lines),
+        samples_max=p.captions.requested, samples_available=p.captions.available,
+        batches=len(batches), score_batches=p.score_steps, score_samples=p.score_samples,
+        real_tokens=real, padded_tokens=padded, target_bits=p.target_bits,
+        modelopt_bits=s.modelopt_bits(p.target_bits), format_name=p.format_name,
+        weight_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
+        input_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
+        modelopt_config=json.loads(json.dumps(p.quant_cfg, default=str)), versions=versions(),
+    ), sol.groups, sol.autoquant, sol.frontier, s.cache)
+    files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]
+    files += write_frontier_recipes(sol.frontier, out_dir / FRONTIER_DIR)
+    return doc, files
+
+
+def write_frontier_recipes(frontier: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """One JSON per bit target: the chosen format of every in-scope layer group."""
+    paths = []
+    for point in frontier:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"recipe_{point['target_bits']:g}bits.json"
+        path.write_text(json.dumps(point, indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
+def versions() -> dict[str, str]:
+    """Installed versions (package metadata: no import of ModelOpt on a score-cache hit)."""
+    return {"torch": torch.__version__, "transformers": metadata.version("transformers"),
+            "modelopt": metadata.version("nvidia-modelopt")}
+
+
+def run(p: Plan, out_dir: Path, resources: Resources | None = None,
+        phases: Phases | None = None) -> Result:
+    """Calibration data -> scores -> solve -> manifest and reports, into ``out_dir``.
+
+    ``resources`` lets the jobs of one process share loaded models and tokenized batches;
+    ``phases`` (optional) tells a caller which phase an interrupted job was in.
+    """
+    resources = resources or Resources()
+    phases = phases or Phases()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with phases("calibration_data"):
+        batches = calibration_data(p, resources)
+    with phases("autoquant"):
+        s = scores(p, batches, resources)
+    with phases("solve"):
+        sol = solve(p, s)
+    with phases("reports"):
+        doc, files = write_outputs(p, s, sol, batches, out_dir)
+    return Result(doc, files, dict(phases.seconds))

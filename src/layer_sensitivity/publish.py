@@ -7,17 +7,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import manifest, paths
 from .errors import UserError
 from .manifest import MANIFEST_SUFFIX
+from .redact import redact_text
 from .schema import SensitivityConfig
+
+if TYPE_CHECKING:
+    from .tracking.runs import RunRecord, RunStore
+
+log = logging.getLogger(__name__)
+PUBLISHED_TAG = "published.path"
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def safe_join(root: Path, *parts: str) -> Path:
@@ -242,3 +255,69 @@ def _make_readable(stage: Path) -> None:
     os.umask(umask)
     for d in [stage, *(p for p in stage.rglob("*") if p.is_dir())]:
         d.chmod(0o777 & ~umask)
+
+
+# --- Publishing a run from a tracking store ------------------------------------------------
+
+
+def _git_head() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.project_root(),
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _version() -> str | None:
+    try:
+        return metadata.version("layer-sensitivity")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(record: RunRecord, where: str, manifest_name: str) -> dict[str, object]:
+    """Where the published files came from; ``where`` is the store with credentials redacted."""
+    commit = record.tags.get("mlflow.source.git.commit")
+    return {
+        "run_id": record.run_id,
+        "run_name": record.run_name,
+        "experiment_id": record.experiment_id,
+        "experiment_name": record.experiment_name,
+        "tracking_uri": redact_text(where),
+        "params": {k: redact_text(v) for k, v in sorted(record.params.items())},
+        "parent_run_id": record.tags.get(PARENT_TAG),
+        "git_commit": commit or _git_head(),
+        # "run": the commit MLflow recorded for the run; "publisher": this checkout's HEAD
+        "git_commit_source": "run" if commit else "publisher",
+        "manifest": manifest_name,
+        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "layer_sensitivity_version": _version(),
+    }
+
+
+def publish_run(store: RunStore, run_id: str, root: Path, force: bool) -> Published:
+    """Copy a FINISHED run's manifest, reports, config and figures under ``root``."""
+    record = store.get(run_id)
+    if record.status != "FINISHED":
+        raise UserError(
+            f"Run {run_id} is {record.status}; only FINISHED runs can be published. Re-run the "
+            "job, or publish one of its finished siblings."
+        )
+    chosen, skipped = select(store.artifact_files(run_id))
+    name = store.manifest_name(run_id, chosen)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = {name: store.download(run_id, name, Path(tmp))}
+        dest = destination(root, manifest.load(local[name]))
+        done = check_existing(dest, run_id, force)
+        if done:
+            if record.tags.get(PUBLISHED_TAG) != str(done.path):
+                store.set_tags(run_id, {PUBLISHED_TAG: str(done.path)})
+            return done
+        for p in chosen:
+            local.setdefault(p, store.download(run_id, p, Path(tmp)))
+        result = publish_files(local, dest, provenance(record, store.where, name), force=force)
+    for p in skipped:
+        log.info("not published: %s", p)
+    store.set_tags(run_id, {PUBLISHED_TAG: str(result.path)})
+    return result

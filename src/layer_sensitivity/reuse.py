@@ -23,6 +23,7 @@ class Resources:
     keep: bool = False
     _models: dict[tuple[Any, ...], model.LoadedModel] = field(default_factory=dict)
     _batches: dict[tuple[Any, ...], list[calibration.Batch]] = field(default_factory=dict)
+    _tokenizers: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     loads: int = 0  # checkpoint loads from disk (what a sweep saves)
     tokenizations: int = 0
 
@@ -37,6 +38,13 @@ class Resources:
             self._models[key] = model.load(cfg, path, device)
         pristine = self._models[key]
         return replace(pristine, model=copy.deepcopy(pristine.model))
+
+    def tokenizer(self, cfg: ModelConfig, path: Path) -> Any:
+        """The checkpoint's tokenizer alone (stored scores need no model)."""
+        key = (str(path.resolve()), cfg.trust_remote_code)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = calibration.load_tokenizer(path, cfg.trust_remote_code)
+        return self._tokenizers[key]
 
     def batches(self, captions: calibration.Captions, tokenizer: Any, tokenizer_id: str,
                 batch_size: int, seq_len: int, pad_to_longest: bool,

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
+from . import paths
+
 
 class _Choice(str, Enum):
     """An enum whose text is its value, so it reads naturally in paths and interpolations."""
@@ -50,6 +52,11 @@ class Coverage(_Choice):
     full = "full"
 
 
+class ModelInit(_Choice):
+    pretrained = "pretrained"  # the checkpoint's weights from local disk
+    random = "random"  # seeded random weights of the real shape; no weights are read
+
+
 class OutputLayout(_Choice):
     tmp = "tmp"  # the Hydra run directory
     publish = "publish"  # the committed models/<model>/layer-analysis/... tree
@@ -58,20 +65,29 @@ class OutputLayout(_Choice):
 @dataclass
 class ModelConfig:
     name: str = "tiny-qwen3-vl"
-    # Local checkpoint directory; weights are never fetched from a hub.
-    path: Optional[str] = None
+    # Local checkpoint directory; weights are never fetched from a hub. The default is the embedded
+    # tiny model; presets for real checkpoints set null and name ``path_env``.
+    path: Optional[str] = paths.asset("tiny-qwen3-vl")
     # Environment variable that holds the directory when ``path`` is unset (presets for real
     # checkpoints name one, e.g. QWEN3_VL_4B_PATH).
     path_env: Optional[str] = None
     dtype: DType = DType.auto
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
+    init: ModelInit = ModelInit.pretrained
+    # Architecture values (config.json content, shapes only) used when there is no checkpoint
+    # directory: runner.dry_run plans and model.init=random builds from them.
+    config: Optional[Dict[str, Any]] = None
+    # Spread one model over several GPUs through accelerate: auto | balanced | balanced_low_0 |
+    # sequential, or an explicit {module name: device} map. null = the whole model on model.device.
+    device_map: Any = None
+    max_memory: Optional[Dict[str, str]] = None  # per device cap with device_map, e.g. {"0": "70GiB"}
 
 
 @dataclass
 class DatasetConfig:
     name: str = "bundled-captions"
-    captions_path: str = "${asset:captions/captions.txt}"
+    captions_path: str = paths.asset("captions/captions.txt")
     size: DatasetSize = DatasetSize.small
     size_samples: Dict[str, int] = field(
         default_factory=lambda: {"small": 16, "medium": 128, "large": 512}
@@ -151,14 +167,18 @@ class AutoQuantConfig:
     seed: int = 0
     # Reuse stored scores (ModelOpt checkpoint=) when everything they depend on matches.
     reuse_scores: bool = True
-    score_cache_dir: str = "${oc.env:LAYER_SENSITIVITY_CACHE_DIR,${project_root:}/.cache}/autoquant-scores"
+    # $LAYER_SENSITIVITY_CACHE_DIR/autoquant-scores, else <project root>/.cache/autoquant-scores
+    score_cache_dir: str = field(default_factory=paths.default_score_cache_dir)
 
 
 @dataclass
 class OutputLayoutConfig:
     kind: OutputLayout = OutputLayout.tmp
-    root: str = "models"  # publish root (layout `publish` only)
-    dir: str = "${hydra:runtime.output_dir}"
+    # publish root (layout `publish` only)
+    root: str = field(default_factory=lambda: str(paths.project_root() / "models"))
+    # Where the job writes (Hydra sets its run directory). None only where no directory exists yet
+    # (``--cfg job --resolve`` prints the config before Hydra makes one).
+    dir: Optional[str] = field(default_factory=paths.default_output_dir)
 
 
 @dataclass
@@ -168,6 +188,7 @@ class TrackingConfig:
     uri: Optional[str] = None
     experiment: str = "qwen3-vl-layer-sensitivity"
     run_name: Optional[str] = None
+    system_metrics: bool = True  # CPU / memory (GPU when present) sampled into the run
 
 
 @dataclass
@@ -176,6 +197,9 @@ class RunnerConfig:
     # MLflow) instead of running a job.
     report_only: bool = False
     output_dir: Optional[str] = None
+    # Plan the job (shapes, layer groups, bits, memory estimate) on the meta device and write
+    # plan.json; loads no weights and no data.
+    dry_run: bool = False
 
 
 @dataclass

@@ -1,9 +1,13 @@
-"""What every entry point shares: clean user errors and config flattening."""
+"""What every entry point shares: one failure policy, signals, logging, config flattening."""
 
 from __future__ import annotations
 
+import logging
+import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,16 +16,80 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
+from ..redact import RedactingFilter, redact_text
+from ..tracking import Interrupted
+
+log = logging.getLogger(__name__)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One paragraph on stderr, no traceback."""
+    print(f"error: {redact_text(message)}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A UserError becomes one paragraph on stderr and exit status 2, without a traceback."""
+    """A UserError becomes one paragraph on stderr and exit status 2; an interruption exits
+    128 + its signal (130 for SIGINT, 143 for SIGTERM) after whatever was running recorded it."""
     try:
         yield
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so every open run ends KILLED
+    with what it has (Python's default SIGTERM would end the process with runs left RUNNING)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_interrupted)
+    _watch_mlflow_run_launcher()
+
+
+def _watch_mlflow_run_launcher() -> None:
+    """Under ``mlflow run``, stop when the launcher dies: MLflow does not pass SIGTERM on to the
+    command it started, which would otherwise run on orphaned."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        return
+    try:
+        import psutil
+
+        launcher = next((p for p in psutil.Process().parents()
+                         if "mlflow" in " ".join(p.cmdline()) and "run" in p.cmdline()), None)
+    except Exception:  # noqa: BLE001 - best effort: no psutil, no permission
+        return
+    if launcher is None:
+        return
+
+    def watch() -> None:
+        launcher.wait()  # returns when the launcher exits, however it ends
+        log.warning("the `mlflow run` launcher (pid %d) exited; stopping this job", launcher.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="mlflow-run-watch", daemon=True).start()
+
+
+def redact_logging() -> None:
+    """Every log handler configured so far (Hydra's console and job file) drops secrets."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def setup_plain_logging() -> None:
+    """For entry points without Hydra: INFO lines on stderr, secrets redacted."""
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    redact_logging()
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:

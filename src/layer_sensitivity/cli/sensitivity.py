@@ -1,99 +1,130 @@
-"""``sensitivity``: one Hydra job = one MLflow run of one AutoQuantize sensitivity analysis."""
+"""``sensitivity``: one Hydra job = one run; ``-m`` sweeps = one parent run + a child per job.
+
+    python -m layer_sensitivity [hydra overrides]          # one job
+    python -m layer_sensitivity -m quant_pair=fp8,int8     # a sweep (any Hydra launcher)
+"""
 
 from __future__ import annotations
 
-import platform
-import sys
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .. import catalogue, paths, pipeline, publish, tracking
+from .. import job, sweep, tracking
+from ..errors import UserError
+from ..redact import redact_text
 from ..reuse import Resources
-from ..schema import OutputLayout, SensitivityConfig
-from .common import flatten, user_errors
+from ..schema import SensitivityConfig
+from . import config_store  # noqa: F401 - registers the schemas and resolvers
+from .common import fail, flatten, install_signal_handlers, redact_logging, user_errors
 from .config_store import CONF_DIR
+from .sweep_callback import finish_active
 
-CONFIG_FILE = "composed_config.yaml"
+log = logging.getLogger(__name__)
+
+# Hydra's -m with the basic launcher runs every job in this process: share models and batches.
+_MULTIRUN_RESOURCES = Resources(keep=True)
+_TASK_STARTED: list[bool] = []  # whether Hydra got as far as a job (else: a compose error)
 
 
-def output_dir(job: SensitivityConfig, plan: pipeline.Plan) -> Path:
-    if job.output_layout.kind == OutputLayout.publish:
-        return publish.analysis_dir(Path(job.output_layout.root), job, plan.scheme_name)
-    return Path(job.output_layout.dir)
+class JobFailed(CompactHydraException):
+    """A sweep job's user error: Hydra prints the one paragraph, not a traceback."""
 
 
-def run_job(cfg: DictConfig, resources: Resources | None = None) -> pipeline.Result:
-    """Validate (nothing logged yet), then run and log into one MLflow run.
+def _redact_hydra_files(out_dir: Path) -> None:
+    """Hydra writes the overrides as given into .hydra/: no credentials left there."""
+    for f in [*(out_dir / ".hydra").glob("*.yaml"), out_dir.parent / "multirun.yaml"]:
+        if f.is_file():
+            text = f.read_text()
+            if redact_text(text) != text:
+                f.write_text(redact_text(text))
 
-    ``resources`` shares loaded models and batches between the jobs of one process (a sweep).
-    """
-    job: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    plan = pipeline.plan(job)
-    warning = catalogue.experimental_warning(job.quant_pair)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    out_dir = output_dir(job, plan)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_file = out_dir / CONFIG_FILE
-    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    print(f"job {plan.scheme_name} -> {out_dir}")
-    if not job.tracking.enabled:
-        return pipeline.run(plan, out_dir, resources=resources)
 
-    uri = tracking.resolve_uri(job.tracking.uri, paths.project_root())
-    run_name = job.tracking.run_name or (
-        f"{job.quant_pair.name}/{job.quant_granularity.name}/{job.dataset.size.value}"
-    )
-    with tracking.job_run(uri, job.tracking.experiment, run_name) as run:
-        tracking.log_params(flatten(cfg) | {
-            "resolved.device": plan.device,
-            "resolved.effective_bits_requested": plan.target_bits,
-            "resolved.samples": len(plan.captions.lines),
-            "resolved.score_samples": plan.score_samples,
-            "resolved.output_dir": str(out_dir),
-            "resolved.weight_quantizer": catalogue.quantizer_settings(plan.quant_cfg,
-                                                                      catalogue.WEIGHT)["summary"],
-            "resolved.input_quantizer": catalogue.quantizer_settings(plan.quant_cfg,
-                                                                     catalogue.INPUT)["summary"],
-        })
-        tracking.log_captions(plan.captions.lines, str(plan.captions.path), job.dataset.name,
-                              plan.captions.sha256)
-        result = pipeline.run(plan, out_dir, resources=resources)
-        m = result.manifest
-        tracking.log_params({
-            "resolved.effective_bits_modelopt": m["scheme"]["effective_bits_modelopt"],
-            "resolved.dtype": m["model"]["dtype"],
-            "resolved.modelopt_format": m["quantization"]["modelopt_format"],
-        })
-        tracking.set_tags(tracking.version_tags(m["versions"]) | {
-            "device": plan.device,
-            "host.platform": platform.platform(),
-            "model.fingerprint": m["model"]["fingerprint"],
-            "quant_pair": job.quant_pair.name,
-            "experimental": str(job.quant_pair.experimental).lower(),
-            "score_cache": ("off" if m["score_cache"] is None
-                            else "hit" if m["score_cache"]["hit"] else "miss"),
-        })
-        tracking.log_job(m, result.files, result.seconds, config_file)
-        print(f"mlflow run {run.info.run_id} in {uri}")
-    return result
+def _remove_if_empty(out_dir: Path) -> None:
+    """A job that stopped before producing anything leaves no output folder behind."""
+    produced = [p for p in out_dir.iterdir() if p.name != ".hydra" and not p.name.endswith(".log")]
+    if not produced:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def run_task(cfg: DictConfig) -> None:
+    """One job, as Hydra hands it over: build the request, make one call."""
+    _TASK_STARTED.append(True)
+    redact_logging()
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    _redact_hydra_files(out_dir)
+    spec: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if spec.runner.report_only:  # regenerate reports from a manifest; no model, no tracking
+        from ..regenerate import report_only
+
+        report_only(spec.runner.output_dir)
+        return
+    if spec.runner.dry_run:
+        from ..planner import dry_run
+
+        dry_run(spec, out_dir)
+        return
+    multirun = hc.mode == RunMode.MULTIRUN
+    name = job.default_run_name(spec)
+    if multirun:
+        swept = set(filter(None, os.environ.get(sweep.SWEPT_ENV, "").split(",")))
+        name = sweep.job_name(name, list(hc.overrides.task), swept)
+    req = job.JobRequest(
+        cfg=spec, out_dir=out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        flat_config=flatten(cfg), choices=dict(hc.runtime.choices), run_name=name,
+        parent_id=os.environ.get(sweep.PARENT_ENV) if multirun else None,
+        tags={"sweep.job": str(hc.job.num)} if multirun else {},
+        log_file=out_dir / f"{hc.job.name}.log")
+    if not multirun:
+        try:
+            job.run_job(req, tracking.create(spec.tracking))
+        except UserError as e:
+            _remove_if_empty(out_dir)
+            fail(str(e))
+        return
+    run_id, status, error, manifest = None, "FINISHED", None, None
+    try:
+        result = job.run_job(req, tracking.create(spec.tracking), _MULTIRUN_RESOURCES)
+        manifest, run_id = result.manifest, result.run_id
+    except BaseException as e:
+        status, error = tracking.end_status(e), tracking.error_text(e)
+        run_id = getattr(e, "run_id", None)
+        if isinstance(e, UserError):
+            raise JobFailed(f"{name}: {e}") from None
+        raise
+    finally:
+        sweep.write_status(out_dir, num=hc.job.num, name=name, overrides=list(hc.overrides.task),
+                           status=status, run_id=run_id, manifest=manifest, error=error)
+        log.info("sweep: %s", sweep.progress(out_dir.parent, float(os.environ.get(
+            sweep.STARTED_ENV, "0") or 0)))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sensitivity")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
+    run_task(cfg)
+
+
+def main() -> None:
+    """Hydra's app with the project's failure policy around it (exit 2 for bad input, 1 when a
+    sweep job failed, 128 + signal when interrupted; sweeps always end their parent run)."""
+    install_signal_handlers()
     with user_errors():
-        if cfg.runner.report_only:  # regenerate reports from a manifest; no model, no MLflow
-            from .report import report_only
-
-            report_only(cfg.runner.output_dir)
-            return
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-        run_job(cfg, _MULTIRUN_RESOURCES if multirun else None)
-
-
-# Hydra's -m runs every job in this process: share loaded models and batches between them.
-_MULTIRUN_RESOURCES = Resources(keep=True)
+        try:
+            _hydra_main()
+        except SystemExit as e:
+            failed = finish_active(None if e.code in (0, None) else RuntimeError("a job failed"))
+            if e.code == 1 and not _TASK_STARTED and not failed:
+                raise SystemExit(2) from None  # Hydra's compose error: bad input, as documented
+            raise
+        except BaseException as e:
+            finish_active(e)
+            raise
+        finish_active(None)

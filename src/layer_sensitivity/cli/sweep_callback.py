@@ -1,0 +1,70 @@
+"""Hydra callback: a multirun is one parent run with a nested child run per job, any launcher.
+
+Configured in conf/sensitivity.yaml (``hydra.callbacks.sweep_runs``). The parent starts when the
+multirun starts and ends when it ends; if Hydra stops early (a failed job re-raised by the
+sweeper, Ctrl-C, SIGTERM), the entry point's safety net ends it through ``finish_active``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from .. import sweep, tracking
+from ..schema import TrackingConfig
+
+_ACTIVE: list[sweep.Sweep] = []  # the multirun of this process, if any
+
+
+def planned_jobs(cfg: DictConfig) -> tuple[list[str], set[str], list[str]]:
+    """(each job's overrides key, the swept keys, all overrides) as the basic sweeper expands
+    them: ``hydra.sweeper.params`` first, command-line overrides after (later wins)."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    args = [*(f"{k}={v}" for k, v in params.items()), *cfg.hydra.overrides.task]
+    parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(args)}
+    axes = []
+    for o in parsed.values():
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        except HydraException:  # glob sweeps need the config repository: plan unknown
+            return [], {k for k, o in parsed.items() if o.is_sweep_override()}, args
+        axes.append([f"{o.input_line.split('=', 1)[0]}={v}" for v in values])
+    combos = [sweep.overrides_key(list(c)) for c in itertools.product(*axes)]
+    return combos, {k for k, o in parsed.items() if o.is_sweep_override()}, args
+
+
+class SweepRuns(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        planned, swept, args = planned_jobs(config)
+        os.environ[sweep.SWEPT_ENV] = ",".join(sorted(swept))
+        tcfg: TrackingConfig = OmegaConf.to_object(  # type: ignore[assignment]
+            OmegaConf.merge(OmegaConf.structured(TrackingConfig), config.tracking))
+        s = sweep.Sweep(tracking.create(tcfg), Path(str(config.hydra.sweep.dir)).resolve(),
+                        sweep_name(args, len(planned)), {"overrides": args, "jobs": planned},
+                        planned)
+        s.start()
+        _ACTIVE.append(s)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        finish_active(None)
+
+
+def finish_active(error: BaseException | None) -> bool:
+    """End this process's sweep (if any) once; True when it had failed or interrupted jobs."""
+    if not _ACTIVE:
+        return False
+    table = _ACTIVE.pop().finish(error)
+    return table is not None and bool((table["status"] != "FINISHED").any())
+
+
+def sweep_name(args: list[str], jobs: int) -> str:
+    """E.g. ``sweep quant_pair=fp8,int8 dataset.size=small (2 jobs)``."""
+    shown = " ".join(a for a in args if not a.startswith("hydra"))
+    return f"sweep {shown[:200]} ({jobs or '?'} jobs)"

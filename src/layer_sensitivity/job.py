@@ -1,0 +1,160 @@
+"""One sensitivity job logged as one run: plan (nothing logged yet), run the pipeline, log it.
+
+The tracker decides where it goes (MLflow, or nowhere); this module only says what a run holds.
+No Hydra, no MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import catalogue, pipeline, profiles
+from .redact import redact_text
+from .reuse import Resources
+from .schema import OutputLayout, SensitivityConfig
+from .tracking import Interrupted, Run, Tracker
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "composed_config.yaml"
+KEY_TABLE = "metric_keys"
+# Config keys that are not parameters of the analysis: where things are written and tracked.
+NOT_PARAMS = ("tracking.", "output_layout.dir", "output_layout.root", "runner.",
+              "autoquant.score_cache_dir")
+# The MLproject's parameter names (what `mlflow run` logs itself) for the Hydra keys they set:
+# every run carries these short names, however it was started, and not the Hydra key twice.
+SHORT_PARAMS = {"quant_pair": "quant_pair.name", "dataset_size": "dataset.size",
+                "model": "model.name", "method": "autoquant.method",
+                "effective_bits": "autoquant.effective_bits"}
+
+
+@dataclass
+class JobRequest:
+    """One job as the entry point hands it over: config, where it writes, how it is named."""
+
+    cfg: SensitivityConfig
+    out_dir: Path
+    config_yaml: str  # the composed config, as written next to the outputs
+    flat_config: dict[str, Any]  # the resolved config as dotted keys
+    choices: Mapping[str, str] = field(default_factory=dict)  # config group -> option chosen
+    run_name: str | None = None
+    parent_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    log_file: Path | None = None  # the job's log (Hydra's per-job file), logged when the run ends
+
+
+def default_run_name(cfg: SensitivityConfig) -> str:
+    return f"{cfg.quant_pair.name}/{cfg.quant_granularity.name}/{cfg.dataset.size.value}"
+
+
+def output_dir(cfg: SensitivityConfig, plan: pipeline.Plan, hydra_dir: Path) -> Path:
+    if cfg.output_layout.kind == OutputLayout.publish:
+        from .publish import analysis_dir
+
+        return analysis_dir(Path(cfg.output_layout.root), cfg, plan.scheme_name)
+    return hydra_dir
+
+
+def params(req: JobRequest, plan: pipeline.Plan) -> dict[str, Any]:
+    """The analysis' parameters: short names first, then the remaining config keys."""
+    flat = req.flat_config
+    short = {name: req.choices.get(name, flat.get(key)) for name, key in SHORT_PARAMS.items()}
+    short["dataset_size"] = flat.get("dataset.size")
+    short["method"] = flat.get("autoquant.method")
+    bits = flat.get("autoquant.effective_bits")
+    short["effective_bits"] = "null" if bits is None else bits
+    rest = {k: v for k, v in flat.items()
+            if k not in SHORT_PARAMS.values() and not k.startswith(NOT_PARAMS)}
+    return short | rest | {
+        "resolved.quant_pair": plan.cfg.quant_pair.name,
+        "resolved.device": plan.device,
+        "resolved.samples": len(plan.captions.lines),
+        "resolved.score_samples": plan.score_samples,
+        "resolved.effective_bits_requested": plan.target_bits,
+        "resolved.weight_quantizer": catalogue.quantizer_settings(
+            plan.quant_cfg, catalogue.WEIGHT)["summary"],
+        "resolved.input_quantizer": catalogue.quantizer_settings(
+            plan.quant_cfg, catalogue.INPUT)["summary"],
+    }
+
+
+def describe(m: dict[str, Any]) -> str:
+    """The run's description (MLflow shows it on the run page): what ran and what came out."""
+    s, aq, d = m["scheme"], m["autoquant"], m["dataset"]
+    ranked = sorted(profiles.group_profiles(m), key=lambda g: g.rank)[:3]
+    top = "\n".join(f"{g.rank}. `{g.name}` ({g.share:.1%} of the total score)" for g in ranked)
+    return (f"**{m['quantization']['pair']}** ({m['quantization']['granularity']}) on "
+            f"{m['model']['name']}, {s['method']} scores over {d['samples_used']} captions "
+            f"({d['size']}).\n\nLM bits requested {s['effective_bits_requested']:g}, achieved "
+            f"{aq['effective_bits_achieved']:.3f}.\n\nMost sensitive groups:\n{top}\n")
+
+
+def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = None
+            ) -> pipeline.Result:
+    """Validate, then run and log into one run.
+
+    A job of its own validates before anything is logged (bad input leaves no run); a sweep's
+    job validates inside its child run, so a bad combination is a FAILED child with error.txt.
+    """
+    cfg = req.cfg
+    plan = None if req.parent_id else pipeline.plan(cfg)
+    name = req.run_name or cfg.tracking.run_name or default_run_name(cfg)
+    tags = req.tags | {"quant_pair": cfg.quant_pair.name,
+                       "experimental": str(cfg.quant_pair.experimental).lower(),
+                       "host.platform": platform.platform()}
+    with tracker.run(name, parent_id=req.parent_id, tags=tags) as run:
+        try:
+            result = _run_and_log(req, plan or pipeline.plan(cfg), run, resources)
+        except BaseException as e:
+            e.run_id = run.run_id  # type: ignore[attr-defined]  # for the sweep's summary
+            raise
+        finally:
+            if req.log_file is not None and req.log_file.is_file():
+                with suppress(Exception):  # partial logs of a failed run help; never mask it
+                    run.log_files({req.log_file.name: req.log_file})
+        if run.run_id:
+            log.info("run %s (%s) in %s", run.run_id, name, tracker.where)
+    result.run_id = run.run_id
+    return result
+
+
+def _run_and_log(req: JobRequest, plan: pipeline.Plan, run: Run, resources: Resources | None
+                 ) -> pipeline.Result:
+    cfg = req.cfg
+    warning = catalogue.experimental_warning(cfg.quant_pair)
+    if warning:
+        log.warning(warning)
+    out_dir = output_dir(cfg, plan, req.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_file = out_dir / CONFIG_FILE
+    config_file.write_text(redact_text(req.config_yaml))
+    log.info("job %s -> %s", plan.scheme_name, out_dir)
+    run.set_tags({"device": plan.device, "model.fingerprint": plan.fingerprint,
+                  "output_dir": str(out_dir)})
+    run.log_params(params(req, plan))
+    run.log_dataset(list(plan.captions.lines), str(plan.captions.path), cfg.dataset.name,
+                    plan.captions.sha256)
+    run.log_files({CONFIG_FILE: config_file})
+    phases = pipeline.Phases()
+    try:
+        result = pipeline.run(plan, out_dir, resources, phases)
+    except Interrupted as e:
+        e.where = phases.current
+        raise
+    m = result.manifest
+    run.log_metrics([*profiles.run_metrics(m),
+                     *((f"seconds/{k}", v, None) for k, v in result.seconds.items())])
+    run.log_table(profiles.key_table(m), KEY_TABLE)
+    run.set_tags({f"version.{k}": v for k, v in m["versions"].items()} | {
+        "score_cache": ("off" if m["score_cache"] is None
+                        else "hit" if m["score_cache"]["hit"] else "miss"),
+        "mlflow.note.content": describe(m),
+    })
+    run.log_files({f.relative_to(out_dir).as_posix(): f for f in result.files})
+    return result

@@ -1,0 +1,183 @@
+"""Sweep bookkeeping: one parent run, a status file per job, a summary when the sweep ends.
+
+Hydra's multirun runs the jobs (any launcher); ``cli/sweep_callback.py`` calls in here at the
+sweep's start and end. Jobs find their parent through the environment (``PARENT_ENV``), and each
+job leaves ``job_status.json`` in its own output directory, so the summary needs neither the
+launcher's return values nor a shared process. No Hydra, no MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .tracking import Run, Tracker
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "LAYER_SENSITIVITY_PARENT_RUN_ID"  # the sweep's parent run, for every job
+SWEPT_ENV = "LAYER_SENSITIVITY_SWEPT_KEYS"  # override keys whose value varies across jobs
+TOTAL_ENV = "LAYER_SENSITIVITY_SWEEP_JOBS"  # how many jobs the sweep plans (progress)
+STARTED_ENV = "LAYER_SENSITIVITY_SWEEP_STARTED"  # when it started (time.time())
+STATUS_FILE = "job_status.json"
+SUMMARY = "sweep_summary"
+DEFINITION = "sweep.json"
+NAME_KEYS = ("quant_pair", "quant_granularity", "dataset.size")  # already in a child's name
+COLUMNS = ["job", "name", "overrides", "pair", "granularity", "size", "status", "total_score",
+           "effective_bits_achieved", "run_id", "output_dir", "error"]
+
+
+class JobsFailed(Exception):
+    """Some jobs failed (each one recorded); the parent run ends FAILED."""
+
+
+def job_name(base: str, task_overrides: list[str], swept: set[str]) -> str:
+    """``<pair>/<granularity>/<size>`` plus any other swept override, so names stay distinct."""
+    extra = [o for o in task_overrides
+             if o.split("=", 1)[0].lstrip("+~") in swept - set(NAME_KEYS)]
+    return " ".join([base, *extra])
+
+
+def overrides_key(overrides: list[str]) -> str:
+    """A job's identity across the plan and its status file: its overrides, sorted."""
+    return " ".join(sorted(overrides))
+
+
+def write_status(out_dir: Path, *, num: int, name: str, overrides: list[str], status: str,
+                 run_id: str | None, manifest: dict[str, Any] | None = None,
+                 error: str | None = None) -> None:
+    """What the summary reads back; written last, atomically, by every job however it ends."""
+    q = (manifest or {}).get("quantization", {})
+    aq = (manifest or {}).get("autoquant", {})
+    doc = {"job": num, "name": name, "overrides": overrides_key(overrides), "status": status,
+           "run_id": run_id,
+           "pair": q.get("pair"), "granularity": q.get("granularity"),
+           "size": (manifest or {}).get("dataset", {}).get("size"),
+           "total_score": aq.get("total_score"),
+           "effective_bits_achieved": aq.get("effective_bits_achieved"),
+           "output_dir": str(out_dir),
+           "error": error.strip().splitlines()[-1] if error and error.strip() else None}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, out_dir / STATUS_FILE)
+
+
+def read_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for f in sorted(sweep_dir.glob(f"*/{STATUS_FILE}")):
+        try:
+            rows.append(json.loads(f.read_text()))
+        except (OSError, json.JSONDecodeError):
+            log.warning("unreadable job status %s", f)
+    return sorted(rows, key=lambda r: r.get("job", 0))
+
+
+def summary(statuses: list[dict[str, Any]], planned: list[str]) -> pd.DataFrame:
+    """One row per job; planned jobs (override keys) that never started are NOT_STARTED."""
+    seen = {r.get("overrides") for r in statuses}
+    rows = list(statuses) + [{"job": None, "name": n, "overrides": n, "status": "NOT_STARTED"}
+                             for n in planned if n not in seen]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def counts(table: pd.DataFrame) -> dict[str, float]:
+    status = table["status"]
+    return {"jobs": float(len(table)), "jobs_finished": float((status == "FINISHED").sum()),
+            "jobs_failed": float((status == "FAILED").sum()),
+            "jobs_killed": float((status == "KILLED").sum()),
+            "jobs_not_started": float((status == "NOT_STARTED").sum())}
+
+
+def progress(sweep_dir: Path, started: float) -> str:
+    """``3 of 8 jobs done, about 2.5 min left`` (from the status files, whatever the launcher)."""
+    total = int(os.environ.get(TOTAL_ENV, "0") or 0)
+    done = len(list(sweep_dir.glob(f"*/{STATUS_FILE}")))
+    if not total:
+        return f"{done} jobs done"
+    elapsed = time.time() - started
+    left = elapsed / done * (total - done) if done else float("nan")
+    return f"{done} of {total} jobs done, about {left / 60:.1f} min left"
+
+
+@dataclass
+class Sweep:
+    """The parent run of one multirun, from its start to its end."""
+
+    tracker: Tracker
+    sweep_dir: Path
+    name: str
+    definition: dict[str, Any]
+    planned: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    run: Run | None = None
+    _stack: ExitStack = field(default_factory=ExitStack)
+    _done: bool = False
+
+    def start(self) -> None:
+        self.run = self._stack.enter_context(self.tracker.run(self.name, tags={"sweep": "parent"}))
+        self.run.log_params({"sweep.overrides": " ".join(self.definition.get("overrides", [])),
+                             "sweep.num_jobs": len(self.planned) or "unknown"})
+        self.run.log_text(json.dumps(self.definition, indent=2) + "\n", DEFINITION)
+        if self.run.run_id:
+            os.environ[PARENT_ENV] = self.run.run_id
+        os.environ[TOTAL_ENV] = str(len(self.planned))
+        os.environ[STARTED_ENV] = str(self.started)
+        log.info("sweep of %s jobs -> %s", len(self.planned) or "?", self.sweep_dir)
+
+    def finish(self, error: BaseException | None = None) -> pd.DataFrame | None:
+        """Summary table, counts and figures on the parent; ends it FINISHED, FAILED or KILLED.
+
+        Idempotent: the multirun's end and the entry point's safety net may both call it.
+        """
+        if self._done:
+            return None
+        self._done = True
+        os.environ.pop(PARENT_ENV, None)
+        table = summary(read_statuses(self.sweep_dir), self.planned)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        table.to_csv(self.sweep_dir / f"{SUMMARY}.csv", index=False)
+        (self.sweep_dir / DEFINITION).write_text(json.dumps(self.definition, indent=2) + "\n")
+        n = counts(table)
+        if error is None and n["jobs_failed"]:
+            error = JobsFailed(f"{int(n['jobs_failed'])} of {int(n['jobs'])} jobs failed")
+        assert self.run is not None
+        try:
+            self.run.log_table(table, SUMMARY)
+            self.run.log_metrics([(k, v, None) for k, v in n.items()])
+            self._log_comparison(table)
+        finally:
+            exc = error if isinstance(error, BaseException) else None
+            self._stack.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+        for row in table.itertuples():
+            if row.status != "FINISHED":
+                log.warning("job %s %s: %s", row.name, row.status, row.error or "")
+        log.info("sweep: %d finished, %d failed, %d killed, %d not started; summary in %s",
+                 n["jobs_finished"], n["jobs_failed"], n["jobs_killed"], n["jobs_not_started"],
+                 self.sweep_dir / f"{SUMMARY}.csv")
+        return table
+
+    def _log_comparison(self, table: pd.DataFrame) -> None:
+        """Shares heatmap and rank correlations across the finished children, on the parent."""
+        from . import compare, manifest
+
+        docs = {}
+        for row in table.itertuples():
+            if row.status == "FINISHED" and isinstance(row.output_dir, str):
+                try:
+                    docs[str(row.name)] = manifest.load(manifest.find(Path(row.output_dir)))
+                except Exception as e:  # noqa: BLE001 - a figure is not worth failing a sweep
+                    log.warning("no comparison for %s: %s", row.name, e)
+        if len(docs) < 2 or self.run is None:
+            return
+        out = self.sweep_dir / "comparison"
+        files = compare.sweep_figures(docs, out)
+        self.run.log_files({f"comparison/{f.relative_to(out).as_posix()}": f for f in files})

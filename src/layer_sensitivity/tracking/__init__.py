@@ -1,0 +1,37 @@
+"""Tracking: a small interface (``base``), MLflow behind it (``mlflow_tracker``, ``runs``,
+``store``) and a no-op. Importing this package does not import MLflow."""
+
+from __future__ import annotations
+
+from ..schema import TrackingConfig
+from .base import (
+    ERROR_ARTIFACT,
+    Interrupted,
+    NoopTracker,
+    Run,
+    RunSummary,
+    Tracker,
+    end_status,
+    error_text,
+)
+
+__all__ = ["ERROR_ARTIFACT", "Interrupted", "NoopTracker", "Run", "RunSummary", "Tracker",
+           "create", "end_status", "error_text", "run_store"]
+
+
+def create(cfg: TrackingConfig) -> Tracker:
+    """The tracker ``tracking=...`` asks for: MLflow, or nothing at all."""
+    if not cfg.enabled:
+        return NoopTracker()
+    from .mlflow_tracker import MlflowTracker
+    from .store import resolve_uri
+
+    return MlflowTracker(resolve_uri(cfg.uri), cfg.experiment, cfg.system_metrics)
+
+
+def run_store(uri: str | None = None):  # type: ignore[no-untyped-def]
+    """Finished runs of a store (``MLFLOW_TRACKING_URI`` or the project's default when None)."""
+    from .runs import RunStore
+    from .store import resolve_uri
+
+    return RunStore(resolve_uri(uri))

@@ -1,0 +1,115 @@
+"""The tracking interface the core logs through: a run you log into, and a tracker that starts,
+nests and ends runs. MLflow implements it (``tracking.mlflow``); ``NoopTracker`` logs nothing.
+
+No MLflow import here: the core (job, sweep bookkeeping) depends on this module only.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from ..errors import UserError
+from ..redact import redact_text
+
+ERROR_ARTIFACT = "error.txt"  # why a run ended FAILED or KILLED
+Metric = tuple[str, float, "int | None"]  # key, value, step
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the run ends KILLED with what it has; the process exits 128 + signal."""
+
+    def __init__(self, signum: int, where: str = "") -> None:
+        super().__init__(signum, where)
+        self.signum = signum
+        self.where = where
+
+
+def end_status(error: BaseException | None) -> str:
+    """FINISHED, KILLED (interrupted) or FAILED: the one failure policy of every run."""
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+
+
+def error_text(e: BaseException, where: str = "") -> str:
+    """A user error's own paragraph; an interruption and where it stopped; else the traceback."""
+    if isinstance(e, KeyboardInterrupt):
+        signum = getattr(e, "signum", 2)
+        name = {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
+        at = where or getattr(e, "where", "")
+        return f"Interrupted by {name}{f' during {at}' if at else ''}; the run holds what was " \
+               "logged before that.\n"
+    if isinstance(e, UserError):
+        return redact_text(f"{e}\n")
+    return redact_text("".join(traceback.format_exception(e)))
+
+
+class Run(Protocol):
+    """One run to log into."""
+
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Iterable[Metric]) -> None: ...
+    def log_files(self, files: Mapping[str, Path]) -> None: ...  # artifact path -> local file
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_table(self, df: pd.DataFrame, stem: str) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_dataset(self, lines: list[str], source: str, name: str, digest: str) -> None: ...
+
+
+class Tracker(Protocol):
+    """Starts runs; each ends FINISHED, FAILED (with ``error.txt``) or KILLED when its block ends."""
+
+    enabled: bool
+    where: str  # the store, credentials redacted: for messages
+
+    def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
+            description: str | None = None) -> AbstractContextManager[Run]: ...
+
+    def children(self, parent_id: str) -> list[RunSummary]: ...
+
+
+@dataclass
+class RunSummary:
+    """A finished (or failed) run as plain data: what a sweep's summary reads back."""
+
+    run_id: str
+    name: str
+    status: str
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class NoopRun:
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: pass
+    def log_metrics(self, metrics: Iterable[Metric]) -> None: pass
+    def log_files(self, files: Mapping[str, Path]) -> None: pass
+    def log_text(self, text: str, artifact_file: str) -> None: pass
+    def log_table(self, df: pd.DataFrame, stem: str) -> None: pass
+    def set_tags(self, tags: Mapping[str, str]) -> None: pass
+    def log_dataset(self, lines: list[str], source: str, name: str, digest: str) -> None: pass
+
+
+class NoopTracker:
+    """``tracking=none``: results stay in the output directory only."""
+
+    enabled = False
+    where = "nowhere (tracking=none)"
+
+    @contextmanager
+    def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
+            description: str | None = None) -> Iterator[Run]:
+        yield NoopRun()
+
+    def children(self, parent_id: str) -> list[RunSummary]:
+        return []

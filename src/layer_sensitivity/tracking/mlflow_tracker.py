@@ -1,0 +1,167 @@
+"""The MLflow implementation of the tracking interface (client API, explicit run ids).
+
+Explicit run ids instead of MLflow's active-run stack: a job can nest under a sweep's parent in
+any launcher's worker, and nothing depends on which run happens to be active in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data.pandas_dataset
+import pandas as pd
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from ..redact import redact_text
+from . import store
+from .base import ERROR_ARTIFACT, RunSummary, end_status, error_text
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+PARAM_VALUE_LIMIT = 6000
+
+
+class MlflowRun:
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, redact_text("" if v is None else str(v))[:PARAM_VALUE_LIMIT])
+                 for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS):
+            self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS])
+
+    def log_metrics(self, metrics: Iterable[tuple[str, float, int | None]]) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v, step in metrics]
+        for i in range(0, len(items), MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS])
+
+    def log_files(self, files: Mapping[str, Path]) -> None:
+        for artifact_path, local in files.items():
+            folder = Path(artifact_path).parent.as_posix()
+            if Path(artifact_path).name != Path(local).name:
+                raise ValueError(f"{local} cannot be logged as {artifact_path}: names differ")
+            self.client.log_artifact(self.run_id, str(local), None if folder == "." else folder)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, redact_text(text), artifact_file)
+
+    def log_table(self, df: pd.DataFrame, stem: str) -> None:
+        """A table as ``<stem>.csv`` and ``<stem>.json`` (MLflow's table view)."""
+        self.client.log_text(self.run_id, df.to_csv(index=False), f"{stem}.csv")
+        self.client.log_table(self.run_id, df, artifact_file=f"{stem}.json")
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        items = [RunTag(k, redact_text(str(v))) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_TAGS):
+            self.client.log_batch(self.run_id, tags=items[i:i + MAX_TAGS])
+
+    def log_dataset(self, lines: list[str], source: str, name: str, digest: str) -> None:
+        """The calibration captions as an MLflow dataset input (digest = sha256 of those used)."""
+        ds = mlflow.data.pandas_dataset.from_pandas(pd.DataFrame({"caption": list(lines)}),
+                                                    source=source, name=name, digest=digest[:36])
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+            ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "calibration")])])
+
+
+class MlflowTracker:
+    """Runs in one MLflow store and experiment.
+
+    - ``parent_id``: a new child nested under that run, in the parent's experiment.
+    - Else the run ``mlflow run`` created (``MLFLOW_RUN_ID``), renamed to ``name``; used once.
+    - Else a new run in the experiment: ``MLFLOW_EXPERIMENT_NAME`` when set, else ``experiment``.
+    """
+
+    enabled = True
+
+    def __init__(self, uri: str, experiment: str, system_metrics: bool = True) -> None:
+        self.uri = uri
+        self.where = redact_text(uri)
+        self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
+        self.system_metrics = system_metrics
+        store.prepare(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def _experiment_id(self) -> str:
+        return store.get_or_create_experiment(self.client, self.experiment, self.uri)
+
+    def _start(self, name: str, parent_id: str | None, tags: dict[str, str]) -> str:
+        if parent_id:
+            parent = self.client.get_run(parent_id)
+            run = self.client.create_run(parent.info.experiment_id, run_name=name,
+                                         tags=tags | {PARENT_TAG: parent_id})
+            return run.info.run_id
+        launched = os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow run's run: used by one job only
+        if launched:
+            run = self.client.get_run(launched)
+            experiment = self.client.get_experiment(run.info.experiment_id)
+            if experiment.name != self.experiment:
+                log.warning("this run is in experiment '%s' (chosen by `mlflow run`), not '%s'; "
+                            "pass --experiment-name %s to `mlflow run` to keep all runs in one.",
+                            experiment.name, self.experiment, self.experiment)
+            self.client.update_run(launched, name=name)
+            MlflowRun(self.client, launched).set_tags(tags)
+            return launched
+        run = self.client.create_run(self._experiment_id(), run_name=name, tags=tags)
+        return run.info.run_id
+
+    @contextmanager
+    def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
+            description: str | None = None) -> Iterator[MlflowRun]:
+        all_tags = dict(tags or {}) | ({NOTE_TAG: description} if description else {})
+        run = MlflowRun(self.client, self._start(name, parent_id, all_tags))
+        monitor = self._monitor(run.run_id)
+        error: BaseException | None = None
+        try:
+            yield run
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if monitor is not None:
+                with suppress(Exception):
+                    monitor.finish()
+            status = end_status(error)
+            if error is not None and not isinstance(error, SystemExit):
+                with suppress(Exception):  # never hide the job's own error behind a logging one
+                    run.log_text(error_text(error), ERROR_ARTIFACT)
+            if error is None:
+                self.client.set_terminated(run.run_id, status)
+            else:
+                with suppress(Exception):
+                    self.client.set_terminated(run.run_id, status)
+
+    def _monitor(self, run_id: str) -> Any:
+        if not self.system_metrics:
+            return None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=2, samples_before_logging=1,
+                                           tracking_uri=self.uri)
+            monitor.start()
+            return monitor
+        except Exception as e:  # noqa: BLE001 - system metrics are optional
+            log.info("system metrics off: %s", e)
+            return None
+
+    def children(self, parent_id: str) -> list[RunSummary]:
+        parent = self.client.get_run(parent_id)
+        runs = self.client.search_runs([parent.info.experiment_id],
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                       max_results=10000, order_by=["attributes.start_time ASC"])
+        return [RunSummary(r.info.run_id, r.info.run_name or "", r.info.status,
+                           dict(r.data.tags), dict(r.data.metrics)) for r in runs]

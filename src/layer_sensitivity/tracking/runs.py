@@ -1,0 +1,150 @@
+"""Reading finished runs back: records, artifacts and manifests for report, publish and compare."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ..errors import UserError
+from ..manifest import MANIFEST_SUFFIX
+from ..redact import redact_text
+from .mlflow_tracker import PARENT_TAG
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What report, publish and compare need from a run, as plain data."""
+
+    run_id: str
+    run_name: str
+    status: str
+    experiment_id: str
+    experiment_name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+class RunStore:
+    """One tracking store, read (and annotated) by run id."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.where = redact_text(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        self.launched_run_id: str | None = None  # `mlflow run`'s own run, once filed
+
+    def _get(self, run_id: str) -> mlflow.entities.Run:
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as e:
+            first = e.message.splitlines()[0] if e.message else str(e)
+            raise UserError(
+                f"Run '{run_id}' was not found in the tracking store {self.where} "
+                f"({redact_text(first)}). Check the run id (mlflow ui lists them) and that "
+                "MLFLOW_TRACKING_URI points at the store that holds it."
+            ) from None
+
+    def get(self, run_id: str) -> RunRecord:
+        run = self._get(run_id)
+        if run.info.lifecycle_stage == "deleted":
+            raise UserError(f"Run '{run_id}' is deleted. Restore it (mlflow runs restore) or pick "
+                            "another run.")
+        experiment = self.client.get_experiment(run.info.experiment_id)
+        return RunRecord(run.info.run_id, run.info.run_name or "", run.info.status,
+                         run.info.experiment_id, experiment.name if experiment else "",
+                         dict(run.data.params), dict(run.data.tags))
+
+    def artifact_files(self, run_id: str) -> list[str]:
+        """Every artifact file of the run (relative paths, folders walked), sorted."""
+        found: list[str] = []
+        pending: list[str | None] = [None]
+        while pending:
+            folder = pending.pop()
+            for info in self.client.list_artifacts(run_id, folder):
+                (pending if info.is_dir else found).append(info.path)
+        return sorted(found)
+
+    def download(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
+        """One artifact into ``dst_dir`` (keeping its relative path); returns the local path."""
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=str(dst_dir),
+            tracking_uri=self.uri))
+
+    def manifest_name(self, run_id: str, files: list[str] | None = None) -> str:
+        """The run's one top-level ``*_quant_manifest.json`` artifact."""
+        names = [p for p in (files if files is not None else self.artifact_files(run_id))
+                 if "/" not in p and p.endswith(MANIFEST_SUFFIX)]
+        if len(names) != 1:
+            raise UserError(
+                f"Run {run_id} has {len(names) or 'no'} *{MANIFEST_SUFFIX} artifact"
+                f"{'s' if len(names) > 1 else ''} at its top level; only a finished sensitivity "
+                "job's run (e.g. a sweep's child run, not the sweep's parent) has one."
+            )
+        return names[0]
+
+    def fetch_manifest(self, run_id: str, dst_dir: Path | None = None) -> Path:
+        """Download the run's manifest: the one way report, publish and compare read a run."""
+        name = self.manifest_name(run_id)
+        return self.download(run_id, name, dst_dir or Path(tempfile.mkdtemp(prefix="manifest-")))
+
+    def upload(self, run_id: str, files: dict[str, Path]) -> None:
+        """Log local files to a run at the given artifact paths, replacing files already there."""
+        for artifact_path, local in files.items():
+            folder = Path(artifact_path).parent.as_posix()
+            if Path(artifact_path).name != local.name:
+                raise ValueError(f"{local} cannot be logged as {artifact_path}: names differ")
+            self.client.log_artifact(run_id, str(local), None if folder == "." else folder)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, redact_text(value))
+
+    def children(self, parent_id: str) -> list[RunRecord]:
+        parent = self._get(parent_id)
+        runs = self.client.search_runs([parent.info.experiment_id],
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                       max_results=10000, order_by=["attributes.start_time ASC"])
+        return [self.get(r.info.run_id) for r in runs]
+
+    def search(self, experiment: str, filter_string: str = "") -> list[RunRecord]:
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise UserError(f"Experiment '{experiment}' does not exist in {self.where}. Check the "
+                            "name (mlflow ui lists experiments).")
+        try:
+            runs = self.client.search_runs([exp.experiment_id], filter_string=filter_string,
+                                           max_results=10000,
+                                           order_by=["attributes.start_time ASC"])
+        except MlflowException as e:
+            raise UserError(f"filter={filter_string!r} is not a valid MLflow filter "
+                            f"({e.message.splitlines()[0]}). Example: \"params.quant_pair = "
+                            "'int4' and attributes.status = 'FINISHED'\".") from None
+        return [self.get(r.info.run_id) for r in runs]
+
+
+def file_launcher_run(store: RunStore, target_run_id: str, name: str) -> None:
+    """The run ``mlflow run`` created for a report/publish/compare command, filed under its target.
+
+    Same experiment: it becomes a child of the target named ``name`` (a record of what was done
+    to the run). Another experiment: it cannot nest there, so it is ended and deleted rather than
+    left as an empty top-level run.
+    """
+    import os
+
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)
+    if not launched or launched == target_run_id:
+        return
+    run, target = store._get(launched), store._get(target_run_id)
+    if run.info.experiment_id == target.info.experiment_id:
+        store.client.set_tag(launched, PARENT_TAG, target_run_id)
+        store.client.update_run(launched, name=name)
+        store.launched_run_id = launched
+    else:
+        store.client.set_terminated(launched, "FINISHED")
+        store.client.delete_run(launched)
