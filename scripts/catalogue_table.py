@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate the README's precision-pair tables from the catalogue (conf/quant_pair + catalogue.py).
+"""Regenerate the README's precision-pair tables from the catalogue (conf/ as Hydra composes it).
 
     python scripts/catalogue_table.py            # rewrite README.md between the quant-pairs markers
     python scripts/catalogue_table.py --check    # exit 1 when README.md is out of date
@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 from layer_sensitivity import catalogue
+from layer_sensitivity.cli.config_store import load_listing
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def render(readme_text: str) -> str:
-    tables = catalogue.markdown_tables()
+    tables = catalogue.markdown_tables(load_listing())
     block = f"{catalogue.BEGIN}\n{tables}\n{catalogue.END}"
     if catalogue.readme_section(readme_text) is None:
         return readme_text.rstrip("\n") + f"\n\n## Precision pairs\n\n{block}\n"
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", type=Path, default=README)
     args = p.parse_args(argv)
     if args.print:
-        print(catalogue.markdown_tables())
+        print(catalogue.markdown_tables(load_listing()))
         return 0
     text = args.readme.read_text(encoding="utf-8")
     new = render(text)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
+# The Hydra config tree. It lives at the repository top (conf/); src/layer_sensitivity/conf is a
+# link to it, so a checkout (PYTHONPATH=src), an editable install and a wheel (where setuptools
+# copies it as package data) all find it here.
+CONF_DIR = (PACKAGE_DIR / "conf").resolve()
+# Overrides where stored scores go (see default_score_cache_dir).
+CACHE_DIR_ENV = "LAYER_SENSITIVITY_CACHE_DIR"
 
 
 def project_root() -> Path:
@@ -18,3 +25,15 @@ def project_root() -> Path:
 
 def asset(relative: str) -> str:
     return str(ASSETS_DIR / relative)
+
+
+def default_score_cache_dir() -> str:
+    """``$LAYER_SENSITIVITY_CACHE_DIR/autoquant-scores``, else ``<project root>/.cache/autoquant-scores``
+    (what conf/autoquant/default.yaml interpolates)."""
+    base = os.environ.get(CACHE_DIR_ENV) or str(project_root() / ".cache")
+    return str(Path(base) / "autoquant-scores")
+
+
+def default_output_dir() -> str:
+    """Where a job writes when nothing says otherwise (Hydra jobs use their run directory)."""
+    return str(project_root() / "outputs")

@@ -81,7 +81,8 @@ class ModelConfig:
     # Spread one model over several GPUs through accelerate: auto | balanced | balanced_low_0 |
     # sequential, or an explicit {module name: device} map. null = the whole model on model.device.
     device_map: Any = None
-    max_memory: Optional[Dict[str, str]] = None  # per device cap with device_map, e.g. {"0": "70GiB"}
+    # Per device cap with device_map: {GPU index or "cpu": size}, e.g. model.max_memory={0:70GiB,1:70GiB}
+    max_memory: Any = None
 
 
 @dataclass

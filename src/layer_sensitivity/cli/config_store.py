@@ -1,23 +1,77 @@
-"""Registers the typed schemas and resolvers with Hydra / OmegaConf."""
+"""Registers the typed schemas and resolvers with Hydra / OmegaConf, and gives the core the
+catalogue's list of pairs, aliases and overlays as Hydra composes them."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from .. import paths
-from ..schema import SensitivityConfig
+from .. import catalogue, paths
+from ..errors import UserError
+from ..schema import QuantGranularityConfig, QuantPairConfig, SensitivityConfig
 
-# conf/ sits at the repository root, next to src/.
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+CONF_DIR = str(paths.CONF_DIR)  # Hydra wants text
+PRIMARY_CONFIG = "sensitivity"
 
 
 def register() -> None:
     OmegaConf.register_new_resolver("asset", paths.asset, replace=True)
     OmegaConf.register_new_resolver("project_root", lambda: str(paths.project_root()), replace=True)
     ConfigStore.instance().store(name="sensitivity_schema", node=SensitivityConfig)
+    catalogue.register_listing_source(load_listing)
+
+
+@contextmanager
+def _hydra() -> Iterator[None]:
+    """Hydra ready to compose: the running app's own (inside a job or sweep), else conf/."""
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        yield
+
+
+def _composed(group: str, option: str) -> Any:
+    """One option of a group as a job sees it: the primary config composed with it, then typed."""
+    cfg = compose(PRIMARY_CONFIG, overrides=[f"{group}={option}"])
+    return OmegaConf.to_object(cfg[group])
+
+
+@functools.cache
+def load_listing() -> catalogue.Listing:
+    """Every ``quant_pair`` and ``quant_granularity`` option, composed against the typed schema.
+
+    An option that composes to a pair of another name is an alias of it (alias files hold only
+    ``defaults: [<canonical>]``). About 2 s (one composition per option), cached.
+    """
+    with _hydra():
+        loader = GlobalHydra.instance().config_loader()
+        pairs: dict[str, QuantPairConfig] = {}
+        aliases: dict[str, str] = {}
+        for option in loader.get_group_options("quant_pair"):
+            pair: QuantPairConfig = _composed("quant_pair", option)
+            if pair.name == option:
+                pairs[option] = pair
+            else:
+                aliases[option] = pair.name
+        overlays: list[QuantGranularityConfig] = [
+            _composed("quant_granularity", option)
+            for option in loader.get_group_options("quant_granularity")]
+    for alias, target in aliases.items():
+        if target not in pairs:
+            raise UserError(
+                f"conf/quant_pair/{alias}.yaml composes to a pair named {target}, but there is no "
+                f"conf/quant_pair/{target}.yaml. Name a pair's file after its name, or make "
+                f"{alias}.yaml an alias holding only `defaults: [<pair file>]`."
+            )
+    return catalogue.Listing.ordered(pairs.values(), aliases, overlays)
 
 
 register()

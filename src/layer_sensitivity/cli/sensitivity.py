@@ -67,10 +67,10 @@ def run_task(cfg: DictConfig) -> None:
 
         report_only(spec.runner.output_dir)
         return
-    if spec.runner.dry_run:
-        from ..planner import dry_run
+    if spec.runner.dry_run:  # shapes, groups, bits and memory; no weights, no data
+        from ..planner import dry_run, format_plan
 
-        dry_run(spec, out_dir)
+        print(format_plan(dry_run(spec, out_dir)))
         return
     multirun = hc.mode == RunMode.MULTIRUN
     name = job.default_run_name(spec)

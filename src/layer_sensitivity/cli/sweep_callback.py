@@ -35,7 +35,7 @@ def planned_jobs(cfg: DictConfig) -> tuple[list[str], set[str], list[str]]:
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
         except HydraException:  # glob sweeps need the config repository: plan unknown
             return [], {k for k, o in parsed.items() if o.is_sweep_override()}, args
-        axes.append([f"{o.input_line.split('=', 1)[0]}={v}" for v in values])
+        axes.append([f"{o.key_or_group}={v}" for v in values])
     combos = [sweep.overrides_key(list(c)) for c in itertools.product(*axes)]
     return combos, {k for k, o in parsed.items() if o.is_sweep_override()}, args
 

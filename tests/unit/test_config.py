@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from layer_sensitivity import paths
 from layer_sensitivity.cli.config_store import CONF_DIR
 from layer_sensitivity.schema import Method, Precision, SensitivityConfig
 
@@ -33,10 +35,25 @@ def test_default_is_embedded_fp8() -> None:
     assert job.autoquant.method == Method.gradient
 
 
+def _options(group: str) -> list[str]:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def test_conf_dir_is_the_top_level_conf() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert paths.CONF_DIR == (root / "conf").resolve()
+    assert CONF_DIR == str(paths.CONF_DIR)
+    assert (paths.CONF_DIR / "sensitivity.yaml").is_file()
+    assert (paths.PACKAGE_DIR / "conf" / "sensitivity.yaml").is_file()  # the link a wheel copies
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_composes(group: str) -> None:
-    for option in sorted(Path(CONF_DIR, group).glob("*.yaml")):
-        job = _compose(f"{group}={option.stem}")
+    options = _options(group)
+    assert options
+    for option in options:
+        job = _compose(f"{group}={option}")
         assert isinstance(job, SensitivityConfig)
 
 

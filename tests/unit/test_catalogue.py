@@ -1,22 +1,29 @@
 """The precision-pair catalogue: every pair and overlay composes, resolves to a ModelOpt config that
-ModelOpt applies as recorded, and fails early and clearly where it cannot run."""
+ModelOpt applies as recorded, and fails early and clearly where it cannot run.
+
+The list of pairs, aliases and overlays comes from Hydra's composition (cli/config_store.py); the
+ModelOpt checks quantize a two-layer MLP on CPU, not the model."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from layer_sensitivity import catalogue, pipeline
-from layer_sensitivity.cli.config_store import CONF_DIR
+from layer_sensitivity import catalogue, paths, pipeline
+from layer_sensitivity.catalogue import Listing
+from layer_sensitivity.cli.config_store import CONF_DIR, load_listing
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import (
     FP4Format,
@@ -27,11 +34,10 @@ from layer_sensitivity.schema import (
     WeightGranularity,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
-PAIRS = catalogue.load_pairs()
-ALIASES = catalogue.load_aliases()
-OVERLAYS = catalogue.load_granularities()
+LISTING = load_listing()
+PAIRS, ALIASES, OVERLAYS = LISTING.pairs, LISTING.aliases, LISTING.overlays
 CPU_PAIRS = [n for n, p in PAIRS.items() if not p.requires_cuda]
 CUDA_PAIRS = [n for n, p in PAIRS.items() if p.requires_cuda]
 DEFAULT = OVERLAYS["default"]
@@ -85,12 +91,55 @@ def test_pair_file_is_canonical_and_self_consistent(name: str) -> None:
     assert p.description and len(p.description.splitlines()) == 1
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in Path(CONF_DIR, "quant_pair").glob("*.yaml")))
-def test_every_pair_file_composes_to_the_catalogue_entry(option: str) -> None:
-    """Hydra (typed schema) and the core's plain-YAML reader agree on every pair and alias."""
+def test_listing_covers_every_config_file() -> None:
+    """Every file of the two groups is a canonical pair, an alias or an overlay; nothing is dropped."""
+    pair_files = {p.stem for p in (paths.CONF_DIR / "quant_pair").glob("*.yaml")}
+    assert pair_files == set(PAIRS) | set(ALIASES)
+    assert not set(PAIRS) & set(ALIASES)
+    assert {p.stem for p in (paths.CONF_DIR / "quant_granularity").glob("*.yaml")} == set(OVERLAYS)
+
+
+@pytest.mark.parametrize("option", sorted([*PAIRS, *ALIASES]))
+def test_every_pair_option_composes_to_the_listing_entry(option: str) -> None:
     q = _job(f"quant_pair={option}").quant_pair
-    canonical = ALIASES.get(option, option)
-    assert q == PAIRS[canonical]
+    assert q == PAIRS[ALIASES.get(option, option)]
+
+
+def test_listing_order_does_not_depend_on_input_order() -> None:
+    pairs, overlays = list(PAIRS.values()), list(OVERLAYS.values())
+    random.Random(0).shuffle(pairs)
+    random.Random(0).shuffle(overlays)
+    again = Listing.ordered(pairs, dict(reversed(ALIASES.items())), overlays)
+    assert list(again.pairs) == list(PAIRS) and list(again.overlays) == list(OVERLAYS)
+    assert list(again.aliases) == sorted(ALIASES)
+    # Weight precision first, then FP4 flavour, then activation precision.
+    assert list(PAIRS)[:3] == ["wfp8_afp16", "wfp8_afp8", "wfp8_aint8"]
+    assert list(OVERLAYS)[0] == "default"
+
+
+def test_listing_inside_a_running_hydra_app_uses_its_search_path(tmp_path: Path) -> None:
+    """Composed with the already initialized Hydra of a job or sweep (here: a trimmed copy of conf/),
+    and a pair file whose name matches no file is reported rather than taken for an alias."""
+    conf = tmp_path / "conf"
+    shutil.copytree(paths.CONF_DIR, conf)
+    kept = {"quant_pair": {"wfp8_afp8", "fp8", "wint8_aint8", "int8"},
+            "quant_granularity": {"default", "w_group64"}}
+    for group, names in kept.items():
+        for f in (conf / group).glob("*.yaml"):
+            if f.stem not in names:
+                f.unlink()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        assert GlobalHydra.instance().is_initialized()
+        trimmed = load_listing.__wrapped__()
+    assert trimmed.pairs == {n: PAIRS[n] for n in ("wfp8_afp8", "wint8_aint8")}
+    assert trimmed.aliases == {"fp8": "wfp8_afp8", "int8": "wint8_aint8"}
+    assert trimmed.overlays == {n: OVERLAYS[n] for n in ("default", "w_group64")}
+
+    pair_file = conf / "quant_pair" / "wint8_aint8.yaml"
+    pair_file.write_text(pair_file.read_text().replace("name: wint8_aint8", "name: wint8_aint8_renamed"))
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        with pytest.raises(UserError, match="composes to a pair named wint8_aint8_renamed"):
+            load_listing.__wrapped__()
 
 
 @pytest.mark.parametrize("option", sorted(OVERLAYS))
@@ -244,12 +293,12 @@ def test_bases_use_a_calibration_autoquantize_accepts(name: str) -> None:
 # --- what ModelOpt actually does with them on this machine -----------------------------------
 
 
-def _tiny_linear() -> torch.nn.Module:
+def _tiny_linear() -> torch.nn.Sequential:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128))
 
 
-def _quantize_on_cpu(cfg: dict[str, Any]) -> torch.nn.Module:
+def _quantize_on_cpu(cfg: dict[str, Any]) -> torch.nn.Sequential:
     import modelopt.torch.quantization as mtq
 
     model, x = _tiny_linear(), torch.randn(2, 8, 128)
@@ -333,6 +382,20 @@ def test_cuda_pair_on_cpu_fails_before_the_model_loads(name: str, tmp_path: Path
     assert not any(c in alternatives for c in CUDA_PAIRS)
 
 
+def test_device_error_without_a_listing_still_names_the_reason() -> None:
+    """The core called without Hydra (a notebook): no list of alternatives, the rest of the message."""
+    name = CUDA_PAIRS[0]
+    cfg = catalogue.build_quant_config(PAIRS[name], DEFAULT)
+    empty = Listing.ordered([], {}, [])
+    assert catalogue.cpu_alternatives(empty) == []
+    with pytest.raises(UserError) as e:
+        catalogue.check_device(PAIRS[name], DEFAULT, cfg, "cpu", listing=empty)
+    msg = str(e.value)
+    assert f"quant_pair={name}" in msg and "cannot run on cpu" in msg
+    assert "Pairs that run on" not in msg and "model.device=cuda" in msg
+    assert catalogue.cpu_alternatives(LISTING) == catalogue.cpu_alternatives()
+
+
 def test_cuda_pairs_pass_the_device_check_on_cuda() -> None:
     for name in CUDA_PAIRS:
         cfg = catalogue.build_quant_config(PAIRS[name], DEFAULT)
@@ -379,7 +442,7 @@ def test_readme_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "## Precision pairs" in readme
     section = catalogue.readme_section(readme)
-    assert section == catalogue.markdown_tables(), (
+    assert section == catalogue.markdown_tables(LISTING), (
         "README.md is out of date: run python scripts/catalogue_table.py")
     rows = [r for r in section.splitlines() if r.startswith("| `w")]
     listed = [r.split("|")[1].strip().strip("`") for r in rows]

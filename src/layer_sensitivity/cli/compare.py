@@ -1,0 +1,46 @@
+"""``compare``: rank agreement, top-k overlap and share heatmaps across finished runs.
+
+    python -m layer_sensitivity.cli.compare --run-ids <id>,<id>[,...]
+    python -m layer_sensitivity.cli.compare --parent-run-id <sweep parent>
+    python -m layer_sensitivity.cli.compare --experiment <name> [--filter "params.method = 'gradient'"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from .. import tracking
+from ..compare_runs import compare_runs
+from ..schema import TrackingConfig
+from .common import setup_plain_logging, user_errors
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m layer_sensitivity.cli.compare",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--run-ids", default="", help="comma-separated run ids")
+    parser.add_argument("--parent-run-id", default="", help="a sweep's parent run: its children")
+    parser.add_argument("--experiment", default="", help="every run of this experiment ...")
+    parser.add_argument("--filter", default="", help="... matching this MLflow filter string")
+    parser.add_argument("--out", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="default: MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    args = parser.parse_args(argv)
+    setup_plain_logging()
+    with user_errors():
+        store = tracking.run_store(args.tracking_uri)
+        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False,
+                                                 experiment=args.experiment or
+                                                 TrackingConfig.experiment))
+        out = Path(args.out or tempfile.mkdtemp(prefix="comparison-"))
+        files = compare_runs(store, tracker, out,
+                             run_ids=[r for r in args.run_ids.split(",") if r.strip()] or None,
+                             parent_run_id=args.parent_run_id or None,
+                             experiment=args.experiment or None, filter_string=args.filter)
+    print(f"comparison written to {files[0].parent} and logged to {store.where}")
+
+
+if __name__ == "__main__":
+    main()
