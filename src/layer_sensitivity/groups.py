@@ -84,3 +84,17 @@ def achieved_scope_bits(groups: dict[str, GroupStats]) -> float:
 def min_scope_bits(groups: dict[str, GroupStats]) -> float:
     scoped = [g for g in groups.values() if g.in_scope]
     return 16.0 * sum(min(g.costs) for g in scoped) / sum(g.uncompressed_cost for g in scoped)
+
+
+# Order of the known decoder kinds inside one layer, as data flows through it.
+KIND_ORDER = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down")
+
+
+def depth_key(handle: str) -> tuple[int, int, int, str]:
+    """Sort key for model depth order: embeddings, then decoder layers (kinds in KIND_ORDER, other
+    kinds after them by name), then everything else (final norm, ``lm_head``) by name."""
+    layer, kind = layer_and_kind(handle)
+    if layer is None:
+        return (0 if "embed" in kind else 2, 0, 0, kind)
+    position = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+    return (1, layer, position, kind)

@@ -1,18 +1,40 @@
-"""Markdown and JSON reports, derived from a manifest alone (no model, no MLflow)."""
+"""Markdown and JSON reports and their figures, derived from a manifest alone (no model, no MLflow).
+
+The same manifest gives byte-identical files (Markdown, JSON and every PNG).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from . import figures
 from .groups import RECIPE_SUFFIX, format_bits
+from .profiles import (
+    LM_HEAD,
+    TOP_CONCENTRATION,
+    GroupProfile,
+    group_profiles,
+    score_samples,
+    summary_values,
+    top_is_lm_head,
+    top_share,
+)
 
 MARKDOWN_NAME = "layer-sensitivity-report.md"
 JSON_NAME = "layer-sensitivity-report.json"
 LAYER_COLUMNS = ["Layer", "Num Bits", "Sensitivity", "Size Cost"]
+PER_SAMPLE_COLUMN, SHARE_COLUMN = "Per-sample score", "Share (%)"
+FIGURE_TITLES = {
+    figures.DEPTH_PROFILE: "Sensitivity across depth (share of run total per layer, log scale)",
+    figures.TOP_GROUPS: "Most sensitive groups and their share of the run total",
+    figures.LAYER_KIND_HEATMAP: "Share of run total per decoder layer and kind",
+    figures.FRONTIER: "Total score versus achieved bits (one search, re-solved per target)",
+}
 
 
 def layer_rows(manifest: dict[str, Any]) -> pd.DataFrame:
@@ -29,10 +51,24 @@ def layer_rows(manifest: dict[str, Any]) -> pd.DataFrame:
                           ignore_index=True)
 
 
+def layer_table(manifest: dict[str, Any]) -> pd.DataFrame:
+    """``layer_rows`` with each score per sample and as a share (%) of the run total (the sum of
+    the groups' importances), next to the raw score."""
+    df = layer_rows(manifest)
+    samples = score_samples(manifest)
+    total = sum(float(s["importance"]) for s in manifest["layer_sensitivity"].values())
+    # None (not NaN) when the sample count is unknown: a blank cell, null in JSON
+    df.insert(3, PER_SAMPLE_COLUMN, df["Sensitivity"] / samples if samples else None)
+    df.insert(4, SHARE_COLUMN, 100.0 * df["Sensitivity"] / total if total > 0 else 0.0)
+    return df
+
+
 def frontier_rows(manifest: dict[str, Any]) -> pd.DataFrame:
     """One row per bit target of a frontier run, lowest target first."""
+    samples = score_samples(manifest)
     rows = [{"Target bits": p["target_bits"], "ModelOpt bits": p["modelopt_bits"],
              "Achieved bits": p["achieved_bits"], "Total score": p["total_score"],
+             "Score per sample": p["total_score"] / samples if samples else None,
              "Satisfied": p["satisfied"],
              "Quantized groups": sum(not f.startswith("NONE") for f in p["recipe"].values())}
             for p in manifest.get("frontier", [])]
@@ -40,8 +76,11 @@ def frontier_rows(manifest: dict[str, Any]) -> pd.DataFrame:
     return df.sort_values("Target bits", ignore_index=True) if rows else df
 
 
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
+def _summary(m: dict[str, Any], profiles: list[GroupProfile]) -> dict[str, Any]:
     scheme, aq = m["scheme"], m.get("autoquant", {})
+    samples = score_samples(m)
+    total = aq.get("total_score")
+    top = profiles[0] if profiles else None
     return {
         "Scheme": scheme.get("name"),
         "Model": m.get("model", {}).get("name") or m.get("model", {}).get("id"),
@@ -52,15 +91,23 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
         "Effective bits given to ModelOpt": scheme.get("effective_bits_modelopt"),
         "Effective bits achieved (LM)": aq.get("effective_bits_achieved"),
         "Constraint satisfied": aq.get("satisfied"),
-        "Total score": aq.get("total_score"),
+        "Total score": total,
+        "Score samples": samples,
+        "Total score per sample": total / samples if samples and _finite(total) else None,
+        "Most sensitive group": f"{top.name} ({100 * top.share:.1f}%)" if top else None,
+        f"Share of the top {TOP_CONCENTRATION}": f"{100 * top_share(profiles):.1f}%" if top else None,
         "Layer groups": len(m["layer_sensitivity"]),
     }
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _dataset(m: dict[str, Any]) -> dict[str, Any]:
     d = m.get("dataset") or {}
     keys = ["name", "size", "path", "sha256", "samples_used", "samples_max", "seq_len",
-            "batch_size", "batches"]
+            "batch_size", "batches", "score_batches"]
     return {k: d.get(k) for k in keys if k in d}
 
 
@@ -79,6 +126,43 @@ def _quantization(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def ranking_warnings(profiles: list[GroupProfile]) -> list[str]:
+    """Things a reader must know before acting on the ranking (plain Markdown sentences)."""
+    if not top_is_lm_head(profiles):
+        return []
+    inside = next((p for p in profiles if p.layer is not None), None)
+    rest = (f" The most sensitive group inside the decoder is `{inside.name}` "
+            f"({100 * inside.share:.1f}%)." if inside else "")
+    return [f"`{LM_HEAD}` tops the ranking ({100 * profiles[0].share:.1f}% of the run total). "
+            f"Deploy runtimes usually keep `{LM_HEAD}` at 16 bits, and gradient scores have "
+            f"ranked it first where its measured loss damage was low; read the ranking of the "
+            f"decoder groups without it.{rest}"]
+
+
+def how_to_read(manifest: dict[str, Any]) -> list[str]:
+    """The meaning of the numbers, for this run (plain Markdown paragraphs)."""
+    samples = score_samples(manifest)
+    batches = (manifest.get("dataset") or {}).get("score_batches")
+    method = (manifest.get("scheme") or {}).get("method")
+    here = (f" (here {samples} samples" + (f" in {batches} batches)" if batches else ")")
+            if samples else " (this manifest does not record how many samples)")
+    return [
+        "**Raw scores are sums over score batches.** AutoQuantize adds up a group's score over "
+        f"every score batch{here}, so raw scores (Sensitivity, Total score) grow about linearly "
+        "with the number of score samples: do not compare them across calibration sizes.",
+        "**Per-sample score** = raw score / score samples: comparable between runs of the same "
+        "method at different calibration sizes.",
+        "**Share** = a group's importance / the sum of all groups' importances (in %), and "
+        "**rank** (1 = most sensitive): comparable across calibration sizes and methods. A "
+        "group's importance is its largest score among the quantized formats offered.",
+        "**gradient vs kl_div.** `gradient` estimates from gradients how much quantizing a "
+        "group raises the caption loss; `kl_div` measures how far the output distribution moves "
+        "from the unquantized model's. Their scores differ by 10^3-10^4, so compare the two only "
+        "by shares and ranks: their rankings mostly agree, but the top group can differ "
+        f"(gradient can put `{LM_HEAD}` first). This run used `{method or 'an unrecorded method'}`.",
+    ]
+
+
 def _kv_table(d: dict[str, Any]) -> str:
     df = pd.DataFrame({"Field": list(d), "Value": [_cell(v) for v in d.values()]})
     return df.to_markdown(index=False)
@@ -92,14 +176,22 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _figure_links(manifest: dict[str, Any]) -> list[str]:
+    return [f"![{FIGURE_TITLES[name]}]({figures.FIGURES_DIR}/{name})"
+            for name in figures.figure_names(manifest)]
+
+
 def render_markdown(manifest: dict[str, Any]) -> str:
-    layers = layer_rows(manifest)
-    parts = [
-        f"# Layer sensitivity: {manifest['scheme'].get('name')}",
-        "",
-        "## Summary",
-        _kv_table(_summary(manifest)),
-        "",
+    profiles = group_profiles(manifest)
+    layers = layer_table(manifest)
+    parts = [f"# Layer sensitivity: {manifest['scheme'].get('name')}", ""]
+    parts += [line for w in ranking_warnings(profiles) for line in (f"> **Note:** {w}", "")]
+    parts += ["## Summary", _kv_table(_summary(manifest, profiles)), ""]
+    if links := _figure_links(manifest):
+        parts += ["## Figures", "", *(line for link in links for line in (link, ""))]
+    parts += ["## How to read these scores", "",
+              *(f"- {paragraph}" for paragraph in how_to_read(manifest)), ""]
+    parts += [
         "## Dataset",
         _kv_table(_dataset(manifest)),
         "",
@@ -107,32 +199,58 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         _kv_table(_quantization(manifest)),
         "",
         "## Per-layer sensitivity (most sensitive first)",
-        layers.to_markdown(index=False, floatfmt=".6g"),
+        layers.to_markdown(index=False, floatfmt=".6g", missingval=""),
         "",
     ]
     frontier = frontier_rows(manifest)
     if not frontier.empty:
         parts += ["## Score versus bits (one search, re-solved per target)",
-                  frontier.to_markdown(index=False, floatfmt=".6g"), ""]
+                  frontier.to_markdown(index=False, floatfmt=".6g", missingval=""), ""]
     return "\n".join(parts)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN (unknown) as null, so the report is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _group_record(p: GroupProfile) -> dict[str, Any]:
+    return {"key": p.key, "name": p.name, "handle": p.handle, "layer": p.layer, "kind": p.kind,
+            "modules": list(p.modules), "importance": p.importance, "per_sample": p.per_sample,
+            "share": p.share, "rank": p.rank}
+
+
 def render_json(manifest: dict[str, Any]) -> str:
-    doc = {
-        "summary": _summary(manifest),
+    profiles = group_profiles(manifest)
+    doc: dict[str, Any] = {
+        "summary": _summary(manifest, profiles),
+        "warnings": ranking_warnings(profiles),
+        "how_to_read": how_to_read(manifest),
+        "score_samples": score_samples(manifest),
+        "metrics": summary_values(manifest, profiles),
         "dataset": _dataset(manifest),
         "quantization": _quantization(manifest),
-        "layers": layer_rows(manifest).to_dict(orient="records"),
+        "layers": layer_table(manifest).to_dict(orient="records"),
+        "groups": [_group_record(p) for p in profiles],
+        "figures": [f"{figures.FIGURES_DIR}/{n}" for n in figures.figure_names(manifest)],
     }
     if manifest.get("frontier"):
         doc["frontier"] = frontier_rows(manifest).to_dict(orient="records")
-    return json.dumps(doc, indent=2) + "\n"
+    return json.dumps(_json_safe(doc), indent=2) + "\n"
 
 
 def write_reports(manifest: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write both reports next to the manifest; same manifest -> byte-identical files."""
+    """Write the Markdown and JSON reports and the figures (under ``figures/``) into ``out_dir``;
+    returns every file written. The same manifest gives byte-identical files."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / MARKDOWN_NAME, out_dir / JSON_NAME
-    md.write_text(render_markdown(manifest))
-    js.write_text(render_json(manifest))
-    return [md, js]
+    md.write_text(render_markdown(manifest), encoding="utf-8")
+    js.write_text(render_json(manifest), encoding="utf-8")
+    return [md, js, *figures.write_figures(manifest, out_dir)]

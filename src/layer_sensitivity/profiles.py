@@ -1,0 +1,250 @@
+"""Sensitivity profiles of one manifest: where each group sits in depth, its per-sample score,
+share and rank, and the metrics and key table the tracking layer logs. No torch, no MLflow.
+
+AutoQuantize scores are sums over score batches: raw values grow with the number of score samples
+and differ by 10^3-10^4 between the gradient and kl_div methods. Per-sample scores compare runs of
+one method across calibration sizes; shares (a group's importance over the run's total) and ranks
+compare across sizes and methods.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from .groups import KIND_ORDER, depth_key, layer_and_kind, module_of
+
+Metric = tuple[str, float, int | None]  # (key, value, step); step None = a single value
+T = TypeVar("T")
+
+MAX_KEY_LENGTH = 250  # MLflow's limit on metric key length
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch call
+LM_HEAD = "lm_head"
+TOP_CONCENTRATION = 10  # "share of the top 10" summary
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./: ]")  # MLflow keys: letters, digits, _ - . / : and space
+_FRONTIER_KEYS = {"effective_bits_achieved": "achieved_bits", "total_score": "total_score",
+                  "satisfied": "satisfied"}
+
+
+@dataclass(frozen=True)
+class GroupProfile:
+    """One in-scope layer group as the reports and metrics show it."""
+
+    handle: str  # ModelOpt's "<first module>.quant_recipe"
+    name: str  # depth-sortable short name: "L03.mlp.gate_up", "lm_head"
+    layer: int | None  # decoder layer index; None outside the decoder stack
+    kind: str  # "attn.qkv", "attn.o", "mlp.gate_up", "mlp.down", "lm_head", ...
+    modules: tuple[str, ...]
+    importance: float  # raw score: a sum over score batches
+    per_sample: float | None  # importance / score samples; None when the count is unknown
+    share: float  # importance / sum of importances over in-scope groups
+    rank: int  # 1 = most sensitive
+
+    @property
+    def key(self) -> str:
+        return f"sensitivity/{self.name}"
+
+
+def safe_key(text: str) -> str:
+    """``text`` with characters MLflow refuses in metric keys replaced by ``_``, cut to 250."""
+    return _UNSAFE.sub("_", text)[:MAX_KEY_LENGTH]
+
+
+def layer_width(num_layers: int) -> int:
+    """Digits of the zero-padded layer index: at least 2, so runs of models up to 100 layers
+    share keys."""
+    return max(2, len(str(max(num_layers - 1, 0))))
+
+
+def group_name(handle: str, num_layers: int) -> str:
+    """``L03.mlp.gate_up`` for a decoder group, the module name (``lm_head``) otherwise."""
+    layer, kind = layer_and_kind(handle)
+    name = kind if layer is None else f"L{layer:0{layer_width(num_layers)}d}.{kind}"
+    return safe_key(name)[: MAX_KEY_LENGTH - len("sensitivity/")]
+
+
+def metric_key(handle: str, num_layers: int) -> str:
+    """Depth-sortable per-group metric key, e.g. ``sensitivity/L03.mlp.gate_up``."""
+    return f"sensitivity/{group_name(handle, num_layers)}"
+
+
+def num_decoder_layers(manifest: dict[str, Any]) -> int:
+    """Decoder layers spanned by the in-scope groups (highest layer index + 1; 0 if none)."""
+    layers = [layer_and_kind(h)[0] for h in manifest["layer_sensitivity"]]
+    return max((x for x in layers if x is not None), default=-1) + 1
+
+
+def score_samples(manifest: dict[str, Any]) -> int | None:
+    """Samples the scores were summed over: ``scheme.score_size`` capped by
+    ``dataset.samples_used`` (either alone when the other is missing); None when neither is known."""
+    counts = [(manifest.get("scheme") or {}).get("score_size"),
+              (manifest.get("dataset") or {}).get("samples_used")]
+    known = [int(c) for c in counts if isinstance(c, (int, float)) and not isinstance(c, bool)
+             and c > 0]
+    return min(known) if known else None
+
+
+def group_profiles(manifest: dict[str, Any]) -> list[GroupProfile]:
+    """Every in-scope group, most sensitive first (ties by handle, as the manifest ranks them)."""
+    groups = manifest["layer_sensitivity"]
+    num_layers = num_decoder_layers(manifest)
+    samples = score_samples(manifest)
+    total = sum(float(s["importance"]) for s in groups.values())
+    order = sorted(groups, key=lambda h: (-float(groups[h]["importance"]), h))
+    names = _unique([group_name(h, num_layers) for h in order])
+    profiles = []
+    for rank, (handle, name) in enumerate(zip(order, names, strict=True), start=1):
+        s = groups[handle]
+        importance = float(s["importance"])
+        layer, kind = layer_and_kind(handle)
+        profiles.append(GroupProfile(
+            handle=handle, name=name, layer=layer, kind=kind,
+            modules=tuple(s.get("modules") or [module_of(handle)]),
+            importance=importance,
+            per_sample=None if samples is None else importance / samples,
+            share=importance / total if total > 0 else 0.0,
+            rank=rank,
+        ))
+    return profiles
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Names made unique (``_2``, ``_3`` ...) should sanitising ever map two groups to one key."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
+
+
+def kind_order(kind: str) -> tuple[int, str]:
+    """Sort key for kinds: the known decoder kinds in execution order, then others by name."""
+    return (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), kind)
+
+
+def depth_order(profiles: Sequence[GroupProfile]) -> list[GroupProfile]:
+    """Groups in model depth order (``groups.depth_key``): embeddings, decoder layers with their
+    kinds in execution order, then final groups such as ``lm_head``."""
+    return sorted(profiles, key=lambda p: (depth_key(p.handle), p.name))
+
+
+def top_is_lm_head(profiles: Sequence[GroupProfile]) -> bool:
+    """Whether ``lm_head`` is the most sensitive group (deploy runtimes usually keep it at 16 bits)."""
+    return bool(profiles) and profiles[0].layer is None and profiles[0].kind == LM_HEAD
+
+
+def top_share(profiles: Sequence[GroupProfile], k: int = TOP_CONCENTRATION) -> float:
+    """Concentration: the share of the run's total held by its ``k`` most sensitive groups."""
+    return sum(p.share for p in profiles[:k])
+
+
+def profile_frame(manifest: dict[str, Any]) -> pd.DataFrame:
+    """``group_profiles`` as a table, most sensitive first (layer is a nullable integer)."""
+    rows = [{"key": p.key, "name": p.name, "handle": p.handle, "layer": p.layer, "kind": p.kind,
+             "modules": list(p.modules), "importance": p.importance,
+             "per_sample": math.nan if p.per_sample is None else p.per_sample,
+             "share": p.share, "rank": p.rank} for p in group_profiles(manifest)]
+    df = pd.DataFrame(rows, columns=["key", "name", "handle", "layer", "kind", "modules",
+                                     "importance", "per_sample", "share", "rank"])
+    return df.astype({"layer": "Int64"})
+
+
+def key_table(manifest: dict[str, Any]) -> pd.DataFrame:
+    """Metric key -> group handle -> layer -> kind -> modules -> importance -> share -> rank,
+    in depth order (the tracking layer logs it as a table artifact)."""
+    rows = [{"Metric key": p.key, "Group": p.handle, "Layer": p.layer, "Kind": p.kind,
+             "Modules": ", ".join(p.modules), "Importance": p.importance,
+             "Per-sample score": math.nan if p.per_sample is None else p.per_sample,
+             "Share": p.share, "Rank": p.rank}
+            for p in depth_order(group_profiles(manifest))]
+    df = pd.DataFrame(rows, columns=["Metric key", "Group", "Layer", "Kind", "Modules",
+                                     "Importance", "Per-sample score", "Share", "Rank"])
+    return df.astype({"Layer": "Int64"})
+
+
+def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
+    """Every metric of one job's manifest, as (key, value, step).
+
+    Decoder groups form step series per kind with step = layer index: ``profile/<kind>`` (raw
+    importance), ``per_sample/<kind>``, ``share/<kind>`` and ``rank/<kind>``. Groups outside the
+    decoder (``lm_head``) give single values under the same prefixes. Every group also keeps its
+    raw ``sensitivity/<name>`` value. Then summary values and the frontier series (step = target
+    bits x 100). Non-finite or missing values are left out.
+    """
+    profiles = group_profiles(manifest)
+    metrics: list[Metric] = []
+    for p in depth_order(profiles):
+        metrics.append((p.key, p.importance, None))
+        label, step = (p.kind, p.layer) if p.layer is not None else (p.name, None)
+        label = safe_key(label)[:200]
+        metrics.append((f"profile/{label}", p.importance, step))
+        if p.per_sample is not None:
+            metrics.append((f"per_sample/{label}", p.per_sample, step))
+        metrics.append((f"share/{label}", p.share, step))
+        metrics.append((f"rank/{label}", float(p.rank), step))
+    metrics += [(k, v, None) for k, v in summary_values(manifest, profiles).items()]
+    metrics += frontier_metrics(manifest)
+    return [(k, float(v), s) for k, v, s in metrics if math.isfinite(v)]
+
+
+def summary_values(manifest: dict[str, Any],
+                   profiles: Sequence[GroupProfile] | None = None) -> dict[str, float]:
+    """One number per run: the solver's result, the scale of its scores and their concentration."""
+    profiles = group_profiles(manifest) if profiles is None else profiles
+    aq = manifest.get("autoquant") or {}
+    samples = score_samples(manifest)
+    values: dict[str, float] = {"num_layer_groups": float(len(profiles))}
+    if _is_number(aq.get("total_score")):
+        values["total_score"] = float(aq["total_score"])
+        if samples:
+            values["score_per_sample_total"] = float(aq["total_score"]) / samples
+    if _is_number(aq.get("effective_bits_achieved")):
+        values["effective_bits_achieved"] = float(aq["effective_bits_achieved"])
+    if isinstance(aq.get("satisfied"), bool):
+        values["constraint_satisfied"] = float(aq["satisfied"])
+    if samples:
+        values["score_samples"] = float(samples)
+    values["importance_sum"] = sum(p.importance for p in profiles)
+    if profiles:
+        values["top1_share"] = profiles[0].share
+        values[f"top{TOP_CONCENTRATION}_share"] = top_share(profiles)
+    return values
+
+
+def frontier_metrics(manifest: dict[str, Any]) -> list[Metric]:
+    """``frontier/<key>`` series over bit targets (step = round(target bits x 100))."""
+    samples = score_samples(manifest)
+    out: list[Metric] = []
+    for point in manifest.get("frontier") or []:
+        step = frontier_step(point["target_bits"])
+        for key, field in _FRONTIER_KEYS.items():
+            if _is_number(point.get(field)) or isinstance(point.get(field), bool):
+                out.append((f"frontier/{key}", float(point[field]), step))
+        if samples and _is_number(point.get("total_score")):
+            out.append(("frontier/score_per_sample", float(point["total_score"]) / samples, step))
+        recipe = point.get("recipe") or {}
+        quantized = sum(not str(f).startswith("NONE") for f in recipe.values())
+        out.append(("frontier/quantized_groups", float(quantized), step))
+    return out
+
+
+def frontier_step(target_bits: float) -> int:
+    """MLflow steps are integers: a frontier point's step is its target in hundredths of a bit."""
+    return round(float(target_bits) * 100)
+
+
+def batches(items: Sequence[T], size: int = MAX_METRICS_PER_BATCH) -> list[list[T]]:
+    """``items`` in consecutive chunks of at most ``size`` (MLflow takes 1000 metrics a batch)."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
