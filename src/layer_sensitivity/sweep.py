@@ -166,7 +166,7 @@ class Sweep:
         return table
 
     def _log_comparison(self, table: pd.DataFrame) -> None:
-        """Shares heatmap and rank correlations across the finished children, on the parent."""
+        """The finished children compared (ranks, overlaps, share heatmaps), on the parent."""
         from . import compare, manifest
 
         docs = {}
@@ -174,10 +174,12 @@ class Sweep:
             if row.status == "FINISHED" and isinstance(row.output_dir, str):
                 try:
                     docs[str(row.name)] = manifest.load(manifest.find(Path(row.output_dir)))
-                except Exception as e:  # noqa: BLE001 - a figure is not worth failing a sweep
-                    log.warning("no comparison for %s: %s", row.name, e)
-        if len(docs) < 2 or self.run is None:
+                except Exception as e:  # noqa: BLE001 - a comparison is not worth failing a sweep
+                    log.warning("%s is left out of the comparison: %s", row.name, e)
+        if not docs or self.run is None:
             return
         out = self.sweep_dir / "comparison"
         files = compare.sweep_figures(docs, out)
+        if len(docs) > 1:
+            files += compare.write_comparison(compare.compare(docs), out)
         self.run.log_files({f"comparison/{f.relative_to(out).as_posix()}": f for f in files})
