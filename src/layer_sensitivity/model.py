@@ -1,20 +1,35 @@
-"""Load a local Qwen3-VL checkpoint, decide the quantization scope, translate bit targets."""
+"""Load a local Qwen3-VL checkpoint (or build a seeded random one of the real shape), decide the
+quantization scope, translate bit targets.
+
+``model.init=random`` needs no weights: the architecture comes from the checkpoint's config.json
+or from ``model.config`` (the published config.json values in conf/model/qwen3_vl_*.yaml). It is
+materialised as a small weightless directory (config.json, a tokenizer, ``random_init.json``) so
+the rest of the job (plan, fingerprint, score cache, reports) treats it like any checkpoint.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import struct
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import paths
 from .errors import UserError
-from .schema import Coverage, DType, ModelConfig
+from .schema import Coverage, DType, ModelConfig, ModelInit
+
+log = logging.getLogger(__name__)
 
 # Module-name patterns ModelOpt must leave unquantized for each coverage.
 FROZEN_PATTERNS: dict[Coverage, list[str]] = {
@@ -23,23 +38,256 @@ FROZEN_PATTERNS: dict[Coverage, list[str]] = {
 }
 
 
-def checkpoint_dir(cfg: ModelConfig) -> Path:
-    """The local checkpoint directory named by ``path`` or by the ``path_env`` variable."""
+def configured_dir(cfg: ModelConfig) -> Path | None:
+    """The directory named by ``path`` or by the ``path_env`` variable, unchecked; None if neither."""
     raw = cfg.path or (os.environ.get(cfg.path_env) if cfg.path_env else None)
-    if not raw:
+    return Path(raw).expanduser() if raw else None
+
+
+def checkpoint_dir(cfg: ModelConfig) -> Path:
+    """The local checkpoint directory; for ``init=random`` the materialised weightless one."""
+    check_loader_options(cfg)
+    if cfg.init == ModelInit.random:
+        return random_init_dir(cfg)
+    path = configured_dir(cfg)
+    if path is None:
         how = f"or export {cfg.path_env}=<dir>" if cfg.path_env else ""
+        shapes = (" Without weights, model.init=random builds a random model of the real shape from "
+                  "model.config and runner.dry_run=true plans the job." if cfg.config else "")
         raise UserError(
             f"Model '{cfg.name}' has no checkpoint directory. Set model.path=<local dir with "
-            f"config.json and *.safetensors> {how}; weights are only loaded from local disk."
+            f"config.json and *.safetensors> {how}; weights are only loaded from local disk.{shapes}"
         )
-    path = Path(raw).expanduser()
+    _check_config_json(cfg, path)
+    return path
+
+
+def _check_config_json(cfg: ModelConfig, path: Path) -> None:
     if not (path / "config.json").is_file():
         raise UserError(
             f"Model directory '{path}' for model '{cfg.name}' does not exist or has no "
             "config.json. Set model.path to a local Qwen3-VL checkpoint directory (as written by "
             "save_pretrained); nothing is downloaded from a model hub."
         )
-    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture without weights: config.json or model.config
+
+DEFAULT_MODEL_TYPE = "qwen3_vl"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like plain data from OmegaConf containers or mappings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def architecture(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
+    """(config.json values, where they came from): the checkpoint's when one is configured, else
+    ``model.config``."""
+    path = configured_dir(cfg)
+    if path is not None:
+        _check_config_json(cfg, path)
+        return read_config(path), str(path / "config.json")
+    if cfg.config:
+        return _plain(cfg.config), "model.config"
+    raise UserError(
+        f"Model '{cfg.name}' has neither a checkpoint directory nor architecture values. Set "
+        "model.path=<dir with config.json> (or the preset's path_env variable), or model.config "
+        "to the model's config.json values (see conf/model/qwen3_vl_4b.yaml)."
+    )
+
+
+def hf_config(values: dict[str, Any], trust_remote_code: bool = False) -> Any:
+    """A transformers config object from config.json values (nothing is downloaded)."""
+    from transformers import AutoConfig
+
+    values = dict(values)
+    model_type = values.pop("model_type", DEFAULT_MODEL_TYPE)
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(
+            f"model.config could not be turned into a transformers config ({e}). Give the "
+            "config.json values of a Qwen3-VL model (model_type qwen3_vl, text_config, "
+            "vision_config), e.g. from conf/model/qwen3_vl_4b.yaml."
+        ) from None
+
+
+def meta_model(config: Any, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The architecture on the meta device: every module and shape, no memory, no weights."""
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
+
+
+# --------------------------------------------------------------------------------------------
+# model.init=random
+
+RANDOM_INIT_SEED = 0  # fixed: the same config always gives the same weights
+RANDOM_INIT_MARKER = "random_init.json"
+# Random weights make token identity meaningless; only ids < vocab_size and sequence lengths
+# matter. A configured checkpoint's own tokenizer is used when it has one, else the embedded
+# model's byte-level BPE (2048 ids, so it fits any real vocabulary; it splits captions into
+# somewhat more tokens than Qwen's 151k vocabulary, so measured memory errs on the high side).
+EMBEDDED_TOKENIZER_DIR = paths.ASSETS_DIR / "tiny-qwen3-vl"
+_TOKENIZER_FILE = re.compile(
+    r"^(tokenizer.*|vocab\.json|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
+    r"chat_template\.(jinja|json))$"
+)
+
+
+def cache_root() -> Path:
+    """Where derived, re-creatable files go (shared with the score cache's default)."""
+    return Path(os.environ.get("LAYER_SENSITIVITY_CACHE_DIR") or paths.project_root() / ".cache")
+
+
+def _tokenizer_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and _TOKENIZER_FILE.match(p.name))
+
+
+def _text_vocab_size(config: Any) -> int:
+    text = getattr(config, "text_config", None) or config
+    return int(text.vocab_size)
+
+
+def random_init_dir(cfg: ModelConfig) -> Path:
+    """A weightless checkpoint directory describing the random model (created once, atomically).
+
+    It holds config.json (normalised by transformers), the tokenizer files and
+    ``random_init.json`` (init, seed, tokenizer origin), which :func:`fingerprint` includes, so
+    random-init scores never mix with a real checkpoint's in the score cache.
+    """
+    values, source = architecture(cfg)
+    config = hf_config(values, cfg.trust_remote_code)
+    ckpt = configured_dir(cfg)
+    tokenizer_files = _tokenizer_files(ckpt) if ckpt is not None else []
+    origin = "checkpoint" if tokenizer_files else "embedded"
+    tokenizer_files = tokenizer_files or _tokenizer_files(EMBEDDED_TOKENIZER_DIR)
+    marker = {"init": "random", "seed": RANDOM_INIT_SEED, "tokenizer": origin}
+    h = hashlib.sha256(config.to_json_string(use_diff=False).encode())
+    h.update(json.dumps(marker, sort_keys=True).encode())
+    for f in tokenizer_files:
+        h.update(f.name.encode() + f.read_bytes())
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.name).strip("-") or "model"
+    target = cache_root() / "random-init" / f"{slug}-{h.hexdigest()[:16]}"
+    if (target / RANDOM_INIT_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        config.save_pretrained(staging)
+        for f in tokenizer_files:
+            shutil.copy2(f, staging / f.name)
+        _check_tokenizer_fits(staging, _text_vocab_size(config), cfg, origin)
+        (staging / RANDOM_INIT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        try:
+            staging.rename(target)
+        except OSError:  # another process published the same directory first
+            if not (target / RANDOM_INIT_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("random-init model of %s (%s) described in %s", cfg.name, source, target)
+    return target
+
+
+def _check_tokenizer_fits(directory: Path, vocab_size: int, cfg: ModelConfig, origin: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    if len(tokenizer) > vocab_size:
+        raise UserError(
+            f"model.init=random for '{cfg.name}': the {origin} tokenizer has {len(tokenizer)} ids "
+            f"but the model's vocabulary has only {vocab_size}. Set text_config.vocab_size in "
+            f"model.config to {len(tokenizer)} or more."
+        )
+
+
+def build_random(cfg: ModelConfig, path: Path, device: str) -> LoadedModel:
+    """A seeded, randomly initialised model of the shape in ``path``/config.json, built directly
+    on ``device`` (nothing is read but config.json and the tokenizer)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    dtype = resolve_dtype(cfg.dtype, device)
+    config = AutoConfig.from_pretrained(path, local_files_only=True,
+                                        trust_remote_code=cfg.trust_remote_code)
+    target = torch.device(device)
+    cuda = [target.index if target.index is not None else torch.cuda.current_device()] \
+        if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        with target:
+            model = AutoModelForImageTextToText.from_config(
+                config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    model.eval()
+    return LoadedModel(model, load_tokenizer(cfg, path), path, device, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Loader options: one model over several GPUs (accelerate)
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_loader_options(cfg: ModelConfig) -> None:
+    """``device_map`` / ``max_memory`` make sense together and with the chosen init."""
+    if cfg.device_map is None:
+        if cfg.max_memory:
+            raise UserError(
+                "model.max_memory is set but model.device_map is null; max_memory only caps the "
+                "devices of a device map. Set model.device_map=auto (or balanced), or drop "
+                "model.max_memory."
+            )
+        return
+    if cfg.max_memory is not None and not isinstance(cfg.max_memory, Mapping):
+        raise UserError(
+            f"model.max_memory={cfg.max_memory!r} is not a map of device to size. Use e.g. "
+            "model.max_memory={0:70GiB,1:70GiB} (GPU index or cpu: size)."
+        )
+    dm = cfg.device_map
+    if not (dm in DEVICE_MAP_STRATEGIES or isinstance(dm, Mapping)):
+        raise UserError(
+            f"model.device_map={dm!r} is not a device map. Use one of "
+            f"{', '.join(DEVICE_MAP_STRATEGIES)}, or an explicit {{module name: device}} map, or "
+            "null for one device."
+        )
+    if cfg.init == ModelInit.random:
+        raise UserError(
+            "model.device_map is not supported with model.init=random (the random model is built "
+            "on model.device). Drop model.device_map, or use a checkpoint (model.init=pretrained)."
+        )
+
+
+def _loader_kwargs(cfg: ModelConfig, device: str) -> dict[str, Any]:
+    """from_pretrained's device_map / max_memory, or {} for one device."""
+    if cfg.device_map is None:
+        return {}
+    if not device.startswith("cuda"):
+        raise UserError(
+            f"model.device_map={cfg.device_map!r} spreads the model over GPUs but the job runs on "
+            f"{device}. Run on a CUDA host or set model.device_map=null."
+        )
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "model.device_map needs the 'accelerate' package, which is not installed. Install it "
+            "(pip install accelerate) or set model.device_map=null."
+        ) from None
+    dm = cfg.device_map
+    kwargs: dict[str, Any] = {"device_map": dict(dm) if isinstance(dm, Mapping) else dm}
+    if cfg.max_memory:
+        kwargs["max_memory"] = {(int(k) if str(k).isdigit() else str(k)): str(v)
+                                for k, v in cfg.max_memory.items()}
+    return kwargs
 
 
 def resolve_device(device: str) -> str:
@@ -67,6 +315,9 @@ def fingerprint(path: Path) -> str:
     Cheap for any size of checkpoint: safetensors headers are read, not the weights.
     """
     h = hashlib.sha256((path / "config.json").read_bytes())
+    marker = path / RANDOM_INIT_MARKER  # random weights: seed and tokenizer origin
+    if marker.is_file():
+        h.update(marker.read_bytes())
     index = path / "model.safetensors.index.json"
     if index.is_file():
         h.update(index.read_bytes())
@@ -87,19 +338,32 @@ class LoadedModel:
 
 
 def load(cfg: ModelConfig, path: Path, device: str) -> LoadedModel:
-    """The checkpoint through ``AutoModelForImageTextToText``, offline, in eval mode."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    """The model for ``cfg.init``: the checkpoint (offline, eval mode) or a seeded random one."""
+    if cfg.init == ModelInit.random:
+        return build_random(cfg, path, device)
+    from transformers import AutoModelForImageTextToText
 
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
-    model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorator
+    spread = _loader_kwargs(cfg, device)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs, **spread)
+    if not spread:  # a device map already placed every module
+        model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorator
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    return LoadedModel(model, load_tokenizer(cfg, path), path, device, dtype)
+
+
+def load_tokenizer(cfg: ModelConfig, path: Path) -> Any:
+    """The checkpoint's tokenizer (for ``init=random`` the one in the materialised directory),
+    padding on the right with EOS when it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                              trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    return LoadedModel(model, tokenizer, path, device, dtype)
+    return tokenizer
 
 
 def _is_quantizable(module: torch.nn.Module) -> bool:
@@ -107,13 +371,37 @@ def _is_quantizable(module: torch.nn.Module) -> bool:
     return isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
 
 
+FUSED_EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
+
+
+def is_fused_experts(module: torch.nn.Module) -> bool:
+    """A fused MoE experts container (3-D ``gate_up_proj`` and ``down_proj`` parameters, as in
+    transformers 5's Qwen3-VL-MoE): ModelOpt quantizes it as one module, all experts together."""
+    params = dict(module.named_parameters(recurse=False))
+    return all(n in params and params[n].dim() == 3 for n in FUSED_EXPERT_WEIGHTS)
+
+
+def quantizable_weight_numel(module: torch.nn.Module) -> int:
+    """Weights ModelOpt's cost model counts for ``module`` (0 for modules it does not quantize)."""
+    if _is_quantizable(module):
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]
+        return weight.numel()
+    if is_fused_experts(module):
+        params = dict(module.named_parameters(recurse=False))
+        return sum(params[n].numel() for n in FUSED_EXPERT_WEIGHTS)
+    return 0
+
+
 def weight_counts(model: torch.nn.Module, frozen_patterns: list[str]) -> tuple[int, int]:
-    """(weights in scope, weights of quantizable layers kept at 16 bits by ``frozen_patterns``)."""
+    """(weights in scope, weights of quantizable layers kept at 16 bits by ``frozen_patterns``).
+
+    Works on the meta device too (only shapes are read).
+    """
     in_scope = frozen = 0
     for name, module in model.named_modules():
-        if not _is_quantizable(module):
+        n = quantizable_weight_numel(module)
+        if not n:
             continue
-        n = module.weight.numel()
         if any(fnmatch.fnmatch(name, p) for p in frozen_patterns):
             frozen += n
         else:
