@@ -58,18 +58,6 @@ def read_captions(path: str | Path, max_samples: int) -> Captions:
 Batch = dict[str, torch.Tensor]
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
-    """The checkpoint's tokenizer, offline, padding on the right (stored scores need no model)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                              trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
 def build_batches(captions: list[str] | tuple[str, ...], tokenizer: Any, batch_size: int,
                   seq_len: int, pad_to_longest: bool = True,
                   sort_by_length: bool = False) -> list[Batch]:

@@ -43,7 +43,7 @@ class Resources:
         """The checkpoint's tokenizer alone (stored scores need no model)."""
         key = (str(path.resolve()), cfg.trust_remote_code)
         if key not in self._tokenizers:
-            self._tokenizers[key] = calibration.load_tokenizer(path, cfg.trust_remote_code)
+            self._tokenizers[key] = model.load_tokenizer(cfg, path)
         return self._tokenizers[key]
 
     def batches(self, captions: calibration.Captions, tokenizer: Any, tokenizer_id: str,

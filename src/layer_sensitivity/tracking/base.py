@@ -54,7 +54,8 @@ def error_text(e: BaseException, where: str = "") -> str:
 class Run(Protocol):
     """One run to log into."""
 
-    run_id: str | None
+    @property
+    def run_id(self) -> str | None: ...
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Iterable[Metric]) -> None: ...

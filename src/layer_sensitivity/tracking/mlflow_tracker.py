@@ -36,10 +36,12 @@ PARAM_VALUE_LIMIT = 6000
 class MlflowRun:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.run_id = client, run_id
+        # Params `mlflow run` already logged (its -P values): MLflow refuses to change them.
+        self.preset = set(client.get_run(run_id).data.params)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, redact_text("" if v is None else str(v))[:PARAM_VALUE_LIMIT])
-                 for k, v in params.items()]
+                 for k, v in params.items() if k not in self.preset]
         for i in range(0, len(items), MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS])
 
@@ -99,24 +101,35 @@ class MlflowTracker:
         return store.get_or_create_experiment(self.client, self.experiment, self.uri)
 
     def _start(self, name: str, parent_id: str | None, tags: dict[str, str]) -> str:
+        launched = os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow run's run: used once
+        if launched:
+            return self._adopt(launched, name, parent_id, tags)
         if parent_id:
             parent = self.client.get_run(parent_id)
             run = self.client.create_run(parent.info.experiment_id, run_name=name,
                                          tags=tags | {PARENT_TAG: parent_id})
             return run.info.run_id
-        launched = os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow run's run: used by one job only
-        if launched:
-            run = self.client.get_run(launched)
-            experiment = self.client.get_experiment(run.info.experiment_id)
-            if experiment.name != self.experiment:
-                log.warning("this run is in experiment '%s' (chosen by `mlflow run`), not '%s'; "
-                            "pass --experiment-name %s to `mlflow run` to keep all runs in one.",
-                            experiment.name, self.experiment, self.experiment)
-            self.client.update_run(launched, name=name)
-            MlflowRun(self.client, launched).set_tags(tags)
-            return launched
-        run = self.client.create_run(self._experiment_id(), run_name=name, tags=tags)
-        return run.info.run_id
+        return self.client.create_run(self._experiment_id(), run_name=name, tags=tags).info.run_id
+
+    def _adopt(self, run_id: str, name: str, parent_id: str | None, tags: dict[str, str]) -> str:
+        """The run ``mlflow run`` created: renamed to ``name``, nested under ``parent_id`` when
+        both are in one experiment."""
+        run = self.client.get_run(run_id)
+        experiment = self.client.get_experiment(run.info.experiment_id).name
+        if parent_id:
+            parent = self.client.get_run(parent_id)
+            if parent.info.experiment_id == run.info.experiment_id:
+                tags = tags | {PARENT_TAG: parent_id}
+            else:
+                log.warning("run %s cannot nest under %s: they are in different experiments",
+                            run_id, parent_id)
+        elif experiment != self.experiment:
+            log.warning("this run is in experiment '%s' (chosen by `mlflow run`), not '%s'; pass "
+                        "--experiment-name %s to `mlflow run` to keep all runs in one.",
+                        experiment, self.experiment, self.experiment)
+        self.client.update_run(run_id, name=name)
+        MlflowRun(self.client, run_id).set_tags(tags)
+        return run_id
 
     @contextmanager
     def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
