@@ -235,15 +235,9 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
     given = model.modelopt_bits(p.target_bits, in_scope, frozen)
     on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
     try:
-        if cache is None or key is None:
-            state = _search(p, loaded.model, on_device, given, None)
-            return _scores(state, dtype, None)
-        # ModelOpt writes its checkpoint mid-search too: only a completed search becomes an entry.
-        with cache.private_checkpoint() as tmp:
-            state = _search(p, loaded.model, on_device, given, str(tmp))
-            path = cache.store(key, tmp)
-        log.info("scores stored in %s", path)
-        return _scores(state, dtype, {"key": key, "hit": False, "path": str(path)})
+        # No checkpoint file: ModelOpt saves one mid-search too, and only a completed search may
+        # become a cache entry.
+        state = _search(p, loaded.model, on_device, given)
     except autoquant.InfeasibleTarget as e:
         lm_min = model.scope_bits(e.minimum_bits, in_scope, frozen)
         raise UserError(
@@ -253,14 +247,23 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
             f"included at 16, and reports a minimum of {e.minimum_bits:.4f}). Set "
             f"autoquant.effective_bits to {math.ceil(lm_min * 100) / 100:g} or more."
         ) from None
+    if cache is None or key is None:
+        return _scores(state, dtype, None)
+    try:
+        path = cache.store(key, state)  # verified and renamed into place atomically
+    except scorecache.InvalidState as e:
+        log.warning("scores not stored for reuse: %s", e)
+        return _scores(state, dtype, None)
+    log.info("scores stored in %s", path)
+    return _scores(state, dtype, {"key": key, "hit": False, "path": str(path)})
 
 
-def _search(p: Plan, net: torch.nn.Module, batches: list[calibration.Batch], given: float,
-            checkpoint: str | None) -> dict[str, Any]:
+def _search(p: Plan, net: torch.nn.Module, batches: list[calibration.Batch], given: float
+            ) -> dict[str, Any]:
     torch.manual_seed(p.cfg.autoquant.seed)
     return autoquant.run(net, batches, p.quant_cfg, method=p.cfg.autoquant.method,
                          modelopt_bits=given, frozen_patterns=p.frozen_patterns,
-                         num_score_steps=p.score_steps, checkpoint=checkpoint)
+                         num_score_steps=p.score_steps)
 
 
 def _scores(state: dict[str, Any], dtype: torch.dtype, cache: dict[str, Any] | None) -> Scores:
