@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BITS_TOLERANCE = 1e-9
 FRONTIER_DIR = "frontier"
+LM_HEAD_PATTERN = "*lm_head*"
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Plan:
     def scheme_name(self) -> str:
         c = self.cfg
         scope = "lm" if c.autoquant.coverage == Coverage.lm_only else "full"
+        scope += "" if c.autoquant.lm_head else "_nohead"
         return f"{c.model.name}_autoquant_{c.quant_pair.name}_{scope}_{c.dataset.size.value}"
 
     @property
@@ -94,7 +96,7 @@ def plan(cfg: SensitivityConfig) -> Plan:
         if value is not None and value <= 0:
             raise UserError(f"{name}={value} must be a positive integer. Set it to 1 or more.")
     device = model.resolve_device(cfg.model.device)
-    frozen = model.FROZEN_PATTERNS[aq.coverage]
+    frozen = [*model.FROZEN_PATTERNS[aq.coverage], *([] if aq.lm_head else [LM_HEAD_PATTERN])]
     # Pair and overlay: preset available, overlay meaningful, runnable on this device.
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
     catalogue.check_device(pair, cfg.quant_granularity, quant_cfg, device)

@@ -165,6 +165,9 @@ class AutoQuantConfig:
     score_size: Optional[int] = None  # samples used for scoring; null = all calibration samples
     batch_size: int = 4
     coverage: Coverage = Coverage.lm_only
+    # Whether lm_head is analysed (scored and quantizable). Deploy runtimes usually keep it at 16
+    # bits; false leaves it unquantized like the vision tower (its weights then count as frozen).
+    lm_head: bool = True
     seed: int = 0
     # Reuse stored scores (ModelOpt checkpoint=) when everything they depend on matches.
     reuse_scores: bool = True
