@@ -170,7 +170,7 @@ def write_reports(out: Path, phases: list[Phase], started: float) -> int:
     rows = [f"| {p.name} | {p.status} | {p.seconds:.1f} | {gib(p.peak_gib)} | {gib(p.estimate_gib)} "
             f"| {p.detail.replace('|', '/')} |" for p in phases]
     (out / "gpu-smoke.md").write_text("\n".join([
-        f"# GPU smoke: {props.name} ({doc['gpu']['memory_gib']:.0f} GiB)", "",
+        f"# GPU smoke: {props.name} ({props.total_memory / 2**30:.0f} GiB)", "",
         f"torch {torch.__version__}, CUDA {torch.version.cuda}; jobs at batch {BATCH} x {SEQ_LEN} "
         f"tokens; total {doc['total_seconds']:.0f} s.", "",
         "| phase | status | seconds | peak GiB (measured) | peak GiB (planner) | detail |",

@@ -126,11 +126,12 @@ def train_tokenizer(captions: list[str], vocab_size: int) -> PreTrainedTokenizer
 
 def build_config(preset: str, tok: PreTrainedTokenizerFast) -> Qwen3VLConfig:
     text, vision = dict(PRESETS[preset]["text"]), dict(PRESETS[preset]["vision"])
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, int] = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}  # type: ignore[misc]
     eos = ids["<|endoftext|>"]
     mrope = text.pop("mrope_section")
     assert sum(mrope) == text["head_dim"] // 2, "mrope_section must cover head_dim // 2"
-    return Qwen3VLConfig(
+    # eos/pad ids go through Qwen3VLConfig's **kwargs (not in its typed signature).
+    return Qwen3VLConfig(  # type: ignore[call-arg]
         text_config=dict(
             **text, vocab_size=len(tok), max_position_embeddings=512,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
@@ -147,7 +148,7 @@ def build_config(preset: str, tok: PreTrainedTokenizerFast) -> Qwen3VLConfig:
     )
 
 
-def make_batches(captions: list[str], tok: PreTrainedTokenizerFast) -> list[dict]:
+def make_batches(captions: list[str], tok: PreTrainedTokenizerFast) -> dict[str, torch.Tensor]:
     """Each caption + <|endoftext|>, padded right; padding is -100 in labels so the loss skips it."""
     ids = [tok(c)["input_ids"] + [tok.eos_token_id] for c in captions]
     width = max(map(len, ids))
