@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from .redact import redact_text
 from .tracking import Run, Tracker
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def write_status(out_dir: Path, *, num: int, name: str, overrides: list[str], st
            "error": error.strip().splitlines()[-1] if error and error.strip() else None}
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.write_text(redact_text(json.dumps(doc, indent=2) + "\n"))
     os.replace(tmp, out_dir / STATUS_FILE)
 
 
@@ -144,8 +145,9 @@ class Sweep:
         os.environ.pop(PARENT_ENV, None)
         table = summary(read_statuses(self.sweep_dir), self.planned)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(self.sweep_dir / f"{SUMMARY}.csv", index=False)
-        (self.sweep_dir / DEFINITION).write_text(json.dumps(self.definition, indent=2) + "\n")
+        (self.sweep_dir / f"{SUMMARY}.csv").write_text(redact_text(table.to_csv(index=False)))
+        (self.sweep_dir / DEFINITION).write_text(
+            redact_text(json.dumps(self.definition, indent=2) + "\n"))
         n = counts(table)
         if error is None and n["jobs_failed"]:
             error = JobsFailed(f"{int(n['jobs_failed'])} of {int(n['jobs'])} jobs failed")

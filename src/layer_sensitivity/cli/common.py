@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,6 +41,9 @@ def user_errors() -> Iterator[None]:
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
+    except Exception:  # a bug: the traceback, without credentials (MLflow errors hold URLs)
+        print(redact_text(traceback.format_exc()), file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -54,6 +54,18 @@ def _remove_if_empty(out_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def _other_mode(spec: SensitivityConfig, out_dir: Path) -> None:
+    if spec.runner.report_only:  # regenerate reports from a manifest; no model, no tracking
+        from ..regenerate import report_only
+
+        report_only(spec.runner.output_dir)
+        _remove_if_empty(out_dir)
+    else:  # dry run: shapes, groups, bits and memory; no weights, no data
+        from ..planner import dry_run, format_plan
+
+        print(format_plan(dry_run(spec, out_dir)))
+
+
 def run_task(cfg: DictConfig) -> None:
     """One job, as Hydra hands it over: build the request, make one call."""
     _TASK_STARTED.append(True)
@@ -62,15 +74,12 @@ def run_task(cfg: DictConfig) -> None:
     out_dir = Path(hc.runtime.output_dir)
     _redact_hydra_files(out_dir)
     spec: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    if spec.runner.report_only:  # regenerate reports from a manifest; no model, no tracking
-        from ..regenerate import report_only
-
-        report_only(spec.runner.output_dir)
-        return
-    if spec.runner.dry_run:  # shapes, groups, bits and memory; no weights, no data
-        from ..planner import dry_run, format_plan
-
-        print(format_plan(dry_run(spec, out_dir)))
+    if spec.runner.report_only or spec.runner.dry_run:
+        try:
+            _other_mode(spec, out_dir)
+        except UserError as e:
+            _remove_if_empty(out_dir)
+            fail(str(e))
         return
     multirun = hc.mode == RunMode.MULTIRUN
     name = job.default_run_name(spec)

@@ -32,10 +32,13 @@ def planned_jobs(cfg: DictConfig) -> tuple[list[str], set[str], list[str]]:
     axes = []
     for o in parsed.values():
         try:
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+            # As the sweeper writes each job's overrides (escaped values, `+`/`~` kept), so a
+            # planned job matches its job_status.json (tracking.uri=http\://host\:5000).
+            values = (list(o.sweep_string_iterator()) if o.is_sweep_override()
+                      else [o.get_value_element_as_str()])
         except HydraException:  # glob sweeps need the config repository: plan unknown
             return [], {k for k, o in parsed.items() if o.is_sweep_override()}, args
-        axes.append([f"{o.key_or_group}={v}" for v in values])
+        axes.append([f"{o.get_key_element()}={v}" for v in values])
     combos = [sweep.overrides_key(list(c)) for c in itertools.product(*axes)]
     return combos, {k for k, o in parsed.items() if o.is_sweep_override()}, args
 

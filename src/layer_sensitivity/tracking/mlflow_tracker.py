@@ -63,7 +63,7 @@ class MlflowRun:
 
     def log_table(self, df: pd.DataFrame, stem: str) -> None:
         """A table as ``<stem>.csv`` and ``<stem>.json`` (MLflow's table view)."""
-        self.client.log_text(self.run_id, df.to_csv(index=False), f"{stem}.csv")
+        self.client.log_text(self.run_id, redact_text(df.to_csv(index=False)), f"{stem}.csv")
         self.client.log_table(self.run_id, df, artifact_file=f"{stem}.json")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -94,11 +94,15 @@ class MlflowTracker:
         self.where = redact_text(uri)
         self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
         self.system_metrics = system_metrics
-        store.prepare(uri)
+        # MLflow prints "View run ... at <tracking URI>" with any password in it: not here.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        store.prepare_store(uri)
         self.client = MlflowClient(tracking_uri=uri)
 
     def _experiment_id(self) -> str:
-        return store.get_or_create_experiment(self.client, self.experiment, self.uri)
+        return store.get_or_create_experiment(
+            self.experiment, store.artifacts_beside_store(self.uri, self.experiment),
+            client=self.client)
 
     def _start(self, name: str, parent_id: str | None, tags: dict[str, str]) -> str:
         launched = os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow run's run: used once

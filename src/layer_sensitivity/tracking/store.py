@@ -1,13 +1,59 @@
-"""Where the tracking store is, and getting it ready before any job logs into it."""
+"""Where the MLflow tracking store is, and setting it up before any job logs to it.
+
+MLflow 3.17 creates and migrates a SQLite store on first open, in every process that opens it,
+without a lock: jobs started together on a new file race in alembic (``table
+_alembic_tmp_experiments already exists``), lose runs, and can leave a ``_alembic_tmp_*`` table
+behind that breaks every later open. ``prepare_store`` does that set-up once, under a file lock
+beside the database, and repairs (or refuses, with a clear message) such a leftover.
+``get_or_create_experiment`` resolves an experiment by name race-free, so a run always lands in
+the experiment asked for.
+
+Call order for a job::
+
+    prepare_store(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = get_or_create_experiment(name)
+    mlflow.start_run(experiment_id=experiment_id, ...)
+
+SQLite suits one machine: the lock and SQLite's own locking need a local file system (not NFS or
+other network file systems). Teams and clusters should run ``mlflow server`` (with PostgreSQL
+for many writers) and point ``tracking.uri`` at it; such URIs pass through untouched here.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from mlflow.tracking import MlflowClient
+import mlflow
+from filelock import FileLock, Timeout
+from mlflow.exceptions import MlflowException
 
 from .. import paths
+from ..errors import UserError
+from ..redact import redact_uri
+
+logger = logging.getLogger(__name__)
+
+SQLITE_PREFIX = "sqlite:///"
+ARTIFACTS_DIR = "mlartifacts"  # beside the database, like `mlflow server`'s default
+_TMP_TABLE_PREFIX = "_alembic_tmp_"
+_DEFAULT_EXPERIMENT_ID = 0
+_LOCK_TIMEOUT_S = 300.0  # a first migration takes seconds; minutes means a stuck process
+_SQLITE_TIMEOUT_S = 30.0
+# Schemes MLflow 3.17 ships stores for; plugins may register more (read from MLflow below).
+_KNOWN_SCHEMES = {"http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql",
+                  "sqlite"}
+_EXPERIMENT_ATTEMPTS = 8
+
+
+# --- URIs -----------------------------------------------------------------------------------------
 
 DEFAULT_STORE = "mlflow.db"
 
@@ -20,25 +66,338 @@ def resolve_uri(configured: str | None) -> str:
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:
-        return f"sqlite:///{(paths.project_root() / DEFAULT_STORE).resolve()}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        return f"{SQLITE_PREFIX}{(paths.project_root() / DEFAULT_STORE).resolve()}"
+    if uri.startswith(SQLITE_PREFIX) and not uri.startswith("sqlite:////"):
+        return f"{SQLITE_PREFIX}{Path(uri.removeprefix(SQLITE_PREFIX)).resolve()}"
     return uri
 
 
+
+def _scheme(uri: str) -> str:
+    """The store scheme without a SQLAlchemy driver suffix (``postgresql+psycopg2`` -> postgresql)."""
+    return urlsplit(uri).scheme.lower().split("+", 1)[0]
+
+
+def _registered_schemes() -> set[str]:
+    try:  # MLflow's registry knows plugin schemes too; it is private, so fall back to the list
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        return set(_tracking_store_registry._registry) - {"", "file"} | _KNOWN_SCHEMES
+    except (ImportError, AttributeError):
+        return set(_KNOWN_SCHEMES)
+
+
 def sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite://")) if uri.startswith("sqlite:///") else None
+    """The absolute database path of a file-backed SQLite URI; None for other URIs and in-memory.
+
+    Relative paths (``sqlite:///mlflow.db``) are resolved against the current directory, as
+    MLflow does.
+    """
+    if _scheme(uri) != "sqlite" or not uri.startswith(SQLITE_PREFIX):
+        return None
+    path = unquote(uri[len(SQLITE_PREFIX):].split("?", 1)[0])
+    if path in ("", ":memory:"):
+        return None
+    return Path(path).absolute()
 
 
-def prepare(uri: str) -> None:
-    """Create and migrate the store once, before any job logs (parallel jobs race otherwise)."""
-    from ..tracking_store import prepare_store
+def artifacts_beside_store(uri: str, experiment_name: str | None = None) -> str | None:
+    """``<dir of the database>/mlartifacts[/<experiment>]`` for a SQLite store, None otherwise.
 
-    prepare_store(uri)
+    Pass it as ``artifact_location`` when creating an experiment so artifacts live next to the
+    store whatever the working directory (MLflow's own default is ``./mlruns`` of the process
+    that creates the experiment). Remote stores keep their server's artifact store (None).
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    root = path.parent / ARTIFACTS_DIR
+    return str(root / _safe_dir_name(experiment_name) if experiment_name else root)
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """Race-free; a new experiment in a SQLite store keeps its artifacts beside the store."""
-    from ..tracking_store import artifacts_beside_store, get_or_create_experiment
+def _safe_dir_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "experiment"
 
-    return get_or_create_experiment(name, artifacts_beside_store(uri, name), client=client)
+
+def _check_uri(uri: str) -> str:
+    """The scheme of a usable tracking URI; a UserError naming the fix otherwise."""
+    shown = redact_uri(uri)
+    scheme = _scheme(uri)
+    if scheme in ("", "file") or (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):  # C:\ paths too
+        raise UserError(
+            f"tracking.uri={shown!r} is a plain path or file: URI, which MLflow reads as a file "
+            f"store, and MLflow {mlflow.__version__} refuses file stores. Use a SQLite file instead, "
+            f"e.g. tracking.uri=sqlite:///{_suggested_db(uri)} (created on first use), or run "
+            "`mlflow server` and set tracking.uri=http://127.0.0.1:5000."
+        )
+    if scheme not in _registered_schemes():
+        raise UserError(
+            f"tracking.uri={shown!r} has the unknown scheme '{scheme}'. Use a SQLite file "
+            "(sqlite:////abs/path/mlflow.db), a tracking server (http://host:5000 or https://...) "
+            "or a database (postgresql://user@host/db); leave it unset for the project's mlflow.db."
+        )
+    return scheme
+
+
+def _suggested_db(uri: str) -> str:
+    """An absolute SQLite file for a path the user gave: itself if it names a .db, else inside it."""
+    path = Path(unquote(urlsplit(uri).path) if uri.startswith("file:") else uri).absolute()
+    return str(path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "mlflow.db")
+
+
+# --- SQLite set-up ----------------------------------------------------------------------------------
+
+
+def prepare_store(uri: str) -> None:
+    """Make the store at ``uri`` ready for concurrent jobs, or raise a UserError saying why not.
+
+    SQLite files are created and migrated to MLflow's current schema once, under
+    ``<db>.lock``; a store that is already current costs one read-only query. Server and
+    database URIs are only checked for a known scheme.
+    """
+    scheme = _check_uri(uri)
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    if scheme != "sqlite":
+        return
+    path = sqlite_path(uri)
+    if path is None:  # in-memory: private to this process, nothing to share or race on
+        return
+    _check_sqlite_location(path, uri)
+    head = _head_revision()
+    if _is_ready(path, head):
+        return
+    _make_parent(path, uri)
+    try:
+        with FileLock(f"{path}.lock", timeout=_LOCK_TIMEOUT_S):
+            if not _is_ready(path, head):  # another process may have finished while we waited
+                _create_or_upgrade(path, uri, head)
+    except Timeout:
+        raise UserError(
+            f"Waited {_LOCK_TIMEOUT_S:.0f} s for {path}.lock while preparing the tracking store "
+            f"{redact_uri(uri)}. Another process is setting the store up or is stuck holding the lock: "
+            "wait for it, or stop it and delete the .lock file."
+        ) from None
+
+
+def _check_server(uri: str) -> None:
+    """A tracking server that does not answer fails now, not after minutes of MLflow's retries."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):  # noqa: S310
+            return
+    except Exception as e:  # noqa: BLE001 - any failure to reach it is the same answer
+        if getattr(e, "code", None) is not None:  # it answered (e.g. 401/404): it is there
+            return
+        raise UserError(
+            f"The tracking server {redact_uri(uri)} does not answer ({redact_uri(str(e))}). Start "
+            "it (scripts/tracking_server.sh) or fix tracking.uri / MLFLOW_TRACKING_URI; with "
+            "tracking=none the job runs without MLflow."
+        ) from None
+
+
+def _head_revision() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision  # alembic scripts, ~30 ms
+
+    return str(_get_latest_schema_revision())
+
+
+def _check_sqlite_location(path: Path, uri: str) -> None:
+    if path.is_dir():
+        raise UserError(
+            f"tracking.uri={redact_uri(uri)!r} points at the directory {path}, not a database file. "
+            f"Name a file inside it, e.g. tracking.uri=sqlite:///{path / 'mlflow.db'}."
+        )
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(
+            f"tracking.uri={redact_uri(uri)!r} needs the directory {blocker}, but that is a regular "
+            f"file. Choose a database path under a directory, e.g. "
+            f"tracking.uri=sqlite:///{blocker.parent / 'mlflow.db'}."
+        )
+
+
+def _make_parent(path: Path, uri: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"Cannot create the directory {path.parent} for the tracking store {redact_uri(uri)} "
+            f"({e.strerror or e}). Choose a writable location for tracking.uri."
+        ) from None
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True,
+                                 timeout=_SQLITE_TIMEOUT_S)) as db:
+        yield db
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+
+
+def _is_ready(path: Path, head: str) -> bool:
+    """True when the store exists, is at ``head`` with every table, no migration leftovers and
+    its Default experiment: opening it then changes nothing, so no lock is needed."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with _read_only(path) as db:
+            tables = _tables(db)
+            if (any(t.startswith(_TMP_TABLE_PREFIX) for t in tables)
+                    or not {"alembic_version", "experiments"} <= tables
+                    or not _expected_tables() <= tables):
+                return False
+            versions = [row[0] for row in db.execute("select version_num from alembic_version")]
+            has_default = db.execute("select 1 from experiments where experiment_id=?",
+                                     (_DEFAULT_EXPERIMENT_ID,)).fetchone()
+    except sqlite3.DatabaseError:  # half-written, locked past the timeout or not SQLite
+        return False
+    return versions == [head] and has_default is not None
+
+
+def _expected_tables() -> set[str]:
+    import mlflow.store.db.utils  # noqa: F401  (imports every ORM model, filling Base.metadata)
+    from mlflow.store.db.base_sql_model import Base
+
+    return set(Base.metadata.tables)
+
+
+def _create_or_upgrade(path: Path, uri: str, head: str) -> None:
+    """Under the lock: repair leftovers, let MLflow create/migrate the store, verify the result."""
+    interrupted = False
+    if path.is_file() and path.stat().st_size > 0:
+        _check_is_sqlite(path, uri)
+        interrupted = _drop_leftover_tmp_tables(path)
+    logger.info("Preparing the MLflow tracking store %s", path)
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        if interrupted:
+            # Finish the interrupted migration, as the store's first open would have done. (MLflow
+            # migrates an existing store only when tables are missing; an older but complete store
+            # still gets its "run mlflow db upgrade" message below.)
+            _upgrade(uri)
+        # MLflow's own open: creates tables, runs the alembic upgrade to head, adds "Default".
+        # The artifact root only matters for "Default" (experiments get their own location).
+        SqlAlchemyStore(uri, str(path.parent / ARTIFACTS_DIR))
+    except Exception as e:  # MlflowException, SQLAlchemy and alembic errors alike
+        raise UserError(
+            f"The tracking store {path} could not be created or migrated to MLflow "
+            f"{mlflow.__version__}'s schema ({_first_line(e)}). If an earlier MLflow or an "
+            "interrupted migration left it half-done, restore a backup or move the file aside and "
+            "start a new store; for an older but intact store run `mlflow db upgrade "
+            f"sqlite:///{path}` after backing it up."
+        ) from None
+    if not _is_ready(path, head):
+        raise UserError(f"The tracking store {path} is still not at MLflow's schema {head} after "
+                        "migrating it. Move the file aside and start a new store.")
+
+
+def _check_is_sqlite(path: Path, uri: str) -> None:
+    try:
+        with _read_only(path) as db:
+            _tables(db)
+    except sqlite3.DatabaseError as e:
+        raise UserError(
+            f"tracking.uri={redact_uri(uri)!r}: {path} is not a readable SQLite database ({e}). "
+            "Point tracking.uri at an MLflow SQLite store or at a new file name."
+        ) from None
+
+
+def _drop_leftover_tmp_tables(path: Path) -> bool:
+    """Drop ``_alembic_tmp_<table>`` tables left by an interrupted or raced migration; True if any.
+
+    Alembic's SQLite batch mode copies ``<table>`` into ``_alembic_tmp_<table>``, drops the
+    original and renames the copy. A leftover beside a ``<table>`` holding at least as many rows
+    is a stale copy: dropping it loses nothing. Otherwise (no ``<table>``, or one a racing process
+    re-created empty) the leftover may hold the only copy of the data, so the store is refused.
+    """
+    with closing(sqlite3.connect(path, timeout=_SQLITE_TIMEOUT_S)) as db:
+        tables = _tables(db)
+        leftovers = sorted(t for t in tables if t.startswith(_TMP_TABLE_PREFIX))
+        unsafe = [t for t in leftovers if t.removeprefix(_TMP_TABLE_PREFIX) not in tables
+                  or _row_count(db, t) > _row_count(db, t.removeprefix(_TMP_TABLE_PREFIX))]
+        if unsafe:
+            raise UserError(
+                f"The tracking store {path} is damaged by an interrupted MLflow migration: "
+                f"{', '.join(unsafe)} may hold the only copy of data missing from the table it was "
+                "meant to replace, so it is not repaired automatically. Back the file up, then "
+                f"either move the rows into the real table with sqlite3 {path} or move the file "
+                "aside and start a new store."
+            )
+        for table in leftovers:
+            logger.warning("Dropping %s, a stale copy left in %s by an interrupted MLflow migration",
+                           table, path)
+            db.execute(f'drop table "{table}"')
+        db.commit()
+    return bool(leftovers)
+
+
+def _upgrade(uri: str) -> None:
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+
+    engine = create_sqlalchemy_engine_with_retry(uri)
+    try:
+        _upgrade_db(engine)
+    finally:
+        engine.dispose()
+
+
+def _row_count(db: sqlite3.Connection, table: str) -> int:
+    return int(db.execute(f'select count(*) from "{table}"').fetchone()[0])
+
+
+def _first_line(e: BaseException) -> str:
+    text = e.message if isinstance(e, MlflowException) else str(e)
+    return redact_uri((text or type(e).__name__).strip().splitlines()[0])
+
+
+# --- Experiments ----------------------------------------------------------------------------------
+
+
+def get_or_create_experiment(name: str, artifact_location: str | None = None, *,
+                             client: mlflow.MlflowClient | None = None,
+                             tracking_uri: str | None = None) -> str:
+    """The id of the active experiment called ``name``, created if missing.
+
+    Race-free: when another process creates it between our look-up and our create, the create
+    fails and the next look-up finds theirs. ``artifact_location`` applies only when this call
+    creates the experiment (see ``artifacts_beside_store``). Talks to the store through
+    ``client``, else a client for ``tracking_uri``, else for the current tracking URI.
+    """
+    if not name.strip():
+        raise UserError("tracking.experiment is empty. Name the MLflow experiment, e.g. "
+                        "tracking.experiment=qwen3-vl-layer-sensitivity.")
+    client = client or mlflow.MlflowClient(tracking_uri=tracking_uri)
+    error: MlflowException | None = None
+    for attempt in range(_EXPERIMENT_ATTEMPTS):
+        try:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                return str(client.create_experiment(name, artifact_location=artifact_location))
+        except MlflowException as e:  # most often: another process created it since our look-up
+            if e.error_code == "INVALID_PARAMETER_VALUE":  # the name or location itself is bad
+                raise UserError(f"Cannot create the MLflow experiment '{name}' "
+                                f"(artifact location {artifact_location!r}): {_first_line(e)}. Fix "
+                                "tracking.experiment or the artifact location.") from None
+            error = e
+            logger.debug("Get-or-create of experiment %r failed (%s); retrying", name, e.error_code)
+            time.sleep(0.05 * 2**attempt)
+            continue
+        if experiment.lifecycle_stage == "deleted":
+            raise UserError(
+                f"The MLflow experiment '{name}' is deleted (id {experiment.experiment_id}). "
+                f"Restore it (mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+                "or choose another tracking.experiment."
+            )
+        return str(experiment.experiment_id)
+    raise UserError(
+        f"Could not get or create the MLflow experiment '{name}' in {redact_uri(client.tracking_uri)} "
+        f"after {_EXPERIMENT_ATTEMPTS} attempts ({_first_line(error) if error else 'unknown error'}). "
+        "Check that the tracking store is reachable and writable."
+    )
+

@@ -1,4 +1,4 @@
-"""Manifests of the earlier Hydra runner (no schema_version) load, and report like new ones."""
+"""Manifest build / write / find / load (current and legacy shapes), without a model."""
 
 from __future__ import annotations
 
@@ -10,81 +10,121 @@ from typing import Any
 import pytest
 
 from layer_sensitivity import manifest, report
-from layer_sensitivity.groups import GroupStats
 from layer_sensitivity.errors import UserError
-
-FP8, NONE = "FP8_DEFAULT_CFG(effective-bits: 8.0)", "NONE(effective-bits: 16.0)"
-VISION = ["model.visual.patch_embed.proj", "model.visual.blocks.0.attn.qkv",
-          "model.visual.blocks.0.mlp.linear_fc1", "model.visual.merger.linear_fc2"]
-# (module, FP8 score, uncompressed cost): unsorted, with a tie (down_proj 1 / gate_proj 1)
-LM = [
-    ("model.language_model.layers.0.self_attn.q_proj", 5.6e-05, 15728640.0),
-    ("model.language_model.layers.0.self_attn.o_proj", 1.8e-05, 10485760.0),
-    ("model.language_model.layers.0.mlp.gate_proj", 0.105, 49807360.0),
-    ("model.language_model.layers.0.mlp.down_proj", 0.2727, 24903680.0),
-    ("model.language_model.layers.1.self_attn.q_proj", 8.0e-06, 15728640.0),
-    ("model.language_model.layers.1.self_attn.o_proj", 6.3e-06, 10485760.0),
-    ("model.language_model.layers.1.mlp.gate_proj", 0.0512, 49807360.0),
-    ("model.language_model.layers.1.mlp.down_proj", 0.0512, 24903680.0),
-    ("lm_head", 0.0065, 311164928.0),
-]
+from layer_sensitivity.groups import GroupStats, achieved_scope_bits, min_scope_bits
+from layer_sensitivity.schema import DatasetConfig, ModelConfig, SensitivityConfig
+from tests.helpers.manifests import (
+    FP8,
+    LM,
+    NONE,
+    VISION,
+    build,
+    legacy_doc,
+    new_schema_equivalent,
+    write_legacy,
+)
 
 
-def legacy_doc(*, optional: bool = True) -> dict[str, Any]:
-    """A manifest exactly as the earlier Hydra runner wrote it (see the issue's shape)."""
-    sens: dict[str, Any] = {}
-    rank = 0
-    for module in VISION:  # vision tower: only NONE offered, score 0, ranked first (ascending)
-        rank += 1
-        sens[f"{module}.quant_recipe"] = {"formats": [NONE], "scores": [0.0], "costs": [3145728.0],
-                                          "importance": 0.0, "rank": rank}
-    ascending = sorted(LM, key=lambda m: m[1])
-    legacy_rank = {m[0]: len(VISION) + 1 + i for i, m in enumerate(ascending)}
-    for module, score, cost in LM:
-        sens[f"{module}.quant_recipe"] = {"formats": [FP8, NONE], "scores": [score, 0.0],
-                                          "costs": [cost / 2, cost], "importance": score,
-                                          "rank": legacy_rank[module]}
-    doc: dict[str, Any] = {
-        "scheme": {"name": "wfp8_afp8_autoquant_lm", "auto_quantize_bits": 8.74530701482171,
-                   "auto_quantize_method": "gradient", "auto_quantize_score_size": 128,
-                   "coverage_mode": "lm_only", "coverage_fraction": 1.0,
-                   "quant_formats": ["FP8_DEFAULT_CFG"]},
-        "model": {"id": "/workspace/models/qwen3_vl_4b_instruct/checkpoints/Qwen3-VL-4B-Instruct"},
-        "num_quantized_layers": len(VISION) + len(LM),
-        "layers": {m: {"quantized": True, "module_type": "QuantLinear"}
-                   for m in [*VISION, *(m[0] for m in LM)]},
-        "autoquant_state": {"keys": ["candidate_stats", "best", "constraints"],
-                            "constraints": {"effective_bits": 8.744307014821711},
-                            "score": 3.9844110984614396, "is_satisfied": True},
-        "layer_sensitivity": sens,
-        "sensitivity_ranking": [{"name": h, "importance": s["importance"]}
-                                for h, s in sorted(sens.items(), key=lambda kv: kv[1]["rank"])],
+def _groups() -> dict[str, GroupStats]:
+    def g(score: float, cost: float, chosen: str = FP8, in_scope: bool = True) -> GroupStats:
+        return GroupStats([FP8, NONE], [score, 0.0], [cost / 2, cost], ["m"], chosen, in_scope)
+
+    return {
+        "model.language_model.layers.0.self_attn.q_proj.quant_recipe": g(0.5, 100.0),
+        "model.language_model.layers.0.mlp.down_proj.quant_recipe": g(2.0, 300.0, NONE),
+        "lm_head.quant_recipe": g(1.0, 600.0),
+        "model.visual.blocks.0.attn.qkv.quant_recipe": GroupStats([NONE], [0.0], [50.0], ["v"],
+                                                                  NONE, False),
     }
-    if optional:
-        doc["dataset"] = {"name": "vlm_coco2017_captions", "size": "medium", "samples_used": 128,
-                          "samples_max": 128, "seq_len": 512, "batch_size": 8, "batches": 16}
-        doc["quantization"] = {"pair": "wfp8_afp8", "weight_dtype": "fp8",
-                               "activation_dtype": "fp8", "granularity": "default"}
-        doc["run_config"] = {"quant_pair": {"name": "wfp8_afp8"}, "dataset": {"size": "medium"}}
-    return doc
 
 
-def write_legacy(directory: Path, doc: dict[str, Any] | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "wfp8_afp8_autoquant_lm_quant_manifest.json"
-    path.write_text(json.dumps(doc or legacy_doc(), indent=2))
-    return path
+def _manifest() -> dict[str, Any]:
+    groups = _groups()
+    cfg = SensitivityConfig(model=ModelConfig(name="tiny"), dataset=DatasetConfig(name="caps"))
+    return build(groups, {"effective_bits_achieved": achieved_scope_bits(groups), "total_score": 1.5,
+                          "satisfied": True}, cfg,
+                 scheme_name="tiny_autoquant_wfp8_afp8_lm_small", target_bits=10.0,
+                 modelopt_bits=10.2, score_samples=8, samples_used=8, captions_sha256="ab")
 
 
-def new_schema_equivalent() -> dict[str, Any]:
-    """The same measurements as a manifest this version writes."""
-    groups = {f"{m}.quant_recipe": GroupStats([NONE], [0.0], [3145728.0], [m], NONE, False)
-              for m in VISION}
-    groups |= {f"{m}.quant_recipe": GroupStats([FP8, NONE], [s, 0.0], [c / 2, c], [m], FP8, True)
-               for m, s, c in LM}
-    return manifest.build(scheme={"name": "wfp8_afp8_autoquant_lm"}, model={"id": "x"},
-                          dataset={}, quantization={}, groups=groups,
-                          autoquant={"total_score": 1.0}, versions={})
+def test_bits_over_scope_ignore_frozen_groups() -> None:
+    groups = _groups()
+    # chosen costs 50 + 300 + 300 over 1000 uncompressed in scope
+    assert achieved_scope_bits(groups) == pytest.approx(16 * 650 / 1000)
+    assert min_scope_bits(groups) == pytest.approx(8.0)
+
+
+def test_build_ranks_in_scope_groups_by_importance() -> None:
+    m = _manifest()
+    assert m["schema_version"] == manifest.SCHEMA_VERSION
+    sens = m["layer_sensitivity"]
+    assert "model.visual.blocks.0.attn.qkv.quant_recipe" not in sens
+    assert m["frozen_groups"] == ["model.visual.blocks.0.attn.qkv.quant_recipe"]
+    ranked = [r["name"] for r in m["sensitivity_ranking"]]
+    assert ranked[0] == "model.language_model.layers.0.mlp.down_proj.quant_recipe"
+    assert [sens[h]["rank"] for h in ranked] == [1, 2, 3]
+
+
+def test_build_takes_names_from_the_config_and_numbers_from_the_facts() -> None:
+    m = _manifest()
+    assert m["scheme"]["name"] == "tiny_autoquant_wfp8_afp8_lm_small"
+    assert (m["scheme"]["effective_bits_requested"], m["scheme"]["effective_bits_modelopt"]) == \
+        (10.0, 10.2)
+    assert m["scheme"]["formats"] == ["FP8_DEFAULT_CFG"] and m["scheme"]["score_size"] == 8
+    assert m["model"]["name"] == "tiny" and m["model"]["id"] == "/m"
+    assert m["dataset"]["name"] == "caps" and m["dataset"]["size"] == "small"
+    assert m["dataset"]["sha256"] == "ab" and m["dataset"]["samples_used"] == 8
+    assert m["quantization"]["pair"] == "wfp8_afp8"
+    assert (m["quantization"]["weight_dtype"], m["quantization"]["activation_dtype"]) == ("fp8", "fp8")
+    assert m["autoquant"]["total_score"] == 1.5 and "frontier" not in m
+
+
+def test_write_then_load_roundtrip(tmp_path: Path) -> None:
+    m = _manifest()
+    path = manifest.write(m, tmp_path)
+    assert path.name == "tiny_autoquant_wfp8_afp8_lm_small_quant_manifest.json"
+    assert manifest.find(tmp_path) == path
+    assert manifest.load(path) == json.loads(json.dumps(m))
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{not json", "not valid JSON"),
+    ('{"schema_version": 99, "scheme": {}}', "unknown schema_version 99"),
+    ("[1, 2]", "not a JSON object"),
+])
+def test_bad_manifests_are_clear_errors(tmp_path: Path, content: str, needle: str) -> None:
+    p = tmp_path / "x_quant_manifest.json"
+    p.write_text(content)
+    with pytest.raises(UserError, match=needle):
+        manifest.load(p)
+    with pytest.raises(UserError, match="does not exist"):
+        manifest.load(tmp_path / "missing.json")
+
+
+def test_a_built_manifest_reports_sorted_descending_and_reproducibly(tmp_path: Path) -> None:
+    m = _manifest()
+    rows = report.layer_rows(m)
+    assert list(rows.columns) == ["Layer", "Num Bits", "Sensitivity", "Size Cost"]
+    assert rows["Sensitivity"].is_monotonic_decreasing
+    assert rows["Layer"].tolist() == ["model.language_model.layers.0.mlp.down_proj", "lm_head",
+                                      "model.language_model.layers.0.self_attn.q_proj"]
+    assert not rows["Layer"].str.endswith(".quant_recipe").any()
+    files = report.write_reports(m, tmp_path)
+    md, js = files[:2]
+    first = {f: f.read_bytes() for f in files}
+    assert report.write_reports(m, tmp_path) == files
+    assert {f: f.read_bytes() for f in files} == first
+    text = md.read_text()
+    for heading in ("## Summary", "## Dataset", "## Quantization", "## Per-layer sensitivity"):
+        assert heading in text
+    table = text.split("## Per-layer sensitivity")[1]
+    assert table.index("mlp.down_proj") < table.index("| lm_head") < table.index("q_proj")
+    doc = json.loads(js.read_text())
+    assert [r["Layer"] for r in doc["layers"]] == rows["Layer"].tolist()
+    assert doc["summary"]["Total score"] == 1.5
+
+
+# --- Manifests of the earlier Hydra runner (no schema_version) ------------------------------
 
 
 def test_legacy_converts_to_current_schema(tmp_path: Path) -> None:
@@ -135,15 +175,6 @@ def test_legacy_importance_and_rank_are_recomputed_from_scores(tmp_path: Path) -
     m = manifest.load(write_legacy(tmp_path, doc))
     assert list(m["layer_sensitivity"]) == list(new_schema_equivalent()["layer_sensitivity"])
     assert m["dataset"] == {} and m["quantization"] == {} and m["run_config"] is None
-
-
-def test_legacy_reports_are_byte_identical_when_regenerated(tmp_path: Path) -> None:
-    m = manifest.load(write_legacy(tmp_path))
-    md, js = report.write_reports(m, tmp_path)
-    first = md.read_bytes(), js.read_bytes()
-    report.write_reports(manifest.load(write_legacy(tmp_path)), tmp_path)
-    assert (md.read_bytes(), js.read_bytes()) == first
-    assert "Qwen3-VL-4B-Instruct" in md.read_text()
 
 
 def _mutated(change: Any) -> dict[str, Any]:

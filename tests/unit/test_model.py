@@ -1,4 +1,4 @@
-"""Translating a language-model bit target into ModelOpt's whole-model budget."""
+"""Translating a language-model bit target into ModelOpt's whole-model budget, and back."""
 
 from __future__ import annotations
 

@@ -1,3 +1,5 @@
+"""Captions file -> token batches: reading, padding to the longest, masking, sorting."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +9,7 @@ from transformers import AutoTokenizer
 
 from layer_sensitivity.calibration import batch_tokens, build_batches, read_captions
 from layer_sensitivity.errors import UserError
-
-from .conftest import CAPTIONS, TINY_MODEL
+from tests.helpers import CAPTIONS, TINY_MODEL
 
 
 @pytest.fixture(scope="module")
