@@ -216,3 +216,41 @@ def draw_frontier(fig: Figure, manifest: dict[str, Any]) -> None:
     ax.set_ylabel("total score (sum over score batches)")
     ax.set_title(f"Score versus bits\n{_subtitle(manifest)}")
     ax.legend(loc="best")
+
+
+QUALITY_VS_BITS = "quality_vs_bits.png"
+
+
+def draw_quality_vs_bits(fig: Figure, results: Any, metric: str = "kl") -> None:
+    """Measured quality (held-out KL or loss change) against LM bits: the ranking's choice of
+    groups kept at 16 bits, random choices (each seed a point, their mean a line), the reverse
+    ranking, and the solver's frontier recipes."""
+    ax = fig.add_subplot()
+    styles = {"keep_top": ("guided (keep most sensitive)", _PALETTE[0], "o-"),
+              "keep_random": ("random groups (3 seeds)", _PALETTE[7], "x"),
+              "keep_bottom": ("reverse (keep least sensitive)", _PALETTE[3], "s--"),
+              "frontier": ("solver frontier", _PALETTE[2], "^:"),
+              "mixed": ("mixed-format solver", _PALETTE[4], "D:")}
+    for kind, (label, color, style) in styles.items():
+        rows = results[results["kind"] == kind].sort_values("lm_bits")
+        if rows.empty:
+            continue
+        ax.plot(rows["lm_bits"], rows[metric], style, color=color, label=label, markersize=6)
+        if kind == "keep_random":
+            mean = rows.groupby("keep_fraction")[[metric, "lm_bits"]].mean().sort_values("lm_bits")
+            ax.plot(mean["lm_bits"], mean[metric], "-", color=color, linewidth=1.2,
+                    label="random mean")
+    if metric == "kl" and (results[metric] > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("effective bits (LM)")
+    ax.set_ylabel({"kl": "mean token KL to the unquantized model",
+                   "loss_delta": "caption loss change"}.get(metric, metric))
+    ax.set_title("Quality versus bits on held-out captions")
+    ax.legend(loc="best", fontsize=9)
+
+
+def write_quality_vs_bits(results: Any, out_dir: Path, metric: str = "kl") -> Path:
+    path = Path(out_dir) / FIGURES_DIR / QUALITY_VS_BITS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _render(lambda fig: draw_quality_vs_bits(fig, results, metric), 5.0, path)
+    return path

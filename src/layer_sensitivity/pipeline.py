@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import autoquant, calibration, catalogue, manifest, model, report, scorecache
+from . import autoquant, calibration, catalogue, manifest, model, recipes, report, scorecache
 from .errors import UserError
 from .groups import GroupStats, min_scope_bits
 from .reuse import Resources
@@ -29,7 +29,7 @@ from .schema import Coverage, SensitivityConfig
 log = logging.getLogger(__name__)
 
 BITS_TOLERANCE = 1e-9
-FRONTIER_DIR = "frontier"
+RECIPES_DIR = "recipes"  # ModelOpt-loadable recipes: per frontier target and per keep fraction
 LM_HEAD_PATTERN = "*lm_head*"
 
 
@@ -315,22 +315,12 @@ def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.B
         modelopt_bits=s.modelopt_bits(p.target_bits), format_name=p.format_name,
         weight_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
         input_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
-        modelopt_config=json.loads(json.dumps(p.quant_cfg, default=str)), versions=versions(),
+        modelopt_config=recipes.jsonable(p.quant_cfg), versions=versions(),
     ), sol.groups, sol.autoquant, sol.frontier, s.cache)
     files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]
-    files += write_frontier_recipes(sol.frontier, out_dir / FRONTIER_DIR)
+    exported = recipes.from_frontier(doc) + recipes.keep_top(doc, keep_fractions=p.cfg.recipes.keep)
+    files += recipes.write_recipes(exported, out_dir / RECIPES_DIR)
     return doc, files
-
-
-def write_frontier_recipes(frontier: list[dict[str, Any]], directory: Path) -> list[Path]:
-    """One JSON per bit target: the chosen format of every in-scope layer group."""
-    paths = []
-    for point in frontier:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"recipe_{point['target_bits']:g}bits.json"
-        path.write_text(json.dumps(point, indent=2) + "\n")
-        paths.append(path)
-    return paths
 
 
 def versions() -> dict[str, str]:

@@ -207,6 +207,14 @@ class RunnerConfig:
 
 
 @dataclass
+class RecipesConfig:
+    # Exported with every run (recipes/*.json, loadable by mtq.quantize): "keep the most
+    # sensitive fraction of groups at 16 bits, quantize the rest", one per fraction; plus one
+    # per frontier target.
+    keep: List[float] = field(default_factory=lambda: [0.0, 0.10, 0.25, 0.50])
+
+
+@dataclass
 class SensitivityConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -216,3 +224,4 @@ class SensitivityConfig:
     output_layout: OutputLayoutConfig = field(default_factory=OutputLayoutConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    recipes: RecipesConfig = field(default_factory=RecipesConfig)
