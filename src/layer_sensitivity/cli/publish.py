@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import publish, tracking
 from ..errors import UserError
+from ..schema import TrackingConfig
 from .common import setup_plain_logging, user_errors
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
@@ -40,13 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_plain_logging()
     with user_errors():
-        from ..tracking.runs import file_launcher_run
-
         force = parse_bool(args.force, "force")
         store = tracking.run_store(args.tracking_uri)
         store.get(args.run_id)
-        file_launcher_run(store, args.run_id, "publish")
-        result = publish.publish_run(store, args.run_id, Path(args.root), force)
+        # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
+        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
+        with tracker.run("publish", parent_id=args.run_id) as run:
+            result = publish.publish_run(store, args.run_id, Path(args.root), force)
+            run.log_params({"publish.path": str(result.path), "publish.status": result.status,
+                            "publish.force": force})
     if result.status == "unchanged":
         print(f"run {args.run_id} is already published at {result.path}; nothing to do")
     else:

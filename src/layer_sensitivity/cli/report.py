@@ -10,6 +10,7 @@ import argparse
 
 from .. import tracking
 from ..regenerate import regenerate_run
+from ..schema import TrackingConfig
 from .common import setup_plain_logging, user_errors
 
 
@@ -24,12 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_plain_logging()
     with user_errors():
-        from ..tracking.runs import file_launcher_run
-
         store = tracking.run_store(args.tracking_uri)
         store.get(args.run_id)
-        file_launcher_run(store, args.run_id, "report")
-        names = regenerate_run(store, args.run_id)
+        # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
+        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
+        with tracker.run("report", parent_id=args.run_id) as run:
+            names = regenerate_run(store, args.run_id)
+            run.log_params({"report.files": ", ".join(names)})
     print(f"regenerated {', '.join(names)} of run {args.run_id} in {store.where}")
 
 

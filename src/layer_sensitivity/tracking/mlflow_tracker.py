@@ -31,6 +31,7 @@ NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 PARAM_VALUE_LIMIT = 6000
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default": where `mlflow run` puts runs unless told
 
 
 class MlflowRun:
@@ -116,24 +117,47 @@ class MlflowTracker:
         return self.client.create_run(self._experiment_id(), run_name=name, tags=tags).info.run_id
 
     def _adopt(self, run_id: str, name: str, parent_id: str | None, tags: dict[str, str]) -> str:
-        """The run ``mlflow run`` created: renamed to ``name``, nested under ``parent_id`` when
-        both are in one experiment."""
+        """The run ``mlflow run`` created, renamed to ``name`` (and nested under ``parent_id``).
+
+        One rule for experiments: runs land in ``tracking.experiment`` (or the parent's). A run
+        that ``mlflow run`` put in MLflow's "Default" experiment (no --experiment-name) moves
+        there: a new run with its parameters and source tags (the launcher's run stays behind as a
+        pointer). An experiment chosen with --experiment-name is kept, with a warning.
+        """
         run = self.client.get_run(run_id)
-        experiment = self.client.get_experiment(run.info.experiment_id).name
-        if parent_id:
-            parent = self.client.get_run(parent_id)
-            if parent.info.experiment_id == run.info.experiment_id:
-                tags = tags | {PARENT_TAG: parent_id}
-            else:
-                log.warning("run %s cannot nest under %s: they are in different experiments",
-                            run_id, parent_id)
-        elif experiment != self.experiment:
-            log.warning("this run is in experiment '%s' (chosen by `mlflow run`), not '%s'; pass "
-                        "--experiment-name %s to `mlflow run` to keep all runs in one.",
-                        experiment, self.experiment, self.experiment)
+        wanted = (self.client.get_run(parent_id).info.experiment_id if parent_id
+                  else self._experiment_id())
+        if run.info.experiment_id != wanted and run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
+            return self._relocate(run, wanted, name, parent_id, tags)
+        if run.info.experiment_id != wanted:
+            chosen = self.client.get_experiment(run.info.experiment_id).name
+            log.warning("this run stays in experiment '%s' (chosen with `mlflow run "
+                        "--experiment-name`), not '%s'%s.", chosen, self.experiment,
+                        ", so it cannot nest under its parent" if parent_id else "")
+        elif parent_id:
+            tags = tags | {PARENT_TAG: parent_id}
         self.client.update_run(run_id, name=name)
         MlflowRun(self.client, run_id).set_tags(tags)
         return run_id
+
+    def _relocate(self, launched: mlflow.entities.Run, experiment_id: str, name: str,
+                  parent_id: str | None, tags: dict[str, str]) -> str:
+        source = {k: v for k, v in launched.data.tags.items()
+                  if k.startswith(("mlflow.source.", "mlflow.project.", "mlflow.user",
+                                   "mlflow.gitRepoURL"))}
+        new = self.client.create_run(experiment_id, run_name=name, tags=source | tags | (
+            {PARENT_TAG: parent_id} if parent_id else {}))
+        MlflowRun(self.client, new.info.run_id).log_params(dict(launched.data.params))
+        # `mlflow run` ends its own run when the command exits (it must stay active for that):
+        # it remains in "Default" as a pointer to where the work went.
+        where = self.client.get_experiment(experiment_id).name
+        self.client.update_run(launched.info.run_id, name=f"moved: {name}")
+        self.client.set_tag(launched.info.run_id, NOTE_TAG,
+                            f"Logged in experiment '{where}' as run {new.info.run_id}. Pass "
+                            f"--experiment-name {where} to `mlflow run` to skip this pointer.")
+        log.info("`mlflow run` put this run in MLflow's Default experiment; it is logged in "
+                 "'%s' as run %s instead", where, new.info.run_id)
+        return new.info.run_id
 
     @contextmanager
     def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,

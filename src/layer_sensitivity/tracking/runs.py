@@ -36,7 +36,6 @@ class RunStore:
         self.uri = uri
         self.where = redact_text(uri)
         self.client = MlflowClient(tracking_uri=uri)
-        self.launched_run_id: str | None = None  # `mlflow run`'s own run, once filed
 
     def _get(self, run_id: str) -> mlflow.entities.Run:
         try:
@@ -127,24 +126,3 @@ class RunStore:
                             "'int4' and attributes.status = 'FINISHED'\".") from None
         return [self.get(r.info.run_id) for r in runs]
 
-
-def file_launcher_run(store: RunStore, target_run_id: str, name: str) -> None:
-    """The run ``mlflow run`` created for a report/publish/compare command, filed under its target.
-
-    Same experiment: it becomes a child of the target named ``name`` (a record of what was done
-    to the run). Another experiment: it cannot nest there, so it is ended and deleted rather than
-    left as an empty top-level run.
-    """
-    import os
-
-    launched = os.environ.pop("MLFLOW_RUN_ID", None)
-    if not launched or launched == target_run_id:
-        return
-    run, target = store._get(launched), store._get(target_run_id)
-    if run.info.experiment_id == target.info.experiment_id:
-        store.client.set_tag(launched, PARENT_TAG, target_run_id)
-        store.client.update_run(launched, name=name)
-        store.launched_run_id = launched
-    else:
-        store.client.set_terminated(launched, "FINISHED")
-        store.client.delete_run(launched)
