@@ -100,8 +100,17 @@ def test_sqlite_path_that_is_not_a_database(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("uri", [
-    f"http://user:{SECRET}@127.0.0.1:9",  # nothing listens on port 9
+    f"http://user:{SECRET}@127.0.0.1:9",  # nothing listens on port 9: refused at once
     "https://127.0.0.1:9/mlflow",
+])
+def test_a_server_that_does_not_answer_fails_fast_without_the_secret(uri: str) -> None:
+    with pytest.raises(UserError, match="does not answer") as e:
+        prepare_store(uri)
+    assert SECRET not in str(e.value)
+    assert "127.0.0.1:9" in str(e.value)
+
+
+@pytest.mark.parametrize("uri", [
     f"postgresql://mlflow:{SECRET}@127.0.0.1:9/mlflow",
     "postgresql+psycopg2://127.0.0.1:9/mlflow",
     "sqlite:///:memory:",

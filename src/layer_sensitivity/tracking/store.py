@@ -182,10 +182,17 @@ def prepare_store(uri: str) -> None:
 
 def _check_server(uri: str) -> None:
     """A tracking server that does not answer fails now, not after minutes of MLflow's retries."""
+    import base64
     import urllib.request
 
+    parts = urlsplit(uri)
+    bare = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl().rstrip("/")
+    request = urllib.request.Request(f"{bare}/health")
+    if parts.username:  # credentials in the URI: HTTP basic auth, as MLflow sends them
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", f"Basic {base64.b64encode(token).decode()}")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - http(s) only
             return
     except Exception as e:  # noqa: BLE001 - any failure to reach it is the same answer
         if getattr(e, "code", None) is not None:  # it answered (e.g. 401/404): it is there
