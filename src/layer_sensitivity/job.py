@@ -50,7 +50,15 @@ class JobRequest:
 
 
 def default_run_name(cfg: SensitivityConfig) -> str:
-    return f"{cfg.quant_pair.name}/{cfg.quant_granularity.name}/{cfg.dataset.size.value}"
+    """``<pair>/<granularity>/<size>``, plus the method and bit targets when not the defaults."""
+    name = f"{cfg.quant_pair.name}/{cfg.quant_granularity.name}/{cfg.dataset.size.value}"
+    if cfg.autoquant.method.value != "gradient":
+        name += f" {cfg.autoquant.method.value}"
+    bits = cfg.autoquant.effective_bits
+    if bits is not None:
+        shown = ",".join(f"{float(b):g}" for b in (bits if isinstance(bits, (list, tuple)) else [bits]))
+        name += f" @{shown}bits"
+    return name
 
 
 def output_dir(cfg: SensitivityConfig, plan: pipeline.Plan, hydra_dir: Path) -> Path:

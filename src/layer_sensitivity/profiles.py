@@ -173,21 +173,24 @@ def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
 
     Decoder groups form step series per kind with step = layer index: ``profile/<kind>`` (raw
     importance), ``per_sample/<kind>``, ``share/<kind>`` and ``rank/<kind>``. Groups outside the
-    decoder (``lm_head``) give single values under the same prefixes. Every group also keeps its
-    raw ``sensitivity/<name>`` value. Then summary values and the frontier series (step = target
+    decoder give single values under their own name (``lm_head/share``, ``lm_head/rank``, ...),
+    so the UI's per-kind sections hold step series only. Every group also keeps its raw
+    ``sensitivity/<name>`` value. Then summary values and the frontier series (step = target
     bits x 100). Non-finite or missing values are left out.
     """
     profiles = group_profiles(manifest)
     metrics: list[Metric] = []
     for p in depth_order(profiles):
         metrics.append((p.key, p.importance, None))
-        label, step = (p.kind, p.layer) if p.layer is not None else (p.name, None)
-        label = safe_key(label)[:200]
-        metrics.append((f"profile/{label}", p.importance, step))
-        if p.per_sample is not None:
-            metrics.append((f"per_sample/{label}", p.per_sample, step))
-        metrics.append((f"share/{label}", p.share, step))
-        metrics.append((f"rank/{label}", float(p.rank), step))
+        values = {"profile": p.importance, "per_sample": p.per_sample, "share": p.share,
+                  "rank": float(p.rank)}
+        for view, value in values.items():
+            if value is None:
+                continue
+            if p.layer is not None:  # a step series per kind
+                metrics.append((f"{view}/{safe_key(p.kind)[:200]}", value, p.layer))
+            else:  # one value under the group's own name
+                metrics.append((f"{safe_key(p.name)[:200]}/{view}", value, None))
     metrics += [(k, v, None) for k, v in summary_values(manifest, profiles).items()]
     metrics += frontier_metrics(manifest)
     return [(k, float(v), s) for k, v, s in metrics if math.isfinite(v)]

@@ -182,6 +182,7 @@ class Sweep:
             return
         out = self.sweep_dir / "comparison"
         files = compare.sweep_figures(docs, out)
-        if len(docs) > 1:
+        if len(docs) > 1:  # the comparison has its own Spearman figure: keep one copy
+            files = [f for f in files if f.name != compare.SWEEP_SPEARMAN_FIGURE]
             files += compare.write_comparison(compare.compare(docs), out)
         self.run.log_files({f"comparison/{f.relative_to(out).as_posix()}": f for f in files})

@@ -179,10 +179,13 @@ def test_run_metrics_of_large_models(num_layers: int, tmp_path: Path) -> None:
         for view in ("profile", "per_sample", "share", "rank"):
             assert sorted(series[f"{view}/{kind}"]) == list(range(num_layers)), (view, kind)
     for view in ("profile", "per_sample", "share", "rank"):
-        assert list(series[f"{view}/lm_head"]) == [None]
-    shares = [v for k, steps in series.items() if k.startswith("share/") for v in steps.values()]
+        assert list(series[f"lm_head/{view}"]) == [None]
+        assert f"{view}/lm_head" not in series  # the per-kind sections hold step series only
+    shares = [v for k, steps in series.items() if k.startswith("share/") or k.endswith("/share")
+              for v in steps.values()]
     assert len(shares) == groups and sum(shares) == pytest.approx(1.0)
-    ranks = [v for k, steps in series.items() if k.startswith("rank/") for v in steps.values()]
+    ranks = [v for k, steps in series.items() if k.startswith("rank/") or k.endswith("/rank")
+             for v in steps.values()]
     assert sorted(ranks) == [float(r) for r in range(1, groups + 1)]
     per_group = {k: v[None] for k, v in series.items() if k.startswith("sensitivity/")}
     assert len(per_group) == groups
