@@ -31,7 +31,8 @@ STARTED_ENV = "LAYER_SENSITIVITY_SWEEP_STARTED"  # when it started (time.time())
 STATUS_FILE = "job_status.json"
 SUMMARY = "sweep_summary"
 DEFINITION = "sweep.json"
-NAME_KEYS = ("quant_pair", "quant_granularity", "dataset.size")  # already in a child's name
+NAME_KEYS = ("quant_pair", "quant_granularity", "dataset.size", "autoquant.method",
+             "autoquant.effective_bits")  # already in a child's name
 COLUMNS = ["job", "name", "overrides", "pair", "granularity", "size", "status", "total_score",
            "effective_bits_achieved", "run_id", "output_dir", "error"]
 
