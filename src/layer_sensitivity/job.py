@@ -69,17 +69,23 @@ def output_dir(cfg: SensitivityConfig, plan: pipeline.Plan, hydra_dir: Path) -> 
     return hydra_dir
 
 
-def params(req: JobRequest, plan: pipeline.Plan) -> dict[str, Any]:
-    """The analysis' parameters: short names first, then the remaining config keys."""
+def config_params(req: JobRequest) -> dict[str, Any]:
+    """The analysis' parameters as configured: short names first, then the other config keys."""
     flat = req.flat_config
-    short = {name: req.choices.get(name, flat.get(key)) for name, key in SHORT_PARAMS.items()}
-    short["dataset_size"] = flat.get("dataset.size")
-    short["method"] = flat.get("autoquant.method")
     bits = flat.get("autoquant.effective_bits")
-    short["effective_bits"] = "null" if bits is None else bits
+    short = {"quant_pair": req.choices.get("quant_pair", flat.get("quant_pair.name")),
+             "dataset_size": flat.get("dataset.size"),
+             "model": req.choices.get("model", flat.get("model.name")),
+             "method": flat.get("autoquant.method"),
+             "effective_bits": "null" if bits is None else bits}
     rest = {k: v for k, v in flat.items()
             if k not in SHORT_PARAMS.values() and not k.startswith(NOT_PARAMS)}
-    return short | rest | {
+    return short | rest
+
+
+def resolved_params(plan: pipeline.Plan) -> dict[str, Any]:
+    """What the plan decided from the config (logged once the job validated)."""
+    return {
         "resolved.quant_pair": plan.cfg.quant_pair.name,
         "resolved.device": plan.device,
         "resolved.samples": len(plan.captions.lines),
@@ -118,6 +124,7 @@ def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = Non
                        "host.platform": platform.platform()}
     with tracker.run(name, parent_id=req.parent_id, tags=tags) as run:
         try:
+            run.log_params(config_params(req))  # also for a sweep job that fails to validate
             result = _run_and_log(req, plan or pipeline.plan(cfg), run, resources)
         except BaseException as e:
             e.run_id = run.run_id  # type: ignore[attr-defined]  # for the sweep's summary
@@ -145,7 +152,7 @@ def _run_and_log(req: JobRequest, plan: pipeline.Plan, run: Run, resources: Reso
     log.info("job %s -> %s", plan.scheme_name, out_dir)
     run.set_tags({"device": plan.device, "model.fingerprint": plan.fingerprint,
                   "output_dir": str(out_dir)})
-    run.log_params(params(req, plan))
+    run.log_params(resolved_params(plan))
     run.log_dataset(list(plan.captions.lines), str(plan.captions.path), cfg.dataset.name,
                     plan.captions.sha256)
     run.log_files({CONFIG_FILE: config_file})

@@ -102,7 +102,8 @@ def run_sweep(base: Path) -> SweepRun:
                                 "overrides": f"{FAST} hydra.sweep.dir={base}/multi"}, store, base)
     assert proc.returncode == 0, proc.stderr[-4000:]
     uri = f"sqlite:///{store}"
-    runs = all_runs(uri)
+    # `mlflow run` without --experiment-name leaves a pointer run in MLflow's Default experiment.
+    runs = [r for r in all_runs(uri) if r.info.experiment_id != "0"]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in runs]
     children = {r.info.run_name: r for r in runs if r.info.run_id != parents[0].info.run_id}

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,7 +18,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .. import job, sweep, tracking
+from .. import job, paths, sweep, tracking
 from ..errors import UserError
 from ..redact import redact_text
 from ..reuse import Resources
@@ -48,10 +49,20 @@ def _redact_hydra_files(out_dir: Path) -> None:
 
 
 def _remove_if_empty(out_dir: Path) -> None:
-    """A job that stopped before producing anything leaves no output folder behind."""
+    """A job that stopped before producing anything leaves no output folder behind (nor the empty
+    parents Hydra made for it, e.g. outputs/<pair>/<granularity>/<size>/)."""
     produced = [p for p in out_dir.iterdir() if p.name != ".hydra" and not p.name.endswith(".log")]
-    if not produced:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    if produced:
+        return
+    shutil.rmtree(out_dir, ignore_errors=True)
+    stop = {Path.cwd().resolve(), paths.project_root().resolve()}
+    parent = out_dir.resolve().parent
+    while parent not in stop and parent != parent.parent:
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+        parent = parent.parent
 
 
 def _other_mode(spec: SensitivityConfig, out_dir: Path) -> None:
@@ -99,7 +110,10 @@ def run_task(cfg: DictConfig) -> None:
             _remove_if_empty(out_dir)
             fail(str(e))
         return
-    run_id, status, error, manifest = None, "FINISHED", None, None
+    run_id, status, error = None, "FINISHED", None
+    manifest: dict[str, Any] = {"quantization": {"pair": spec.quant_pair.name,  # the real one later
+                                 "granularity": spec.quant_granularity.name},
+                "dataset": {"size": spec.dataset.size.value}}
     try:
         result = job.run_job(req, tracking.create(spec.tracking), _MULTIRUN_RESOURCES)
         manifest, run_id = result.manifest, result.run_id
@@ -129,8 +143,8 @@ def main() -> None:
         try:
             _hydra_main()
         except SystemExit as e:
-            failed = finish_active(None if e.code in (0, None) else RuntimeError("a job failed"))
-            if e.code == 1 and not _TASK_STARTED and not failed:
+            finish_active(None)  # a failed job: the sweep's summary says how many
+            if e.code == 1 and not _TASK_STARTED:
                 raise SystemExit(2) from None  # Hydra's compose error: bad input, as documented
             raise
         except BaseException as e:
