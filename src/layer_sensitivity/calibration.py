@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import torch
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,11 @@ def read_captions(path: str | Path, max_samples: int) -> Captions:
             "integer."
         )
     if not path.is_file():
+        what = ("is a directory, not a file" if path.is_dir()
+                else "exists but is not a regular file" if path.exists() else "does not exist")
         raise UserError(
-            f"Captions file '{path}' does not exist. Set dataset.captions_path to a UTF-8 text "
-            "file with one caption per line (the bundled file is used by default)."
+            f"Captions file '{path}' {what}. Set dataset.captions_path to a UTF-8 text file with "
+            "one caption per line (the bundled file is used by default)."
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -46,16 +51,32 @@ def read_captions(path: str | Path, max_samples: int) -> Captions:
             f"Captions file '{path}' is not UTF-8 text ({e.reason} at byte {e.start}). Save it as "
             "UTF-8 with one caption per line."
         ) from None
+    except OSError as e:
+        raise UserError(f"Captions file '{path}' cannot be read ({e.strerror or e}). Check its "
+                        "permissions or set dataset.captions_path to a readable file.") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise UserError(
             f"Captions file '{path}' has no captions (it is empty or only blank lines). Put one "
             "caption per line in it, or point dataset.captions_path at another file."
         )
+    if len(lines) < max_samples:
+        log.warning("captions file %s has %d caption(s) but %d were asked for; the job uses %d. "
+                    "Add captions or lower dataset.size / dataset.max_calib_samples.", path,
+                    len(lines), max_samples, len(lines))
     return Captions(path, tuple(lines[:max_samples]), len(lines), max_samples)
 
 
 Batch = dict[str, torch.Tensor]
+# No tokenizer's token spans this many characters on average over seq_len tokens (BPE tokens of
+# Qwen's vocabulary are a few characters; the longest are runs of spaces or symbols), so cutting
+# a caption here keeps its first seq_len tokens and turns a multi-megabyte line into a few KB.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def clip_for_tokenizer(caption: str, seq_len: int) -> str:
+    """``caption`` cut to at most ``seq_len * MAX_CHARS_PER_TOKEN`` characters."""
+    return caption[: seq_len * MAX_CHARS_PER_TOKEN]
 
 
 def build_batches(captions: list[str] | tuple[str, ...], tokenizer: Any, batch_size: int,
@@ -73,7 +94,8 @@ def build_batches(captions: list[str] | tuple[str, ...], tokenizer: Any, batch_s
             f"autoquant.batch_size ({batch_size}) and dataset.calib_seq_len ({seq_len}) must be "
             "positive integers."
         )
-    captions = list(captions)
+    # Only the first seq_len tokens are kept: a huge line need not be tokenized whole.
+    captions = [clip_for_tokenizer(c, seq_len) for c in captions]
     if sort_by_length:
         lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
         captions = [c for _, c in sorted(zip(lengths, captions, strict=True), key=lambda x: x[0])]

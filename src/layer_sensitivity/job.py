@@ -118,6 +118,8 @@ def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = Non
     """
     cfg = req.cfg
     plan = None if req.parent_id else pipeline.plan(cfg)
+    if plan is not None:
+        output_dir(cfg, plan, req.out_dir)  # e.g. a publish root on a file: refused before any run
     name = req.run_name or cfg.tracking.run_name or default_run_name(cfg)
     tags = req.tags | {"quant_pair": cfg.quant_pair.name,
                        "experimental": str(cfg.quant_pair.experimental).lower(),

@@ -7,11 +7,12 @@ by the earlier Hydra runner (no ``schema_version``), normalising both to the cur
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
 from .groups import RECIPE_SUFFIX, GroupStats
@@ -71,6 +72,7 @@ class JobFacts:
     input_quantizer: dict[str, Any]
     modelopt_config: dict[str, Any]  # the exact ModelOpt config searched (JSON-safe)
     versions: dict[str, str]
+    truncated_captions: int = 0  # captions cut at seq_len
 
 
 def build(cfg: SensitivityConfig, f: JobFacts, groups: dict[str, GroupStats],
@@ -116,6 +118,7 @@ def build(cfg: SensitivityConfig, f: JobFacts, groups: dict[str, GroupStats],
             "score_batches": f.score_batches,
             "real_tokens": f.real_tokens,
             "padded_tokens": f.padded_tokens,
+            "truncated_captions": f.truncated_captions,
         },
         "quantization": {
             "pair": q.name,
@@ -167,11 +170,259 @@ def find(out_dir: Path) -> Path:
     return found[0]
 
 
+# --- Reading manifests back: a schema for each shape ------------------------------------------
+#
+# The models below check types only; ``load`` returns the JSON exactly as written. Strict mode:
+# numbers are numbers (not "8"), booleans are booleans (not 1); unknown keys are kept, so a
+# manifest with more than this version knows still loads.
+
+FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _Scheme(_Shape):
+    name: Annotated[str, Field(min_length=1)]
+    effective_bits_requested: FiniteNumber | None = None
+    effective_bits_modelopt: FiniteNumber | None = None
+    method: str | None = None
+    score_size: int | None = None
+    coverage: str | None = None
+    formats: list[str] = []
+
+
+class _Model(_Shape):
+    id: str | None = None
+    name: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    fingerprint: str | None = None
+    weights_in_scope: int | None = None
+    weights_frozen: int | None = None
+
+
+class _Dataset(_Shape):
+    name: str | None = None
+    size: str | None = None
+    path: str | None = None
+    sha256: str | None = None
+    samples_used: int | None = None
+    samples_max: int | None = None
+    samples_available: int | None = None
+    seq_len: int | None = None
+    batch_size: int | None = None
+    batches: int | None = None
+    score_batches: int | None = None
+    real_tokens: int | None = None
+    padded_tokens: int | None = None
+    truncated_captions: int | None = None
+
+
+class _Quantization(_Shape):
+    pair: str | None = None
+    weight_dtype: str | None = None
+    activation_dtype: str | None = None
+    activations_quantized: bool | None = None
+    fp4_format: str | None = None
+    modelopt_format: str | None = None
+    modelopt_base: str | None = None
+    edits: list[str] | None = None
+    granularity: str | None = None
+    granularity_weight: str | None = None
+    granularity_group_size: int | None = None
+    granularity_activation: str | None = None
+    weight_quantizer: dict[str, Any] | None = None
+    input_quantizer: dict[str, Any] | None = None
+    requires_cuda: bool | None = None
+    experimental: bool | None = None
+    modelopt_config: dict[str, Any] | None = None
+    modelopt_configs: dict[str, dict[str, Any]] | None = None
+
+
+class _GroupLists(_Shape):
+    """One layer group's candidate formats with a score and a cost for each."""
+
+    formats: list[str]
+    scores: list[FiniteNumber]
+    costs: list[FiniteNumber]
+
+    @model_validator(mode="after")
+    def _parallel(self) -> _GroupLists:
+        for name in ("scores", "costs"):
+            if len(getattr(self, name)) != len(self.formats):
+                raise ValueError(f"has {len(self.formats)} formats but "
+                                 f"{len(getattr(self, name))} {name}")
+        return self
+
+
+class _Group(_GroupLists):
+    importance: FiniteNumber
+    rank: Annotated[int, Field(ge=1)]
+    modules: list[str] | None = None
+    chosen: str | None = None
+
+
+class _RankingEntry(_Shape):
+    name: str
+    importance: FiniteNumber
+
+
+class _Autoquant(_Shape):
+    effective_bits_achieved: FiniteNumber | None = None
+    modelopt_effective_bits_achieved: FiniteNumber | None = None
+    min_effective_bits: FiniteNumber | None = None
+    total_score: FiniteNumber | None = None
+    satisfied: bool | None = None
+
+
+class _FrontierPoint(_Shape):
+    target_bits: FiniteNumber
+    modelopt_bits: FiniteNumber
+    achieved_bits: FiniteNumber
+    total_score: FiniteNumber
+    satisfied: bool
+    recipe: dict[str, str]
+
+
+class _ScoreCache(_Shape):
+    key: str | None = None
+    hit: bool
+    path: str | None = None
+
+
+class CurrentManifest(_Shape):
+    """A manifest as ``build`` writes it (``schema_version`` 1)."""
+
+    schema_version: Literal[1]
+    scheme: _Scheme
+    model: _Model = Field(default_factory=_Model)
+    dataset: _Dataset = Field(default_factory=_Dataset)
+    quantization: _Quantization = Field(default_factory=_Quantization)
+    layer_sensitivity: dict[str, _Group]
+    sensitivity_ranking: list[_RankingEntry] = []
+    frozen_groups: list[str] = []
+    autoquant: _Autoquant = Field(default_factory=_Autoquant)
+    frontier: list[_FrontierPoint] = []
+    versions: dict[str, str] = {}
+    score_cache: _ScoreCache | None = None
+    legacy: bool = False
+
+
+class _LegacyScheme(_Shape):
+    name: Annotated[str, Field(min_length=1)]
+    auto_quantize_bits: FiniteNumber | None = None
+    auto_quantize_method: str | None = None
+    auto_quantize_score_size: int | None = None
+    coverage_mode: str | None = None
+    coverage_fraction: FiniteNumber | None = None
+    quant_formats: str | list[str] | None = None
+
+
+class _LegacyState(_Shape):
+    constraints: Any = None  # only a dict's effective_bits is read; anything else is ignored
+    score: FiniteNumber | None = None
+    is_satisfied: bool | None = None
+
+
+class LegacyManifest(_Shape):
+    """A manifest of the earlier Hydra runner (no ``schema_version``), before conversion."""
+
+    scheme: _LegacyScheme
+    model: _Model | None = None
+    dataset: _Dataset | None = None
+    quantization: _Quantization | None = None
+    autoquant_state: _LegacyState | None = None
+    layer_sensitivity: dict[str, _GroupLists]
+
+
+# What a field must be, said once per field (``*``: any key of a map); an error is explained by
+# its longest prefix here, so "'autoquant' must be an object (autoquant: Input should be ...)".
+_EXPECTED: dict[tuple[str | int, ...], str] = {
+    ("scheme",): "must be an object with a string 'name'",
+    ("model",): "must be an object",
+    ("dataset",): "must be an object",
+    ("quantization",): "must be an object",
+    ("autoquant",): "must be an object",
+    ("autoquant_state",): "must be an object",
+    ("layer_sensitivity",): "must map each '<module>.quant_recipe' to an object",
+    ("layer_sensitivity", "*"): "must be an object with parallel formats, scores and costs lists",
+    ("layer_sensitivity", "*", "formats"): "must be a list of strings",
+    ("layer_sensitivity", "*", "scores"): "must be a list of finite numbers",
+    ("layer_sensitivity", "*", "costs"): "must be a list of finite numbers",
+    ("layer_sensitivity", "*", "importance"): "must be a finite number",
+    ("layer_sensitivity", "*", "rank"): "must be a positive integer (1 = most sensitive)",
+    ("sensitivity_ranking",): "must be a list of {name, importance} objects",
+    ("frozen_groups",): "must be a list of group names",
+    ("frontier",): ("must be a list of objects with target_bits, modelopt_bits, achieved_bits, "
+                    "total_score, satisfied and recipe"),
+    ("versions",): "must map package names to version strings",
+    ("score_cache",): "must be null or an object with key, hit and path",
+}
+_MAX_ERRORS_SHOWN = 3
+
+
+def _field_path(loc: tuple[str | int, ...]) -> str:
+    """(layer_sensitivity, a.quant_recipe, scores, 0) -> layer_sensitivity['a.quant_recipe'].scores[0]"""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_]\w*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"['{part}']"
+    return out
+
+
+def _explain(error: Any) -> tuple[str, str]:
+    """(the field and what it must be, what is wrong there) for one validation error."""
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    msg = re.sub(r" or instance of \w+", "", str(error["msg"]).removeprefix("Value error, "))
+    if error["type"] != "missing":
+        shown = repr(error["input"])
+        msg += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    # Map keys (layer group handles) match the '*' of the table.
+    pattern = tuple("*" if i == 1 and loc[0] == "layer_sensitivity" else p
+                    for i, p in enumerate(loc))
+    for n in range(len(loc), 0, -1):
+        if pattern[:n] in _EXPECTED:
+            if n == 1:  # a top-level section: "'autoquant' must be ... (autoquant: ...)"
+                return f"{loc[0]!r} {_EXPECTED[pattern[:1]]}", f"{_field_path(loc)}: {msg}"
+            inner = f"{_field_path(loc[n:])}: " if loc[n:] else ""
+            return f"{_field_path(loc[:n])} {_EXPECTED[pattern[:n]]}", f"{inner}{msg}"
+    return _field_path(loc), msg
+
+
+def _first_few(items: list[str]) -> str:
+    more = len(items) - _MAX_ERRORS_SHOWN
+    return "; ".join(items[:_MAX_ERRORS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+
+def validate(data: dict[str, Any], shape: type[BaseModel], source: str) -> None:
+    """Check ``data`` against ``shape``; a UserError naming each bad field otherwise."""
+    try:
+        shape.model_validate(data)
+    except ValidationError as e:
+        by_field: dict[str, list[str]] = {}
+        for error in e.errors():
+            field, problem = _explain(error)
+            by_field.setdefault(field, []).append(problem)
+        raise _bad(source, _first_few([f"{field} ({_first_few(problems)})"
+                                       for field, problems in by_field.items()])) from None
+
+
 def load(path: Path) -> dict[str, Any]:
-    """A manifest in the current schema, converting the legacy shape; clear errors otherwise."""
+    """A manifest in the current schema, converting the legacy shape; clear errors otherwise.
+
+    Either shape is checked against its schema first (``CurrentManifest``, ``LegacyManifest``),
+    so a wrong type anywhere a report, recipe or publish reads is refused here, naming the field.
+    """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Manifest '{path}' does not exist. Check the path or the run's artifacts.")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"Manifest '{path}' {what}. Check the path or the run's artifacts.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -180,10 +431,8 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(f"Manifest '{path}' is not a JSON object. Nothing was changed.")
     source = f"Manifest '{path}'"
     version = data.get("schema_version")
-    if version == SCHEMA_VERSION:
-        _check_scheme(data, source)
-        for handle, s in _groups(data, source).items():
-            _group_lists(handle, s, source)
+    if version == SCHEMA_VERSION and not isinstance(version, bool):
+        validate(data, CurrentManifest, source)
         return data
     if version is None and "scheme" in data and "layer_sensitivity" in data:
         return from_legacy(data, source)
@@ -207,49 +456,6 @@ def _bad(source: str, what: str) -> UserError:
                      "was changed.")
 
 
-def _check_scheme(data: dict[str, Any], source: str) -> dict[str, Any]:
-    scheme = data.get("scheme")
-    if not isinstance(scheme, dict) or not isinstance(scheme.get("name"), str):
-        raise _bad(source, "'scheme' must be an object with a string 'name'")
-    return scheme
-
-
-def _groups(data: dict[str, Any], source: str) -> dict[str, Any]:
-    groups = data.get("layer_sensitivity")
-    if not isinstance(groups, dict) or not all(isinstance(s, dict) for s in groups.values()):
-        raise _bad(source, "'layer_sensitivity' must map each '<module>.quant_recipe' to an object")
-    return groups
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _group_lists(handle: str, s: dict[str, Any],
-                 source: str) -> tuple[list[str], list[float], list[float]]:
-    """A group's formats, scores and costs, checked to be parallel lists of the right types."""
-    formats, scores, costs = s.get("formats"), s.get("scores"), s.get("costs")
-    if not (isinstance(formats, list) and all(isinstance(f, str) for f in formats)):
-        raise _bad(source, f"layer_sensitivity['{handle}'].formats must be a list of strings")
-    for name, values in (("scores", scores), ("costs", costs)):
-        if not (isinstance(values, list) and all(_number(v) for v in values)):
-            raise _bad(source, f"layer_sensitivity['{handle}'].{name} must be a list of finite "
-                               "numbers")
-        if len(values) != len(formats):
-            raise _bad(source, f"layer_sensitivity['{handle}'] has {len(formats)} formats but "
-                               f"{len(values)} {name}")
-    return formats, [float(x) for x in scores], [float(x) for x in costs]  # type: ignore[union-attr]
-
-
-def _section(old: dict[str, Any], key: str, source: str) -> dict[str, Any]:
-    value = old.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _bad(source, f"'{key}' must be an object")
-    return dict(value)
-
-
 def _model_name(model_id: Any) -> str | None:
     """``/ckpts/Qwen3-VL-4B`` or ``Qwen/Qwen3-VL-4B`` -> ``Qwen3-VL-4B``."""
     if not isinstance(model_id, str) or not model_id.strip("/\\"):
@@ -260,11 +466,12 @@ def _model_name(model_id: Any) -> str | None:
 def from_legacy(old: dict[str, Any], source: str = "Legacy manifest") -> dict[str, Any]:
     """Normalise a manifest of the earlier Hydra runner to the current schema.
 
-    Legacy shape: ``scheme`` {name, auto_quantize_bits, auto_quantize_method,
-    auto_quantize_score_size, coverage_mode, coverage_fraction, quant_formats}, ``model`` {id},
-    ``num_quantized_layers``, ``layers``, ``autoquant_state`` {keys, constraints: {effective_bits},
-    score, is_satisfied}, ``layer_sensitivity`` {handle: {formats, scores, costs, importance,
-    rank}}, ``sensitivity_ranking``, optional ``dataset``, ``quantization``, ``run_config``.
+    Legacy shape (checked by ``LegacyManifest`` first): ``scheme`` {name, auto_quantize_bits,
+    auto_quantize_method, auto_quantize_score_size, coverage_mode, coverage_fraction,
+    quant_formats}, ``model`` {id}, ``num_quantized_layers``, ``layers``, ``autoquant_state``
+    {keys, constraints: {effective_bits}, score, is_satisfied}, ``layer_sensitivity`` {handle:
+    {formats, scores, costs, importance, rank}}, ``sensitivity_ranking``, optional ``dataset``,
+    ``quantization``, ``run_config``.
 
     Its ``rank`` and ``sensitivity_ranking`` run the other way (rank 1 = least sensitive, vision
     groups first) and are not used: importance and rank are recomputed exactly as ``build`` does
@@ -273,16 +480,17 @@ def from_legacy(old: dict[str, Any], source: str = "Legacy manifest") -> dict[st
     NONE format (the vision tower) become ``frozen_groups``. Legacy runners passed the bits
     target straight to ModelOpt, so requested and given bits are the same number there.
     """
-    scheme = _check_scheme(old, source)
-    raw = _groups(old, source)
-    state = _section(old, "autoquant_state", source)
+    validate(old, LegacyManifest, source)
+    scheme = old["scheme"]
+    state = dict(old.get("autoquant_state") or {})
     constraints = state.get("constraints")
     if not isinstance(constraints, dict):
         constraints = {}
     sens_in: dict[str, tuple[list[str], list[float], list[float], float]] = {}
     frozen = []
-    for handle, s in raw.items():
-        formats, scores, costs = _group_lists(handle, s, source)
+    for handle, s in old["layer_sensitivity"].items():
+        formats, scores, costs = s["formats"], [float(x) for x in s["scores"]], [
+            float(x) for x in s["costs"]]
         quantized = [sc for f, sc in zip(formats, scores, strict=True) if not f.startswith("NONE")]
         if not quantized:
             frozen.append(handle)  # only NONE was offered: outside the analysed scope
@@ -306,7 +514,7 @@ def from_legacy(old: dict[str, Any], source: str = "Legacy manifest") -> dict[st
     raw_formats = scheme.get("quant_formats")
     formats = ([raw_formats] if isinstance(raw_formats, str)
                else [str(f) for f in raw_formats or []])
-    model = _section(old, "model", source)
+    model = dict(old.get("model") or {})
     model.setdefault("name", _model_name(model.get("id")))
     bits = scheme.get("auto_quantize_bits")
     achieved = constraints.get("effective_bits")
@@ -324,8 +532,8 @@ def from_legacy(old: dict[str, Any], source: str = "Legacy manifest") -> dict[st
             "formats": formats,
         },
         "model": model,
-        "dataset": _section(old, "dataset", source),
-        "quantization": _section(old, "quantization", source),
+        "dataset": dict(old.get("dataset") or {}),
+        "quantization": dict(old.get("quantization") or {}),
         "layer_sensitivity": sens,
         "sensitivity_ranking": [{"name": h, "importance": s["importance"]} for h, s in sens.items()],
         "frozen_groups": sorted(frozen),

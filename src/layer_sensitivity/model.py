@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from . import paths
 from .errors import UserError
@@ -45,7 +46,13 @@ def configured_dir(cfg: ModelConfig) -> Path | None:
 
 
 def checkpoint_dir(cfg: ModelConfig) -> Path:
-    """The local checkpoint directory; for ``init=random`` the materialised weightless one."""
+    """The local checkpoint directory; for ``init=random`` the materialised weightless one.
+
+    A configured checkpoint is checked cheaply here, before anything is logged or loaded:
+    config.json parses and describes a Qwen3-VL, and every safetensors file is complete
+    (headers only; the weights are not read).
+    """
+    check_model_name(cfg)
     check_loader_options(cfg)
     if cfg.init == ModelInit.random:
         return random_init_dir(cfg)
@@ -59,7 +66,28 @@ def checkpoint_dir(cfg: ModelConfig) -> Path:
             f"config.json and *.safetensors> {how}; weights are only loaded from local disk.{shapes}"
         )
     _check_config_json(cfg, path)
+    check_weights(path)
     return path
+
+
+# Checkpoint model types this project analyses (transformers' names for Qwen3-VL and its MoE).
+QWEN3_VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+# model.name names output files and directories (<name>_autoquant_<pair>_..._quant_manifest.json
+# and the publish layout): short enough for a file name on any file system, and a plain name.
+MAX_MODEL_NAME_CHARS = 100
+
+
+def check_model_name(cfg: ModelConfig) -> None:
+    name = cfg.name
+    plain = not any(c in name for c in "/\\\x00") and name not in (".", "..")
+    if not name or len(name) > MAX_MODEL_NAME_CHARS or not plain:
+        shown = name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
+        raise UserError(
+            f"model.name={shown!r} cannot name output files: it must be 1 to "
+            f"{MAX_MODEL_NAME_CHARS} characters without '/', '\\' or NUL (it becomes part of the "
+            "manifest's file name and of the publish directory). Set model.name to a short plain "
+            "name such as Qwen3-VL-4B-Instruct."
+        )
 
 
 def _check_config_json(cfg: ModelConfig, path: Path) -> None:
@@ -69,6 +97,76 @@ def _check_config_json(cfg: ModelConfig, path: Path) -> None:
             "config.json. Set model.path to a local Qwen3-VL checkpoint directory (as written by "
             "save_pretrained); nothing is downloaded from a model hub."
         )
+    values = read_config(path)
+    model_type = values.get("model_type")
+    # Remote-code checkpoints name their own types; their loader is the judge.
+    if model_type not in QWEN3_VL_MODEL_TYPES and not cfg.trust_remote_code:
+        arch = ", ".join(map(str, values.get("architectures") or [])) or "no architectures listed"
+        raise UserError(
+            f"Model directory '{path}' holds a {model_type or 'untyped'} checkpoint ({arch}), "
+            f"not a Qwen3-VL: its config.json has model_type={model_type!r}, and this project "
+            f"analyses the language model inside Qwen3-VL (model_type "
+            f"{' or '.join(QWEN3_VL_MODEL_TYPES)}). Set model.path to a Qwen3-VL checkpoint "
+            "directory (or model.trust_remote_code=true for a remote-code variant)."
+        )
+
+
+def check_weights(path: Path) -> None:
+    """Every safetensors file of the checkpoint is present and complete (headers only)."""
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        try:
+            weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted({str(v) for v in weight_map.values()})
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise _damaged(index_file, f"it is not a valid safetensors index ({type(e).__name__}: "
+                                       f"{e})") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise _damaged(index_file, f"it lists {len(missing)} shard(s) that are missing: "
+                                       f"{', '.join(missing[:3])}")
+    files = sorted(path.glob("*.safetensors"))
+    if not files and not any(path.glob("pytorch_model*.bin")):
+        raise UserError(
+            f"Model directory '{path}' has a config.json but no weights (*.safetensors). Copy the "
+            "checkpoint's weight files there, or use model.init=random for a random model of its "
+            "shape."
+        )
+    for f in files:
+        problem = _safetensors_problem(f)
+        if problem:
+            raise _damaged(f, problem)
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why ``file`` is not a complete safetensors file (8-byte header size, JSON header,
+    tensors ending exactly at the end of the file), or None."""
+    size = file.stat().st_size
+    with file.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"it has {size} bytes, too few for a safetensors file (truncated or empty)"
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            return (f"its header claims {n} bytes but the file has {size} in all (the file is "
+                    "truncated or not safetensors)")
+        try:
+            header = json.loads(fh.read(n))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
+                      default=0)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "its header is not valid safetensors JSON (the file is damaged)"
+    if 8 + n + end > size:
+        return (f"it is truncated: its tensors need {8 + n + end} bytes but the file has {size} "
+                "(an interrupted copy or download?)")
+    return None
+
+
+def _damaged(file: Path, problem: str) -> UserError:
+    return UserError(
+        f"Checkpoint file '{file}' is damaged: {problem}. Copy the checkpoint again from its "
+        "source (or save_pretrained it once more), or point model.path at an intact checkpoint."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,7 +444,24 @@ def load(cfg: ModelConfig, path: Path, device: str) -> LoadedModel:
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
     spread = _loader_kwargs(cfg, device)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs, **spread)
+    try:
+        loaded: Any = AutoModelForImageTextToText.from_pretrained(  # (model, loading info)
+            path, dtype=dtype, output_loading_info=True, **kwargs, **spread)
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise _unloadable(path, "model", e) from None
+    except RuntimeError as e:  # shapes that do not match config.json; not out-of-memory
+        if isinstance(e, torch.OutOfMemoryError) or "mismatch" not in str(e):
+            raise
+        raise _unloadable(path, "model", e) from None
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would start these from random values: scores would mean nothing
+        raise UserError(
+            f"The checkpoint in '{path}' lacks {len(missing)} weight(s) its config.json needs "
+            f"(e.g. {', '.join(missing[:3])}), which would be left random. Copy the complete "
+            "checkpoint (every *.safetensors shard), or point model.path at an intact Qwen3-VL "
+            "checkpoint."
+        )
     if not spread:  # a device map already placed every module
         model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorator
     model.eval()
@@ -358,12 +473,24 @@ def load_tokenizer(cfg: ModelConfig, path: Path) -> Any:
     padding on the right with EOS when it has no pad token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                              trust_remote_code=cfg.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception too
+        raise _unloadable(path, "tokenizer", e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def _unloadable(path: Path, what: str, error: BaseException) -> UserError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return UserError(
+        f"The {what} in '{path}' could not be loaded ({type(error).__name__}: {first}). Its files "
+        "are damaged or do not match its config.json: copy the checkpoint again from its source "
+        "(or save_pretrained it once more), or point model.path at an intact Qwen3-VL checkpoint."
+    )
 
 
 def _is_quantizable(module: torch.nn.Module) -> bool:
@@ -423,4 +550,12 @@ def scope_bits(modelopt_target: float, in_scope: int, frozen: int) -> float:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    return json.loads((path / "config.json").read_text())
+    """config.json as a dict; a UserError naming the file when it is not a JSON object."""
+    file = path / "config.json"
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(file, f"it is not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise _damaged(file, f"it holds a JSON {type(values).__name__}, not an object")
+    return values

@@ -316,6 +316,7 @@ def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.B
         weight_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
         input_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
         modelopt_config=recipes.jsonable(p.quant_cfg), versions=versions(),
+        truncated_captions=calibration.truncated_count(batches, p.cfg.dataset.calib_seq_len),
     ), sol.groups, sol.autoquant, sol.frontier, s.cache)
     files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]
     exported = recipes.from_frontier(doc) + recipes.keep_top(doc, keep_fractions=p.cfg.recipes.keep)

@@ -9,10 +9,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -49,10 +51,57 @@ def safe_join(root: Path, *parts: str) -> Path:
     return path
 
 
+# Room the last directory name needs beyond itself: ".<scheme>.staging-<pid>-<8 chars>" while
+# publishing, "<scheme>_quant_manifest.json" inside it.
+_NAME_ROOM = 32
+
+
 def layout_dir(root: Path, model_name: str, weight: str, activation: str, granularity: str,
                scheme_name: str) -> Path:
-    return safe_join(root, model_name, "layer-analysis", f"weight-{weight}-act-{activation}",
-                     granularity, scheme_name)
+    parts = {"model.name": model_name, "layer-analysis": "layer-analysis",
+             "the precision pair": f"weight-{weight}-act-{activation}",
+             "quant_granularity": granularity, "the scheme name": scheme_name}
+    _check_name_lengths(root, parts)
+    path = safe_join(root, *parts.values())
+    _check_directories(root.resolve(), path)
+    return path
+
+
+def _name_max(root: Path) -> int:
+    """The longest file name the file system under ``root`` takes (255 bytes almost everywhere)."""
+    existing = next((p for p in [root, *root.parents] if p.is_dir()), None)
+    try:
+        return os.pathconf(existing or ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or the file system does not say
+        return 255
+
+
+def _check_name_lengths(root: Path, parts: dict[str, str]) -> None:
+    """A name too long for the file system fails with ENAMETOOLONG mid-write: refuse it first."""
+    name_max = _name_max(root)
+    last = list(parts)[-1]
+    for source, part in parts.items():
+        limit = name_max - (_NAME_ROOM if source == last else 0)
+        size = len(os.fsencode(part))
+        if size > limit:
+            shown = part if len(part) <= 60 else f"{part[:40]}..."
+            raise UserError(
+                f"'{shown}' ({size} bytes, from {source}) is too long for a directory name under "
+                f"the publish root '{root}': at most {limit} bytes fit there. Shorten "
+                f"{'model.name, which starts it' if source == last else source} (e.g. "
+                "model.name=Qwen3-VL-4B-Instruct) and run the job again."
+            )
+
+
+def _check_directories(root: Path, path: Path) -> None:
+    """Every existing step from the root to ``path`` must be a directory."""
+    for step in [*reversed(path.parents), path]:
+        if step.exists() and not step.is_dir():
+            raise UserError(
+                f"'{step}' is a file, so the publish root '{root}' cannot hold the analysis tree "
+                f"there. Set output_layout.root (or publish --root) to a directory, or move "
+                f"'{step}' away."
+            )
 
 
 def analysis_dir(root: Path, job: SensitivityConfig, scheme_name: str) -> Path:
@@ -199,11 +248,13 @@ def publish_files(files: dict[str, Path], dest: Path, provenance: dict[str, Any]
     plain data (run id, params, ...); the sha256 of every published file is added to it.
     """
     run_id = str(provenance["run_id"])
+    clean_leftovers(dest.parent)
     existing = check_existing(dest, run_id, force)
     if existing:
         return existing
     dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-",
+                                  dir=dest.parent))
     try:
         digests = {}
         for rel, src in sorted(files.items()):
@@ -234,7 +285,7 @@ def _commit(stage: Path, dest: Path) -> None:
             raise UserError(f"'{dest}' appeared while publishing (another publish?): {e}. "
                             "Nothing was changed; look at it and publish again.") from None
         return
-    old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
     os.rename(dest, old)
     try:
         os.rename(stage, dest)
@@ -242,6 +293,66 @@ def _commit(stage: Path, dest: Path) -> None:
         os.rename(old, dest)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# --- Leftovers of interrupted publishes -------------------------------------------------------
+
+# ".<dest>.staging-<pid>-<mkdtemp's 8>" and ".<dest>.old-<pid>-<8 hex>" (earlier versions: no pid)
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?:(?P<pid>\d+)-)?[a-z0-9_]{8}$")
+STALE_AFTER_S = 3600.0  # no publish takes an hour: whatever it left is abandoned
+DEAD_PID_GRACE_S = 60.0  # a dead creator's leftover, once clearly not another host's live one
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else, or the platform cannot tell
+        return True
+    return True
+
+
+def clean_leftovers(directory: Path, now: float | None = None) -> list[Path]:
+    """Remove the staging and old directories interrupted publishes left in ``directory``.
+
+    Only names ``publish_files`` creates, and only abandoned ones: older than an hour, or made by
+    a process that is gone. An ``old`` copy whose destination is missing (the publish stopped
+    between its two renames) is the last published state: it is put back, not removed. Returns
+    what was removed or restored; each is logged.
+    """
+    if not directory.is_dir():
+        return []
+    now = time.time() if now is None else now
+    found = []
+    for entry in directory.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        age = now - entry.stat().st_mtime
+        pid = int(match["pid"]) if match["pid"] else None
+        if age > STALE_AFTER_S or (pid is not None and age > DEAD_PID_GRACE_S
+                                   and not _pid_alive(pid)):
+            found.append((age, entry, match["name"], match["kind"], pid))
+    done = []
+    for age, entry, name, kind, pid in sorted(found, key=lambda f: f[0]):  # newest first
+        origin = f"left by an interrupted publish (pid {pid or 'unknown'}, {age / 60:.0f} min ago)"
+        dest = directory / name
+        try:
+            if kind == "old" and not dest.exists():
+                os.rename(entry, dest)
+                log.warning("restored %s from %s, %s between replacing and renaming", dest,
+                            entry.name, origin)
+            else:
+                shutil.rmtree(entry)
+                log.warning("removed %s, %s", entry, origin)
+        except OSError as e:  # another publish got there first, or no permission: not ours to fix
+            log.warning("could not clean up %s (%s)", entry, e)
+            continue
+        done.append(entry)
+    return done
 
 
 def _fsync(path: Path) -> None:
@@ -309,6 +420,7 @@ def publish_run(store: RunStore, run_id: str, root: Path, force: bool) -> Publis
     with tempfile.TemporaryDirectory() as tmp:
         local = {name: store.download(run_id, name, Path(tmp))}
         dest = destination(root, manifest.load(local[name]))
+        clean_leftovers(dest.parent)
         done = check_existing(dest, run_id, force)
         if done:
             if record.tags.get(PUBLISHED_TAG) != str(done.path):

@@ -107,7 +107,7 @@ def _finite(x: Any) -> bool:
 def _dataset(m: dict[str, Any]) -> dict[str, Any]:
     d = m.get("dataset") or {}
     keys = ["name", "size", "path", "sha256", "samples_used", "samples_max", "seq_len",
-            "batch_size", "batches", "score_batches"]
+            "batch_size", "batches", "score_batches", "truncated_captions"]
     return {k: d.get(k) for k in keys if k in d}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import ReportedError
 from .redact import redact_text
 from .tracking import Run, Tracker
 
@@ -37,7 +38,7 @@ COLUMNS = ["job", "name", "overrides", "pair", "granularity", "size", "status", 
            "effective_bits_achieved", "run_id", "output_dir", "error"]
 
 
-class JobsFailed(Exception):
+class JobsFailed(ReportedError):
     """Some jobs failed (each one recorded); the parent run ends FAILED."""
 
 

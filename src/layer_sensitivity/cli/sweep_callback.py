@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import sweep, tracking
 from ..schema import TrackingConfig
+from .common import fail
 
 _ACTIVE: list[sweep.Sweep] = []  # the multirun of this process, if any
 
@@ -43,8 +44,20 @@ def planned_jobs(cfg: DictConfig) -> tuple[list[str], set[str], list[str]]:
     return combos, {k for k, o in parsed.items() if o.is_sweep_override()}, args
 
 
+def check_output_dir(path: Path, key: str) -> None:
+    """Hydra would print a traceback for an output directory it cannot create: one paragraph."""
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        fail(f"{key}={path} cannot be created: '{blocker}' is a file, not a directory. Set {key} "
+             "to a directory path, or move the file away.")
+
+
 class SweepRuns(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_dir(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_dir(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
         planned, swept, args = planned_jobs(config)
         os.environ[sweep.SWEPT_ENV] = ",".join(sorted(swept))
         tcfg: TrackingConfig = OmegaConf.to_object(  # type: ignore[assignment]

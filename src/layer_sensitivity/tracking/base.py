@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from ..errors import UserError
+from ..errors import ReportedError
 from ..redact import redact_text
 
 ERROR_ARTIFACT = "error.txt"  # why a run ended FAILED or KILLED
@@ -46,7 +46,7 @@ def error_text(e: BaseException, where: str = "") -> str:
         at = where or getattr(e, "where", "")
         return f"Interrupted by {name}{f' during {at}' if at else ''}; the run holds what was " \
                "logged before that.\n"
-    if isinstance(e, UserError):
+    if isinstance(e, ReportedError):
         return redact_text(f"{e}\n")
     return redact_text("".join(traceback.format_exception(e)))
 

@@ -134,7 +134,7 @@ def _check_uri(uri: str) -> str:
         raise UserError(
             f"tracking.uri={shown!r} has the unknown scheme '{scheme}'. Use a SQLite file "
             "(sqlite:////abs/path/mlflow.db), a tracking server (http://host:5000 or https://...) "
-            "or a database (postgresql://user@host/db); leave it unset for the project's mlflow.db."
+            "or a database (postgresql://host/db); leave it unset for the project's mlflow.db."
         )
     return scheme
 
