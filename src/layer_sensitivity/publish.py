@@ -116,6 +116,7 @@ PROVENANCE = "provenance.json"
 CONFIG_FILE = "composed_config.yaml"
 REPORT_PREFIX = "layer-sensitivity-report."
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+RECIPES_PREFIX = "recipes/"  # ModelOpt-loadable recipes: what a deployment takes from a run
 # Serialized state (ModelOpt search state, checkpoints, pickles) is never published, whatever
 # the selection below says.
 BINARY_STATE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".safetensors",
@@ -130,8 +131,9 @@ def is_binary_state(path: str) -> bool:
 def select(paths: list[str]) -> tuple[list[str], list[str]]:
     """Split a run's artifact files into (published, skipped).
 
-    Published: the manifest, the reports and the composed config (top level) and plots
-    (anywhere). Everything else, binary ModelOpt state above all, stays in the tracking store.
+    Published: the manifest, the reports and the composed config (top level), plots
+    (anywhere) and the recipes (``recipes/*.json``). Everything else, binary ModelOpt state above
+    all, stays in the tracking store.
     """
     chosen: list[str] = []
     skipped: list[str] = []
@@ -142,6 +144,7 @@ def select(paths: list[str]) -> tuple[list[str], list[str]]:
             (top and (name.endswith(MANIFEST_SUFFIX) or name.startswith(REPORT_PREFIX)
                       or name == CONFIG_FILE))
             or name.lower().endswith(PLOT_SUFFIXES)
+            or (path.startswith(RECIPES_PREFIX) and name.endswith(".json"))
         )
         (chosen if wanted and not is_binary_state(path) and name != PROVENANCE
          else skipped).append(path)
