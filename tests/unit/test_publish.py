@@ -187,3 +187,10 @@ def test_provenance_without_a_recorded_commit_names_the_publishers_checkout() ->
     prov = publish.provenance(record, "sqlite:////tmp/mlflow.db", "x_quant_manifest.json")
     assert prov["git_commit_source"] == "publisher" and prov["parent_run_id"] is None
     assert prov["tracking_uri"] == "sqlite:////tmp/mlflow.db"
+
+
+def test_select_publishes_the_recipes_but_nothing_else_under_recipes() -> None:
+    chosen, skipped = publish.select(["recipes/keep_top_25.json", "recipes/frontier_6bits.json",
+                                      "recipes/state.pth", "other/keep_top_25.json"])
+    assert chosen == ["recipes/frontier_6bits.json", "recipes/keep_top_25.json"]
+    assert skipped == ["other/keep_top_25.json", "recipes/state.pth"]
