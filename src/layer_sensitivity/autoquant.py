@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -35,6 +37,16 @@ def run(model: torch.nn.Module, batches: list[Batch], quant_cfg: dict[str, Any],
         method: Method, modelopt_bits: float, frozen_patterns: list[str], num_score_steps: int,
         checkpoint: str | None = None) -> dict[str, Any]:
     """Calibrate on every batch, score on the first ``num_score_steps``, solve; return the state."""
+    return run_formats(model, batches, [quant_cfg], method=method, modelopt_bits=modelopt_bits,
+                       frozen_patterns=frozen_patterns, num_score_steps=num_score_steps,
+                       checkpoint=checkpoint)
+
+
+def run_formats(model: torch.nn.Module, batches: list[Batch], quant_cfgs: Sequence[dict[str, Any]],
+                *, method: Method, modelopt_bits: float, frozen_patterns: list[str],
+                num_score_steps: int, checkpoint: str | None = None) -> dict[str, Any]:
+    """:func:`run` over several formats in one search (ModelOpt names derived configs
+    ``CUSTOM_<index in quant_cfgs>``; see :func:`search_recipes`)."""
     import modelopt.torch.quantization as mtq
 
     step_kwargs: dict[str, Any] = (
@@ -46,7 +58,7 @@ def run(model: torch.nn.Module, batches: list[Batch], quant_cfg: dict[str, Any],
         _, state = mtq.auto_quantize(
             model,
             constraints={"effective_bits": modelopt_bits},
-            quantization_formats=[quant_cfg],
+            quantization_formats=list(quant_cfgs),
             data_loader=batches,
             disabled_layers=frozen_patterns or None,
             num_calib_steps=len(batches),
@@ -157,3 +169,130 @@ def frontier_point(groups: dict[str, GroupStats], recipe: dict[str, str], target
     achieved = 16.0 * cost / full
     return FrontierPoint(target_bits, modelopt_target, achieved, score,
                          achieved <= target_bits + 1e-6, {h: recipe[h] for h in scoped})
+
+
+# --------------------------------------------------------------------------------------------
+# Several formats: ModelOpt's names for them, and one search state composed from single-format ones
+
+CUSTOM_PREFIX = "CUSTOM"  # auto_quantize's name for a format that is no preset: CUSTOM_<index>
+# The candidate-stats rule below is ModelOpt 0.47's (algorithms.py, initialize_candidate_stats);
+# composition is only attempted where it was verified.
+COMPOSABLE_MODELOPT = "0.47."
+_STAT_FIELDS = ("module_names", "quantizer_attrs", "cost_weight", "allow_no_quant", "is_fixed",
+                "uncompressed_cost")
+_SEARCH_FIELDS = ("method", "cost_model", "cost", "active_moe_expert_ratio", "disabled_layers",
+                  "cost_denominator", "fixed_quantization_config", "module_search_space_signature")
+
+
+def search_recipes(quant_cfgs: Sequence[dict[str, Any]]) -> list[Any]:
+    """The ``QuantRecipe`` of each format as one ``auto_quantize(quantization_formats=quant_cfgs)``
+    call names it: the preset's name, else ``CUSTOM_<index>`` (equality is by config)."""
+    from modelopt.torch.quantization.algorithms import QuantRecipe
+
+    return [QuantRecipe(copy.deepcopy(dict(cfg)), name=f"{CUSTOM_PREFIX}_{i}")
+            for i, cfg in enumerate(quant_cfgs)]
+
+
+def modelopt_labels(quant_cfgs: Sequence[dict[str, Any]]) -> list[str]:
+    """``str()`` of each format in such a call, e.g. ``CUSTOM_1(effective-bits: 4.0)``."""
+    return [str(r) for r in search_recipes(quant_cfgs)]
+
+
+class NotComposable(Exception):
+    """Stored single-format states that cannot be combined exactly; the message says why."""
+
+
+def compose_states(states: Sequence[dict[str, Any]],
+                   quant_cfgs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The search state ``auto_quantize(quantization_formats=quant_cfgs)`` would return, built
+    from one completed single-format state per format (same model, data, steps and method).
+
+    Why this is exact in ModelOpt 0.47: each format is calibrated with every group in that format,
+    and both methods score a (group, format) against the otherwise unquantized model, so a group's
+    raw score for a format does not depend on the other formats searched. A single-format state
+    holds those raw scores unchanged (its only other choice, NONE, comes after). What a multi-format
+    search adds is ModelOpt's candidate rule, applied here: per group the formats sorted by
+    (compression, config signature) and each score clipped to at most the previous one, so scores
+    never grow with compression. Costs are weights x compression, as stored. ``quantizer_states``
+    (calibration) are left empty: re-solving does not need them.
+
+    Raises :class:`NotComposable` when the states were not searched alike or hold other formats.
+    """
+    from modelopt.torch.quantization.algorithms import QuantRecipe
+
+    recipes = search_recipes(quant_cfgs)
+    if len(states) != len(recipes):
+        raise ValueError(f"{len(states)} states for {len(recipes)} formats")
+    for key in _SEARCH_FIELDS:
+        values = [s.get(key) for s in states]
+        if any(v != values[0] for v in values[1:]):
+            raise NotComposable(f"the stored searches differ in {key} ({values})")
+    handles = [list(s["candidate_stats"]) for s in states]
+    if any(h != handles[0] for h in handles[1:]):
+        raise NotComposable("the stored searches have different layer groups")
+    none = QuantRecipe(quant_cfg=None)
+    stats = {handle: _compose_group(handle, [s["candidate_stats"][handle] for s in states],
+                                    recipes, none)
+             for handle in handles[0]}
+    composed = {k: copy.deepcopy(v) for k, v in states[0].items()
+                if k not in ("candidate_stats", "quantizer_states", "best")}
+    composed.update({
+        "candidate_stats": stats,
+        "quantizer_states": {},
+        "best": {"recipe": {}, "constraints": {}, "score": float("inf"), "is_satisfied": False},
+        "quantization_formats_signature": tuple(sorted(r.checkpoint_signature for r in recipes)),
+        "resolved_search_setup_signature": _merged_setup_signature(states),
+    })
+    return composed
+
+
+def _compose_group(handle: str, per_state: list[dict[str, Any]], recipes: list[Any],
+                   none: Any) -> dict[str, Any]:
+    first = per_state[0]
+    for name in _STAT_FIELDS:
+        if any(st.get(name) != first.get(name) for st in per_state[1:]):
+            raise NotComposable(f"group {handle} differs in {name} between the stored searches")
+    if first.get("is_fixed"):
+        raise NotComposable(f"group {handle} has a fixed format")
+    if all(list(st["formats"]) == [none] for st in per_state):
+        return copy.deepcopy(first)  # frozen (disabled) group: only NONE
+    raw: dict[Any, tuple[Any, Any]] = {}
+    for recipe, st in zip(recipes, per_state, strict=True):
+        for fmt, score, cost in zip(st["formats"], st["scores"], st["costs"], strict=True):
+            if fmt == none:
+                raw.setdefault(none, (score, cost))
+            elif fmt == recipe:
+                raw[recipe] = (score, cost)
+            else:
+                raise NotComposable(f"the stored search for {recipe} holds another format ({fmt}) "
+                                    f"for group {handle}")
+    if len(raw) != len(recipes) + 1:
+        raise NotComposable(f"group {handle} lacks a format or NONE in a stored search")
+    # ModelOpt: solver choices sorted by QuantRecipe order (compression, then config signature);
+    # score = min(score, previous score) along that order.
+    ordered = sorted(raw)
+    scores, previous = [], float("inf")
+    for recipe in ordered:
+        previous = min(raw[recipe][0], previous)
+        scores.append(previous)
+    return {**copy.deepcopy(first), "formats": ordered, "scores": scores,
+            "costs": [raw[r][1] for r in ordered]}
+
+
+def _merged_setup_signature(states: Sequence[dict[str, Any]]) -> tuple[Any, ...] | None:
+    """ModelOpt's per-group setup fingerprint with the formats of every state (None if absent)."""
+    signatures = [s.get("resolved_search_setup_signature") for s in states]
+    merged: dict[str, list[Any]] = {}
+    for signature in signatures:
+        if signature is None:
+            return None
+        for item in signature:  # (name, modules, replay attrs, score modules, choices, ...)
+            entry = list(item)
+            if entry[0] not in merged:
+                merged[entry[0]] = entry
+                continue
+            known = merged[entry[0]]
+            if known[:4] != entry[:4] or known[5:] != entry[5:]:
+                raise NotComposable(f"group {entry[0]} was set up differently between searches")
+            known[4] = tuple(sorted({*known[4], *entry[4]}))
+    return tuple(sorted((tuple(e) for e in merged.values()), key=repr))

@@ -316,3 +316,48 @@ def evaluate_manifest(manifest: Mapping[str, Any], *,
     return evaluate(mdir, todo, calib, held, batch_size=int(d.get("batch_size") or 4),
                     seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
                     device=device, progress=progress, on_result=on_result)
+
+
+# --------------------------------------------------------------------------------------------
+# Mixed-format recipes against one format with the most sensitive groups kept at 16 bits
+
+_SAME_CALIBRATION = (("model", "fingerprint"), ("dataset", "sha256"), ("dataset", "samples_used"),
+                     ("dataset", "batch_size"), ("dataset", "seq_len"))
+
+
+def evaluate_mixed(mixed_manifest: Mapping[str, Any], single_manifest: Mapping[str, Any], *,
+                   eval_captions_path: str | Path | None = None,
+                   max_eval_samples: int | None = None, model_dir: str | Path | None = None,
+                   device: str = "auto", eval_batch_size: int = EVAL_BATCH_SIZE,
+                   progress: bool = True) -> pd.DataFrame:
+    """Each mixed recipe of a ``recipe`` run next to "the single run's format everywhere except
+    its most sensitive groups kept at 16 bits" at the bits the mixed recipe achieved
+    (:func:`recipes.keep_top_for_bits`), measured alike on held-out captions.
+
+    Both runs must have analysed the same model on the same calibration data. Rows: the mixed
+    recipes (kind ``mixed``), then the keep-top recipes (kind ``keep_top``), in budget order.
+    """
+    for section, key in _SAME_CALIBRATION:
+        a = (mixed_manifest.get(section) or {}).get(key)
+        b = (single_manifest.get(section) or {}).get(key)
+        if a != b:
+            raise UserError(
+                f"The mixed run and the single-format run differ in {section}.{key} ({a!r} vs "
+                f"{b!r}); a side-by-side needs both analysed on the same model and calibration "
+                "data. Run the single-format analysis with the mixed run's data settings."
+            )
+    mixed = recipes.from_frontier(mixed_manifest)
+    keep = [recipes.keep_top_for_bits(single_manifest, r.lm_bits) for r in mixed]
+    mdir = Path(model_dir or (mixed_manifest.get("model") or {}).get("id") or "")
+    if not (mdir / "config.json").is_file():
+        raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
+                        "checkpoint the run analysed>.")
+    calib = calibration_captions(mixed_manifest)
+    if eval_captions_path is None:
+        held = held_out_captions(mixed_manifest["dataset"]["path"], calib, mdir, max_eval_samples)
+    else:
+        held = read_eval_captions(eval_captions_path, calib, max_eval_samples)
+    d = mixed_manifest["dataset"]
+    return evaluate(mdir, [*mixed, *keep], calib, held, batch_size=int(d.get("batch_size") or 4),
+                    seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
+                    device=device, progress=progress)

@@ -20,7 +20,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .groups import KIND_ORDER
+from .groups import KIND_ORDER, depth_key, format_bits, layer_and_kind
 from .profiles import GroupProfile, depth_order, group_profiles, kind_order, score_samples
 
 log = logging.getLogger(__name__)
@@ -254,3 +254,138 @@ def write_quality_vs_bits(results: Any, out_dir: Path, metric: str = "kl") -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     _render(lambda fig: draw_quality_vs_bits(fig, results, metric), 5.0, path)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Mixed-format runs (the ``recipe`` entry point): chosen formats across depth, mixed frontier
+
+MIXED_FORMATS = "mixed_formats.png"
+MIXED_FRONTIER = "mixed_frontier.png"
+_NONE = "NONE"
+_NONE_COLOR = "lightgrey"
+_MAX_LAYER_TICKS = 16
+
+
+def _label_name(label: str) -> str:
+    return label.split("(", 1)[0].strip()
+
+
+def _mixed_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(manifest.get("frontier") or [], key=lambda p: float(p["target_bits"]))
+
+
+def mixed_format_order(manifest: dict[str, Any]) -> list[str]:
+    """The run's formats from most to least compressed, then NONE (16 bits): colour order."""
+    bits: dict[str, float] = {}
+    for s in manifest["layer_sensitivity"].values():
+        for label in s["formats"]:
+            bits.setdefault(_label_name(label), format_bits(label))
+    bits.pop(_NONE, None)
+    return [*sorted(bits, key=lambda n: (bits[n], n)), _NONE]
+
+
+def _format_colors(order: Sequence[str]) -> list[Any]:
+    return [_NONE_COLOR if name == _NONE else _PALETTE[i % len(_PALETTE)]
+            for i, name in enumerate(order)]
+
+
+def mixed_figure_names(manifest: dict[str, Any]) -> list[str]:
+    """Files ``write_mixed_figures`` writes: formats across depth; the frontier for 2+ budgets."""
+    points = _mixed_points(manifest)
+    return ([MIXED_FORMATS] if points else []) + ([MIXED_FRONTIER] if len(points) > 1 else [])
+
+
+def write_mixed_figures(manifest: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Render a mixed run's figures into ``out_dir/figures/``; returns the PNG paths."""
+    folder = Path(out_dir) / FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    draw: dict[str, tuple[Callable[[Figure], None], float]] = {
+        MIXED_FORMATS: (lambda fig: draw_mixed_formats(fig, manifest),
+                        2.4 + 0.45 * len(_mixed_points(manifest))),
+        MIXED_FRONTIER: (lambda fig: draw_mixed_frontier(fig, manifest), 4.5),
+    }
+    paths = []
+    for name in mixed_figure_names(manifest):
+        _render(draw[name][0], draw[name][1], folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def _layer_ticks(handles: Sequence[str]) -> tuple[list[int], list[str], list[float]]:
+    """Tick positions and labels (first group of a layer: ``L<n>``; groups outside the layers by
+    name) and the boundaries between layers, for columns in depth order."""
+    positions, labels, bounds = [], [], []
+    layers = [layer_and_kind(h) for h in handles]
+    decoder = sorted({layer for layer, _ in layers if layer is not None})
+    every = max(1, -(-len(decoder) // _MAX_LAYER_TICKS))
+    previous: int | None = None
+    for i, (layer, kind) in enumerate(layers):
+        if layer is None:
+            positions.append(i)
+            labels.append(kind)
+        elif layer != previous:
+            if previous is not None:
+                bounds.append(i - 0.5)
+            if decoder.index(layer) % every == 0:
+                positions.append(i)
+                labels.append(f"L{layer}")
+        previous = layer if layer is not None else previous
+    return positions, labels, bounds
+
+
+def draw_mixed_formats(fig: Figure, manifest: dict[str, Any]) -> None:
+    """One row per bit budget, one column per layer group in depth order, coloured by the format
+    the solver chose (grey: kept at 16 bits); each row's label gives the bits achieved."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    ax = fig.add_subplot()
+    order = mixed_format_order(manifest)
+    handles = sorted(manifest["layer_sensitivity"], key=depth_key)
+    points = _mixed_points(manifest)
+    grid = np.array([[order.index(_label_name(p["recipe"].get(h, _NONE))) for h in handles]
+                     for p in points], dtype=float)
+    colors = _format_colors(order)
+    ax.imshow(grid, aspect="auto", cmap=ListedColormap(colors), vmin=-0.5,
+              vmax=len(order) - 0.5, interpolation="nearest")
+    positions, labels, bounds = _layer_ticks(handles)
+    ax.set_xticks(positions, labels, rotation=90 if len(positions) > 12 else 0)
+    for x in bounds:
+        ax.axvline(x, color="white", linewidth=1.0)
+    ax.set_yticks(range(len(points)), [f"{float(p['target_bits']):g} bits "
+                                       f"(got {float(p['achieved_bits']):.2f})" for p in points])
+    ax.grid(False)
+    ax.set_xlabel("layer groups in depth order (q/k/v, o, gate/up, down per layer)")
+    legend = [Patch(color=c, label="16 bits (kept)" if n == _NONE else n)
+              for n, c in zip(order, colors, strict=True)]
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.0, -0.28 if len(positions) > 12
+                                                                 else -0.18),
+              ncol=min(3, len(legend)), borderaxespad=0.0, fontsize=9)
+    ax.set_title(f"Chosen format per layer group across depth\n{_subtitle(manifest)}")
+
+
+def draw_mixed_frontier(fig: Figure, manifest: dict[str, Any]) -> None:
+    """Total score of the mixed solution per budget against the bits achieved, with each format's
+    own frontier (the same scores restricted to that format and 16 bits) overlaid."""
+    ax = fig.add_subplot()
+    order = mixed_format_order(manifest)
+    colors = dict(zip(order, _format_colors(order), strict=True))
+    singles = (manifest.get("mixed") or {}).get("single_frontiers") or {}
+    for name in order:
+        points = sorted(singles.get(name) or [], key=lambda p: float(p["achieved_bits"]))
+        if points:
+            ax.plot([float(p["achieved_bits"]) for p in points],
+                    [float(p["total_score"]) for p in points], "s--", color=colors[name],
+                    linewidth=1.2, markersize=5, label=f"{name} only")
+    mixed = sorted(_mixed_points(manifest), key=lambda p: float(p["achieved_bits"]))
+    x = [float(p["achieved_bits"]) for p in mixed]
+    y = [float(p["total_score"]) for p in mixed]
+    ax.plot(x, y, "o-", color="black", linewidth=1.8, markersize=6, label="mixed", zorder=3)
+    for p, xi, yi in zip(mixed, x, y, strict=True):
+        ax.annotate(f"{float(p['target_bits']):g}", (xi, yi), xytext=(5, 5),
+                    textcoords="offset points", fontsize=9)
+    ax.margins(x=0.08, y=0.12)
+    ax.set_xlabel("effective bits achieved (LM)")
+    ax.set_ylabel("total score (ModelOpt's objective)")
+    ax.set_title(f"Mixed versus single-format frontiers\n{_subtitle(manifest)}")
+    ax.legend(loc="best", fontsize=9)

@@ -1,0 +1,114 @@
+"""``recipe``: one AutoQuantize search over several formats at an LM bit budget -> mixed recipes.
+
+    python -m layer_sensitivity.cli.recipe --formats fp8,int4 --effective-bits 6
+    python -m layer_sensitivity.cli.recipe --formats fp8,int4 --effective-bits [5,6,7] \
+        dataset.size=medium autoquant.batch_size=2       # a mixed frontier; extra Hydra overrides
+
+Each format is composed as the sensitivity job would compose ``quant_pair=<format>`` (aliases
+resolve through conf/quant_pair) with the same overrides; ``mixed.run_and_log`` does the rest.
+With both single-format analyses already run on the same data settings, only the solver runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .. import mixed, paths, tracking
+from ..errors import UserError
+from ..schema import SensitivityConfig
+from .common import expand_packed_overrides, install_signal_handlers, setup_plain_logging, user_errors
+from .config_store import CONF_DIR, PRIMARY_CONFIG
+
+RUN_DIR = "hydra.run.dir="  # accepted like the other entry points: where outputs go
+
+
+def parse_budgets(text: str) -> Any:
+    """``6`` -> 6, ``[5,6,7]`` or ``5,6,7`` -> a list, ``null`` or empty -> None (the midpoint)."""
+    text = text.strip()
+    if text in ("", "null", "None"):
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, str) and "," in value:
+        value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    return value  # numbers are checked by mixed.plan
+
+
+def compose_configs(formats: list[str], overrides: list[str]) -> tuple[list[SensitivityConfig], str]:
+    """One typed config per format (``quant_pair=<format>`` plus ``overrides``) and their YAML."""
+    cfgs, docs = [], {}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        pairs = GlobalHydra.instance().config_loader().get_group_options("quant_pair")
+        for fmt in formats:
+            if fmt not in pairs:
+                raise UserError(f"formats: '{fmt}' is not a quant pair. Use names or aliases from "
+                                f"conf/quant_pair: {', '.join(pairs)}.")
+            try:
+                cfg = compose(PRIMARY_CONFIG, overrides=[*overrides, f"quant_pair={fmt}"])
+                cfgs.append(OmegaConf.to_object(cfg))
+            except (HydraException, OmegaConfBaseException, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"The overrides {' '.join(overrides)!r} do not compose with "
+                                f"quant_pair={fmt}: {first}. Fix or remove the override.") from None
+            docs[fmt] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return cfgs, yaml.safe_dump(docs, sort_keys=False)  # type: ignore[return-value]
+
+
+def main(argv: list[str] | None = None) -> None:
+    install_signal_handlers()
+    parser = argparse.ArgumentParser(prog="python -m layer_sensitivity.cli.recipe",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--formats", required=True, help="comma-separated pairs or aliases")
+    parser.add_argument("--effective-bits", default="",
+                        help="LM bit budget, or a list [5,6,7]; empty = midpoint of the formats")
+    parser.add_argument("--model", default=None, help="conf/model preset (default: tiny_qwen3_vl)")
+    parser.add_argument("--dataset-size", default=None, help="small | medium | large")
+    parser.add_argument("--method", default=None, help="gradient | kl_div")
+    parser.add_argument("--strategy", default=mixed.AUTO, choices=mixed.STRATEGIES,
+                        help="auto: compose stored single-format scores; direct: one search")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
+    args = parser.parse_args(expand_packed_overrides(sys.argv[1:] if argv is None else argv))
+    setup_plain_logging()
+    with user_errors():
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        named = {"model": args.model, "dataset.size": args.dataset_size,
+                 "autoquant.method": args.method}
+        overrides = [f"{k}={v}" for k, v in named.items() if v] + [
+            o for o in args.overrides if not o.startswith(RUN_DIR)]
+        out = next((o.removeprefix(RUN_DIR) for o in args.overrides if o.startswith(RUN_DIR)),
+                   None)
+        stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        out_dir = Path(out) if out else (paths.project_root() / "outputs" / "recipe"
+                                         / "+".join(formats) / stamp)
+        # No Hydra run here: the output directory the configs interpolate is this one.
+        cfgs, config_yaml = compose_configs(formats, [*overrides, f"output_layout.dir={out_dir}"])
+        req = mixed.MixedRequest(cfgs, parse_budgets(args.effective_bits), out_dir,
+                                 requested=formats, strategy=args.strategy,
+                                 config_yaml=config_yaml,
+                                 params={"overrides": " ".join(args.overrides)})
+        result = mixed.run_and_log(req, tracking.create(cfgs[0].tracking))
+    for point in result.manifest["frontier"]:
+        mix = ", ".join(f"{'16 bits' if n == mixed.NONE else n} {v['weights_share']:.0%}"
+                        for n, v in point["mix"].items())
+        print(f"{point['target_bits']:g} LM bits -> {point['achieved_bits']:.4f} ({mix})")
+    print(f"scores: {result.manifest['mixed']['reason']}")
+    for f in result.recipes:
+        print(f"recipe {f}")
+    print(f"outputs in {out_dir}" + (f"; run {result.run_id}" if result.run_id else ""))
+
+
+if __name__ == "__main__":
+    main()
