@@ -71,7 +71,9 @@ def all_runs(uri: str) -> list[mlflow.entities.Run]:
 
 
 def top_level_runs(uri: str) -> list[mlflow.entities.Run]:
-    return [r for r in all_runs(uri) if "mlflow.parentRunId" not in r.data.tags]
+    """Runs without a parent, leaving out the pointers `mlflow run` leaves in "Default"."""
+    return [r for r in all_runs(uri) if "mlflow.parentRunId" not in r.data.tags
+            and not (r.info.experiment_id == "0" and (r.info.run_name or "").startswith("moved: "))]
 
 
 def artifact_text(uri: str, run_id: str, path: str, dst: Path) -> str:

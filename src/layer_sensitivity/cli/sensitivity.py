@@ -143,9 +143,11 @@ def main() -> None:
         try:
             _hydra_main()
         except SystemExit as e:
+            if e.code == 1 and not _TASK_STARTED:  # Hydra's compose error: bad input (exit 2)
+                finish_active(UserError("The sweep's configuration does not compose (see the "
+                                        "message above); no job ran."))
+                raise SystemExit(2) from None
             finish_active(None)  # a failed job: the sweep's summary says how many
-            if e.code == 1 and not _TASK_STARTED:
-                raise SystemExit(2) from None  # Hydra's compose error: bad input, as documented
             raise
         except BaseException as e:
             finish_active(e)
