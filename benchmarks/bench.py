@@ -260,6 +260,28 @@ class Bench:
                "--env-manager", "local", "--experiment-name", EXPERIMENT]
         return [cmd], [out]
 
+    def multirun(self, label: str, pairs: list[str], sizes: list[str], *launcher: str,
+                 threads: int | None = None) -> tuple[list[list[str]], list[Path]]:
+        """``python -m layer_sensitivity -m`` over pairs x sizes (tracking on) with ``launcher``
+        overrides; ``threads`` sets OMP/MKL threads for the whole command (None: inherited)."""
+        out = self._dir("out", label)
+        env = ["env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}"] if threads else []
+        cmd = [*env, PYTHON, "-m", "layer_sensitivity", "-m", *self.model_overrides,
+               f"quant_pair={','.join(pairs)}", f"dataset.size={','.join(sizes)}",
+               "autoquant.reuse_scores=false", f"autoquant.score_cache_dir={self._dir('cache', label)}",
+               f"hydra.sweep.dir={out}", *launcher]
+        return [cmd], [out]
+
+    def recipe(self, label: str, cache: Path, reuse: bool, *overrides: str
+               ) -> tuple[list[list[str]], list[Path]]:
+        """``python -m layer_sensitivity.cli.recipe --formats fp8,int4 --effective-bits 6``."""
+        out = self._dir("out", label)
+        cmd = [PYTHON, "-m", "layer_sensitivity.cli.recipe", "--formats", "fp8,int4",
+               "--effective-bits", "6", *self.model_overrides, f"dataset.size={self.size}",
+               f"autoquant.reuse_scores={str(reuse).lower()}", f"autoquant.score_cache_dir={cache}",
+               f"hydra.run.dir={out}", *overrides]
+        return [cmd], [out]
+
     def bare(self, model_dir: Path, samples: int) -> tuple[list[list[str]], list[Path]]:
         out = self._dir("out", "bare")
         out.mkdir(parents=True)
@@ -384,6 +406,48 @@ def row_sorting(b: Bench) -> Row:
                extra=(f"Spearman {rho:.4f}; {ms['dataset']['padded_tokens']:,} vs "
                       f"{md['dataset']['padded_tokens']:,} positions "
                       f"({md['dataset']['real_tokens']:,} real)"))
+
+
+def row_parallel(b: Bench, pairs: list[str], sizes: list[str]) -> Row:
+    """The same sweep in one process (all cores to each job in turn) and in 2 local_parallel
+    workers (the cores split between them)."""
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // 2)
+    seq, par = b.pair(
+        f"sequential multirun (1 process x {cores} threads)",
+        lambda: b.multirun("sequential", pairs, sizes, threads=cores),
+        f"local_parallel (2 workers x {threads} threads)",
+        lambda: b.multirun("parallel", pairs, sizes, "hydra/launcher=local_parallel",
+                           "hydra.launcher.n_jobs=2", f"hydra.callbacks.worker_setup.threads={threads}"))
+    a, c = _sweep_job_dirs(seq.out_dirs[0]), _sweep_job_dirs(par.out_dirs[0])
+    jobs = len(pairs) * len(sizes)
+    if len(a) != jobs or set(a) != set(c):
+        raise MeasurementFailed(f"the sweeps ran different jobs: {sorted(a)} vs {sorted(c)}")
+    rho = min(spearman(scores(manifest(a[k])), scores(manifest(c[k]))) for k in a)
+    return Row(f"7. {jobs}-job sweep: sequential -> local_parallel (info)", f"1 x {cores} threads",
+               f"2 workers x {threads}", seq.seconds, par.seconds, "none (informational)", None,
+               seq.rss_mb, par.rss_mb, extra=f"Spearman vs sequential >= {rho:.4f}",
+               extra_ok=rho >= 0.99)
+
+
+def row_mixed(b: Bench) -> Row:
+    """A mixed fp8,int4 recipe at 6 bits: one direct multi-format search against the same
+    search composed from the two single-format analyses' stored scores (run first, not timed)."""
+    cache = b._dir("cache", "mixed")
+    b.run("setup: fp8 and int4 analyses (scores stored)",
+          [*b.job("single-fp8", "quant_pair=fp8", cache=cache, reuse=True)[0],
+           *b.job("single-int4", "quant_pair=int4", cache=cache, reuse=True)[0]])
+    direct, composed = b.pair("direct multi-format search",
+                              lambda: b.recipe("direct", b._dir("cache", "direct"), False),
+                              "composed from stored scores", lambda: b.recipe("composed", cache, True))
+    md, mc = manifest(direct.out_dirs[0]), manifest(composed.out_dirs[0])
+    same = md["frontier"][0]["recipe"] == mc["frontier"][0]["recipe"]
+    ok = mc["mixed"]["composed"] and bool(mc["score_cache"]["hit"]) and same
+    return Row("8. mixed fp8,int4 at 6 bits: direct -> composed", "direct search", "composed",
+               direct.seconds, composed.seconds, "<= 0.20", lambda r: r <= 0.2, direct.rss_mb,
+               composed.rss_mb, extra=(f"composed {mc['mixed']['composed']}; same choice per group: "
+                                       f"{same}; achieved {mc['frontier'][0]['achieved_bits']:.3f} "
+                                       "bits"), extra_ok=ok)
 
 
 # --- Setup and facts ------------------------------------------------------------------------
@@ -511,7 +575,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sweep-sizes", default="small,medium")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per measurement, median taken (rerun row: 1 only)")
-    p.add_argument("--rows", default="1,2,3,4,5,6", help="which rows, e.g. 1,5")
+    p.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="which rows, e.g. 1,5")
     return p.parse_args()
 
 
@@ -547,7 +611,7 @@ def main() -> int:
         "data": f"bundled captions, dataset.size={size} ({samples} captions, batch 4, "
                 f"calib_seq_len 128)",
         "jobs": (f"quant_pair=fp8, gradient, tracking on (SQLite), reuse_scores=false except row 2; "
-                 f"row 4: {' x '.join([args.sweep_pairs, args.sweep_sizes])}; "
+                 f"rows 4, 7: {' x '.join([args.sweep_pairs, args.sweep_sizes])}; "
                  f"{args.repeat} run(s) per measurement"),
     }
     print(f"work dir {work}", flush=True)
@@ -563,6 +627,8 @@ def main() -> int:
         (4, lambda: row_sweep(b, pairs, sweep_sizes)),
         (5, lambda: row_overhead(b, model_dir, samples)),
         (6, lambda: row_sorting(b)),
+        (7, lambda: row_parallel(b, pairs, sweep_sizes)),
+        (8, lambda: row_mixed(b)),
     ]
     rows = []
     try:

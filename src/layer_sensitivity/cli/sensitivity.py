@@ -26,7 +26,7 @@ from ..schema import SensitivityConfig
 from . import config_store  # noqa: F401 - registers the schemas and resolvers
 from .common import fail, flatten, install_signal_handlers, redact_logging, user_errors
 from .config_store import CONF_DIR
-from .sweep_callback import finish_active
+from .sweep_callback import finish_active, jobs_started
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ def main() -> None:
         try:
             _hydra_main()
         except SystemExit as e:
-            if e.code == 1 and not _TASK_STARTED:  # Hydra's compose error: bad input (exit 2)
+            if e.code == 1 and not _TASK_STARTED and not jobs_started():
+                # Hydra's compose error (no job ran here nor in a launcher's worker): exit 2
                 finish_active(UserError("The sweep's configuration does not compose (see the "
                                         "message above); no job ran."))
                 raise SystemExit(2) from None

@@ -80,6 +80,12 @@ def finish_active(error: BaseException | None) -> bool:
     return table is not None and bool((table["status"] != "FINISHED").any())
 
 
+def jobs_started() -> bool:
+    """Whether a job of this process's sweep recorded its end, whichever process ran it (the
+    basic launcher runs jobs here, joblib and submitit in other processes)."""
+    return bool(_ACTIVE) and any(_ACTIVE[-1].sweep_dir.glob(f"*/{sweep.STATUS_FILE}"))
+
+
 def sweep_name(args: list[str], jobs: int) -> str:
     """E.g. ``sweep quant_pair=fp8,int8 dataset.size=small (2 jobs)``."""
     shown = " ".join(a for a in args if not a.startswith("hydra"))
