@@ -1,0 +1,68 @@
+"""``compare`` and ``evaluate`` through ``mlflow run``, on the shared sweep's runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.helpers import SweepRun, artifact_text, mlflow_run, top_level_runs
+
+pytestmark = pytest.mark.slow
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def _nested(swept: SweepRun, parent_id: str, name_start: str) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(swept.uri)
+    return [r for r in client.search_runs([swept.parent.info.experiment_id])
+            if r.data.tags.get(PARENT_TAG) == parent_id and r.info.run_name.startswith(name_start)]
+
+
+def test_compare_a_sweeps_children_nests_under_the_parent(swept: SweepRun, tmp_path: Path) -> None:
+    parent = swept.parent.info.run_id
+    top_level = {r.info.run_id for r in top_level_runs(swept.uri)}
+    proc = mlflow_run("compare", {"parent_run_id": parent}, swept.store, swept.base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = _nested(swept, parent, "compare")
+    assert run.info.run_name == "compare 2 runs" and run.info.status == "FINISHED"
+    assert -1.0 <= run.data.metrics["spearman_min"] <= 1.0
+    assert run.data.metrics["shared_groups"] == 17  # 4 layers x 4 kinds + lm_head
+    md = artifact_text(swept.uri, run.info.run_id, "comparison.md", tmp_path)
+    for child in swept.children:  # both runs are named in the report
+        assert child in md
+    assert "Spearman" in md and "Kendall" in md
+    assert {r.info.run_id for r in top_level_runs(swept.uri)} == top_level  # nothing left on top
+
+
+def test_compare_by_experiment_and_filter(swept: SweepRun) -> None:
+    experiment = mlflow.MlflowClient(swept.uri).get_experiment(swept.parent.info.experiment_id)
+    parent = swept.parent.info.run_id
+    proc = mlflow_run("compare", {"experiment": experiment.name,
+                                  "filter": f"tags.`{PARENT_TAG}` = '{parent}'"},
+                      swept.store, swept.base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "comparison written" in proc.stdout
+
+
+def test_compare_refuses_a_single_run_clearly(swept: SweepRun) -> None:
+    one = swept.children["wfp8_afp8/default/small"].info.run_id
+    proc = mlflow_run("compare", {"run_ids": one}, swept.store, swept.base)
+    assert proc.returncode != 0
+    assert "two or more" in proc.stderr and "Traceback" not in proc.stderr.split("error:")[-1]
+
+
+def test_evaluate_logs_guided_random_and_reverse_curves(swept: SweepRun, tmp_path: Path) -> None:
+    child = swept.children["wint8_aint8/default/small"].info.run_id
+    proc = mlflow_run("evaluate", {"run_id": child, "keep": "0,0.25,0.5"}, swept.store, swept.base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = _nested(swept, child, "evaluate")
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient(swept.uri)
+    for key in ("eval/kl", "eval_random/kl", "eval_reverse/kl", "eval/loss_delta"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == [0, 25, 50], key  # percent of groups kept at 16 bits
+    kl = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval/kl")}
+    assert kl[0] > kl[50] >= 0  # keeping the most sensitive half at 16 bits helps
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert names == {"figures/quality_vs_bits.png"}
