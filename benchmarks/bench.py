@@ -348,7 +348,7 @@ def row_rerun(b: Bench) -> Row:
     hit = (m1["score_cache"]["hit"], m2["score_cache"]["hit"])
     same = scores(m1) == scores(m2)
     return Row("2. score reuse: first run -> identical rerun", "first run", "rerun", first.seconds,
-               again.seconds, "<= 0.30", lambda r: r <= 0.3, first.rss_mb, again.rss_mb,
+               again.seconds, "<= 0.20", lambda r: r <= 0.2, first.rss_mb, again.rss_mb,
                extra=f"cache hit {hit[0]} -> {hit[1]}; scores identical: {same}",
                extra_ok=hit == (False, True) and same)
 

@@ -186,7 +186,8 @@ def test_each_job_keeps_its_hydra_folder(failing: FailingSweep) -> None:
 def test_mlflow_run_sweep_nests_one_finished_child_per_job(swept: SweepRun, tmp_path: Path) -> None:
     parent, uri = swept.parent, swept.uri
     runs = all_runs(uri)
-    children = {r.info.run_name: r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id}
+    children = {r.info.run_name: r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id
+                and "sweep.job" in r.data.tags}  # other tests nest report/publish records here
     # `mlflow run` (no --experiment-name) put its run in Default: only a pointer stays there.
     # (Other tests share this store and add their own pointers, e.g. for report and publish.)
     pointers = [r for r in runs if r.info.experiment_id == DEFAULT_EXPERIMENT_ID

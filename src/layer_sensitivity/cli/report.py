@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         store = tracking.run_store(args.tracking_uri)
         store.get(args.run_id)
+        store.manifest_name(args.run_id)  # refused before anything is recorded
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
         with tracker.run("report", parent_id=args.run_id) as run:
