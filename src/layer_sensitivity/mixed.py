@@ -430,19 +430,10 @@ def build_manifest(mp: MixedPlan, s: MixedScores, sol: MixedSolution,
     """A manifest ``recipes.from_frontier`` and ``evaluate`` read like a sensitivity run's; the
     formats' exact configs under ``quantization.modelopt_configs``, the mix under ``mixed``."""
     p = mp.formats[0]
-    real, padded = calibration.batch_tokens(batches)
-    doc = manifest.build(mp.cfg, manifest.JobFacts(
-        scheme_name=mp.scheme_name, checkpoint=str(p.checkpoint), fingerprint=p.fingerprint,
-        device=p.device, dtype=s.dtype, weights_in_scope=s.weights_in_scope,
-        weights_frozen=s.weights_frozen, captions_path=str(p.captions.path),
-        captions_sha256=p.captions.sha256, samples_used=len(p.captions.lines),
-        samples_max=p.captions.requested, samples_available=p.captions.available,
-        batches=len(batches), score_batches=p.score_steps, score_samples=p.score_samples,
-        real_tokens=real, padded_tokens=padded, target_bits=mp.budgets[0],
-        modelopt_bits=s.modelopt_bits(mp.budgets[0]), format_name="+".join(mp.names),
-        weight_quantizer={}, input_quantizer={}, modelopt_config={}, versions=pipeline.versions(),
-        truncated_captions=calibration.truncated_count(batches, mp.cfg.dataset.calib_seq_len),
-    ), sol.groups, sol.autoquant, sol.frontier, s.cache)
+    doc = manifest.build(mp.cfg, pipeline.job_facts(
+        p, s, batches, scheme_name=mp.scheme_name, target_bits=mp.budgets[0],
+        format_name="+".join(mp.names), weight_quantizer={}, input_quantizer={},
+        modelopt_config={}), sol.groups, sol.autoquant, sol.frontier, s.cache)
     doc["scheme"]["formats"] = mp.names
     doc["scheme"]["kind"] = KIND
     doc["quantization"] = _quantization(mp)

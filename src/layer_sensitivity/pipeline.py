@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -24,7 +24,7 @@ from . import autoquant, calibration, catalogue, manifest, model, recipes, repor
 from .errors import UserError
 from .groups import GroupStats, min_scope_bits
 from .reuse import Resources
-from .schema import Coverage, SensitivityConfig
+from .schema import Coverage, QuantPairConfig, SensitivityConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,16 @@ def plan(cfg: SensitivityConfig) -> Plan:
     catalogue.check_layer_fit(cfg.quant_granularity, checkpoint, frozen, cfg.model.trust_remote_code)
     captions = calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg))
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
-    targets = bit_targets(aq.effective_bits, fmt_bits)
+    targets = checked_targets(aq.effective_bits, fmt_bits, pair)
+    score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
+    return Plan(cfg, checkpoint, model.fingerprint(checkpoint), device, captions, quant_cfg,
+                catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
+                score_samples, frozen)
+
+
+def checked_targets(value: Any, fmt_bits: float, pair: QuantPairConfig) -> list[float]:
+    """The bit targets, each within what the pair's format can reach over the language model."""
+    targets = bit_targets(value, fmt_bits)
     for target in targets:
         if not (fmt_bits - BITS_TOLERANCE <= target <= 16.0):
             raise UserError(
@@ -114,10 +123,7 @@ def plan(cfg: SensitivityConfig) -> Plan:
                 f"autoquant.effective_bits to a value in [{fmt_bits:g}, 16], or null for "
                 f"{fmt_bits:g}."
             )
-    score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
-    return Plan(cfg, checkpoint, model.fingerprint(checkpoint), device, captions, quant_cfg,
-                catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
-                score_samples, frozen)
+    return targets
 
 
 def bit_targets(value: Any, natural: float) -> list[float]:
@@ -300,24 +306,46 @@ def solve(p: Plan, s: Scores) -> Solution:
     }, frontier if len(p.targets) > 1 else [])
 
 
-def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.Batch],
-                  out_dir: Path) -> tuple[dict[str, Any], list[Path]]:
-    """The manifest, its reports and figures, and one recipe per frontier target."""
+class ScoreCounts(Protocol):
+    """What the manifest needs of a search's scores (single- or multi-format)."""
+
+    dtype: str
+    weights_in_scope: int
+    weights_frozen: int
+
+    def modelopt_bits(self, target: float) -> float: ...
+
+
+def job_facts(p: Plan, s: ScoreCounts, batches: list[calibration.Batch], *, scheme_name: str,
+              target_bits: float, format_name: str, weight_quantizer: dict[str, Any],
+              input_quantizer: dict[str, Any], modelopt_config: dict[str, Any]
+              ) -> manifest.JobFacts:
+    """What the manifest records besides the groups: plan, data and the scores' counts."""
     real, padded = calibration.batch_tokens(batches)
-    doc = manifest.build(p.cfg, manifest.JobFacts(
-        scheme_name=p.scheme_name, checkpoint=str(p.checkpoint), fingerprint=p.fingerprint,
+    return manifest.JobFacts(
+        scheme_name=scheme_name, checkpoint=str(p.checkpoint), fingerprint=p.fingerprint,
         device=p.device, dtype=s.dtype, weights_in_scope=s.weights_in_scope,
         weights_frozen=s.weights_frozen, captions_path=str(p.captions.path),
         captions_sha256=p.captions.sha256, samples_used=len(p.captions.lines),
         samples_max=p.captions.requested, samples_available=p.captions.available,
         batches=len(batches), score_batches=p.score_steps, score_samples=p.score_samples,
-        real_tokens=real, padded_tokens=padded, target_bits=p.target_bits,
-        modelopt_bits=s.modelopt_bits(p.target_bits), format_name=p.format_name,
+        real_tokens=real, padded_tokens=padded, target_bits=target_bits,
+        modelopt_bits=s.modelopt_bits(target_bits), format_name=format_name,
+        weight_quantizer=weight_quantizer, input_quantizer=input_quantizer,
+        modelopt_config=modelopt_config, versions=versions(),
+        truncated_captions=calibration.truncated_count(batches, p.cfg.dataset.calib_seq_len))
+
+
+def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.Batch],
+                  out_dir: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The manifest, its reports and figures, and one recipe per frontier target."""
+    doc = manifest.build(p.cfg, job_facts(
+        p, s, batches, scheme_name=p.scheme_name, target_bits=p.target_bits,
+        format_name=p.format_name,
         weight_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
         input_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
-        modelopt_config=recipes.jsonable(p.quant_cfg), versions=versions(),
-        truncated_captions=calibration.truncated_count(batches, p.cfg.dataset.calib_seq_len),
-    ), sol.groups, sol.autoquant, sol.frontier, s.cache)
+        modelopt_config=recipes.jsonable(p.quant_cfg)), sol.groups, sol.autoquant, sol.frontier,
+        s.cache)
     files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]
     exported = recipes.from_frontier(doc) + recipes.keep_top(doc, keep_fractions=p.cfg.recipes.keep)
     files += recipes.write_recipes(exported, out_dir / RECIPES_DIR)

@@ -318,19 +318,12 @@ def dry_run(cfg: SensitivityConfig, out_dir: Path,
     """Everything ``runner.dry_run=true`` does: validate the pair, count the captions, plan the
     model on the meta device, write ``plan.json`` into ``out_dir``; return the plan."""
     from . import calibration, catalogue
-    from .pipeline import BITS_TOLERANCE, bit_targets, sample_count
+    from .pipeline import checked_targets, sample_count
 
     aq, pair = cfg.autoquant, cfg.quant_pair
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
-    targets = bit_targets(aq.effective_bits, fmt_bits)
-    for target in targets:
-        if not (fmt_bits - BITS_TOLERANCE <= target <= 16.0):
-            raise UserError(
-                f"autoquant.effective_bits={target:g} is out of reach for quant_pair={pair.name}: "
-                f"the language model can average between {fmt_bits:g} and 16 bits. Set "
-                f"autoquant.effective_bits to a value in [{fmt_bits:g}, 16], or null."
-            )
+    targets = checked_targets(aq.effective_bits, fmt_bits, pair)
     samples = len(calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg)).lines)
     score_samples = min(aq.score_size or samples, samples)
     plan = plan_model(cfg.model, format_bits=fmt_bits, targets=targets, batch_size=aq.batch_size,
