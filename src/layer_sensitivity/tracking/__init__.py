@@ -9,13 +9,12 @@ from .base import (
     Interrupted,
     NoopTracker,
     Run,
-    RunSummary,
     Tracker,
     end_status,
     error_text,
 )
 
-__all__ = ["ERROR_ARTIFACT", "Interrupted", "NoopTracker", "Run", "RunSummary", "Tracker",
+__all__ = ["ERROR_ARTIFACT", "Interrupted", "NoopTracker", "Run", "Tracker",
            "create", "end_status", "error_text", "run_store"]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,19 +74,6 @@ class Tracker(Protocol):
     def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
             description: str | None = None) -> AbstractContextManager[Run]: ...
 
-    def children(self, parent_id: str) -> list[RunSummary]: ...
-
-
-@dataclass
-class RunSummary:
-    """A finished (or failed) run as plain data: what a sweep's summary reads back."""
-
-    run_id: str
-    name: str
-    status: str
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
 
 class NoopRun:
     run_id: str | None = None
@@ -111,6 +97,3 @@ class NoopTracker:
     def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
             description: str | None = None) -> Iterator[Run]:
         yield NoopRun()
-
-    def children(self, parent_id: str) -> list[RunSummary]:
-        return []

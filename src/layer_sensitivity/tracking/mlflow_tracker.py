@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from ..redact import redact_text
 from . import store
-from .base import ERROR_ARTIFACT, RunSummary, end_status, error_text
+from .base import ERROR_ARTIFACT, end_status, error_text
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,3 @@ class MlflowTracker:
         except Exception as e:  # noqa: BLE001 - system metrics are optional
             log.info("system metrics off: %s", e)
             return None
-
-    def children(self, parent_id: str) -> list[RunSummary]:
-        parent = self.client.get_run(parent_id)
-        runs = self.client.search_runs([parent.info.experiment_id],
-                                       filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                                       max_results=10000, order_by=["attributes.start_time ASC"])
-        return [RunSummary(r.info.run_id, r.info.run_name or "", r.info.status,
-                           dict(r.data.tags), dict(r.data.metrics)) for r in runs]
