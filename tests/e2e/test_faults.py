@@ -130,7 +130,8 @@ def _logged_run(uri: str, manifest_doc: dict[str, Any], directory: Path) -> str:
     as a run of an older or foreign writer would be)."""
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("hand-made")
-    exp_id = exp.experiment_id if exp else client.create_experiment("hand-made")
+    artifacts = (directory.parent / "mlartifacts").as_uri()  # not ./mlruns of the test's cwd
+    exp_id = exp.experiment_id if exp else client.create_experiment("hand-made", artifacts)
     run_id = client.create_run(exp_id).info.run_id
     directory.mkdir(parents=True)
     path = directory / f"{manifest_doc['scheme']['name']}_quant_manifest.json"
