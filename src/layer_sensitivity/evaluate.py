@@ -282,6 +282,28 @@ def curves(results: pd.DataFrame, metric: str = "kl") -> pd.DataFrame:
     return out
 
 
+def _evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *,
+                           model_dir: str | Path | None, eval_captions_path: str | Path | None,
+                           max_eval_samples: int | None, device: str, eval_batch_size: int,
+                           progress: bool,
+                           on_result: Callable[[dict[str, Any]], None] | None = None
+                           ) -> pd.DataFrame:
+    """``todo`` on the run's model, calibrated on its captions, measured on held-out ones."""
+    mdir = Path(model_dir or (manifest.get("model") or {}).get("id") or "")
+    if not (mdir / "config.json").is_file():
+        raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
+                        "checkpoint the run analysed>.")
+    calib = calibration_captions(manifest)
+    if eval_captions_path is None:
+        held = held_out_captions(manifest["dataset"]["path"], calib, mdir, max_eval_samples)
+    else:
+        held = read_eval_captions(eval_captions_path, calib, max_eval_samples)
+    d = manifest["dataset"]
+    return evaluate(mdir, todo, calib, held, batch_size=int(d.get("batch_size") or 4),
+                    seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
+                    device=device, progress=progress, on_result=on_result)
+
+
 def evaluate_manifest(manifest: Mapping[str, Any], *,
                       keep_fractions: Sequence[float] = recipes.DEFAULT_KEEP,
                       seeds: Sequence[int] = recipes.RANDOM_SEEDS,
@@ -303,19 +325,11 @@ def evaluate_manifest(manifest: Mapping[str, Any], *,
         todo += recipes.from_frontier(manifest, cfgs)
     if len(searched) == 1:
         todo += recipes.evaluation_recipes(manifest, cfgs[searched[0]], keep_fractions, seeds)
-    mdir = Path(model_dir or (manifest.get("model") or {}).get("id") or "")
-    if not (mdir / "config.json").is_file():
-        raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
-                        "checkpoint the run analysed>.")
-    calib = calibration_captions(manifest)
-    if eval_captions_path is None:
-        held = held_out_captions(manifest["dataset"]["path"], calib, mdir, max_eval_samples)
-    else:
-        held = read_eval_captions(eval_captions_path, calib, max_eval_samples)
-    d = manifest["dataset"]
-    return evaluate(mdir, todo, calib, held, batch_size=int(d.get("batch_size") or 4),
-                    seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
-                    device=device, progress=progress, on_result=on_result)
+    return _evaluate_like_the_run(manifest, todo, model_dir=model_dir,
+                                  eval_captions_path=eval_captions_path,
+                                  max_eval_samples=max_eval_samples, device=device,
+                                  eval_batch_size=eval_batch_size, progress=progress,
+                                  on_result=on_result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,16 +362,7 @@ def evaluate_mixed(mixed_manifest: Mapping[str, Any], single_manifest: Mapping[s
             )
     mixed = recipes.from_frontier(mixed_manifest)
     keep = [recipes.keep_top_for_bits(single_manifest, r.lm_bits) for r in mixed]
-    mdir = Path(model_dir or (mixed_manifest.get("model") or {}).get("id") or "")
-    if not (mdir / "config.json").is_file():
-        raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
-                        "checkpoint the run analysed>.")
-    calib = calibration_captions(mixed_manifest)
-    if eval_captions_path is None:
-        held = held_out_captions(mixed_manifest["dataset"]["path"], calib, mdir, max_eval_samples)
-    else:
-        held = read_eval_captions(eval_captions_path, calib, max_eval_samples)
-    d = mixed_manifest["dataset"]
-    return evaluate(mdir, [*mixed, *keep], calib, held, batch_size=int(d.get("batch_size") or 4),
-                    seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
-                    device=device, progress=progress)
+    return _evaluate_like_the_run(mixed_manifest, [*mixed, *keep], model_dir=model_dir,
+                                  eval_captions_path=eval_captions_path,
+                                  max_eval_samples=max_eval_samples, device=device,
+                                  eval_batch_size=eval_batch_size, progress=progress)
