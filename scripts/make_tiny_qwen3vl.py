@@ -6,6 +6,7 @@ same machine give a byte-identical ``model.safetensors``.
 
     python scripts/make_tiny_qwen3vl.py                       # tiny preset -> assets/tiny-qwen3-vl
     python scripts/make_tiny_qwen3vl.py --preset bench --out .cache/bench-qwen3-vl
+    python scripts/make_tiny_qwen3vl.py --preset deep --out .cache/deep-qwen3-vl   # 8 layers
 
 Steps: train a byte-level BPE tokenizer on the training captions, build a real
 ``Qwen3VLForConditionalGeneration`` (language model + vision tower), train only on text
@@ -48,6 +49,16 @@ PRESETS: dict[str, dict] = {
                     deepstack_visual_indexes=[0]),
         # ~8 epochs of the 621 training captions: held-out loss is lowest around here; longer
         # runs memorise the training captions and held-out loss climbs back up.
+        steps=200,
+    ),
+    "deep": dict(
+        text=dict(hidden_size=128, num_hidden_layers=8, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, intermediate_size=384,
+                  mrope_section=[4, 6, 6]),
+        vision=dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128,
+                    deepstack_visual_indexes=[0]),
+        # The validity model (scripts/equal_bits_table.py, tests/e2e/test_validity.py): the tiny
+        # model's widths with 8 decoder layers, so depth rules of thumb have room to be wrong.
         steps=200,
     ),
     "bench": dict(

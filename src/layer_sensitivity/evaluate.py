@@ -9,6 +9,10 @@ unquantized model on held-out captions disjoint from calibration:
 - ``loss_delta``: caption loss (mean token cross-entropy) of the quantized model minus the
   unquantized model's.
 
+Held-out captions split into **validation** (``kl``, ``loss_delta``: what a choice between recipes
+may look at) and **test** (``kl_test``, ``loss_delta_test``: the numbers reported), alternating by
+position (:func:`split_validation_test`), checked disjoint from each other and from calibration.
+
 No MLflow, no Hydra: callers log the returned table.
 """
 
@@ -29,17 +33,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import calibration, model, recipes
+from . import budgets, calibration, model, recipes
 from .errors import UserError
-from .recipes import KEEP_BOTTOM, KEEP_RANDOM, KEEP_TOP, Recipe
+from .recipes import Recipe
 from .schema import ModelConfig
 
 log = logging.getLogger(__name__)
 
 TRAINING_REPORT = "training_report.json"  # written by scripts/make_tiny_qwen3vl.py
 EVAL_BATCH_SIZE = 16  # evaluation needs no gradients: larger batches, fewer forwards
-COLUMNS = ["name", "kind", "keep_fraction", "target_bits", "seed", "lm_bits", "kept", "kl", "loss",
-           "loss_ref", "loss_delta", "eval_tokens", "weight_quantizers", "seconds"]
+COLUMNS = ["name", "kind", "headroom", "target_bits", "seed", "lm_bits", "kept", "kl", "loss",
+           "loss_ref", "loss_delta", "eval_tokens", "kl_test", "loss_delta_test", "test_tokens",
+           "weight_quantizers", "seconds"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,6 +114,22 @@ def held_out_captions(captions_path: str | Path, calibration_lines: Sequence[str
     out = out[:max_samples] if max_samples else out
     check_disjoint(out, calibration_lines)
     return out
+
+
+def split_validation_test(held: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Held-out captions -> (validation, test): even positions validate, odd ones test. Checked
+    disjoint (a caption repeated in the file would otherwise land on both sides)."""
+    validation, test = list(held[0::2]), list(held[1::2])
+    shared = set(validation) & set(test)
+    if shared:
+        raise UserError(
+            f"{len(shared)} held-out caption(s) appear twice (e.g. {sorted(shared)[0]!r}), so "
+            "validation and test captions would overlap. Remove duplicate lines from the file."
+        )
+    if not validation or not test:
+        raise UserError(f"{len(held)} held-out caption(s) cannot be split into validation and "
+                        "test captions; give at least 2 (more for meaningful numbers).")
+    return validation, test
 
 
 def read_eval_captions(path: str | Path, calibration_lines: Sequence[str],
@@ -213,7 +234,7 @@ def quantize_copy(base: torch.nn.Module, config: Mapping[str, Any],
 
 
 def _row(r: Recipe) -> dict[str, Any]:
-    return {"name": r.name, "kind": r.kind, "keep_fraction": r.info.get("keep_fraction"),
+    return {"name": r.name, "kind": r.kind, "headroom": r.info.get("headroom"),
             "target_bits": r.info.get("target_bits"), "seed": r.info.get("seed"),
             "lm_bits": r.lm_bits, "kept": len(r.kept)}
 
@@ -222,8 +243,11 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
              calib_captions: Sequence[str], eval_captions: Sequence[str], *,
              batch_size: int = 4, seq_len: int = 128, eval_batch_size: int = EVAL_BATCH_SIZE,
              device: str = "auto", progress: bool = True,
-             on_result: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
-    """One row per recipe (columns :data:`COLUMNS`): held-out KL and loss change after quantizing.
+             on_result: Callable[[dict[str, Any]], None] | None = None,
+             test_captions: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per recipe (columns :data:`COLUMNS`): held-out KL and loss change after quantizing,
+    on ``eval_captions`` (``kl``, ``loss_delta``) and, when given, ``test_captions`` (``kl_test``,
+    ``loss_delta_test``; checked disjoint from both other sets).
 
     ``model_dir`` is a checkpoint directory, or a model already loaded (kept unquantized).
     ``batch_size`` and ``seq_len`` shape the calibration batches as the run did. Recipes with
@@ -231,6 +255,9 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
     ``on_result`` is called with each row as it is measured (e.g. to log a metric).
     """
     check_disjoint(eval_captions, calib_captions)
+    if test_captions:
+        check_disjoint(test_captions, calib_captions)
+        check_disjoint(test_captions, eval_captions)
     if isinstance(model_dir, model.LoadedModel):
         loaded = model_dir
     else:
@@ -242,7 +269,11 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
              for b in calibration.build_batches(list(calib_captions), tok, batch_size, seq_len)]
     evals = [{k: v.to(dev) for k, v in b.items()}
              for b in calibration.build_batches(list(eval_captions), tok, eval_batch_size, seq_len)]
+    tests = [{k: v.to(dev) for k, v in b.items()}
+             for b in calibration.build_batches(list(test_captions), tok, eval_batch_size, seq_len)
+             ] if test_captions else []
     ref = _reference(loaded.model, evals)
+    test_ref = _reference(loaded.model, tests) if tests else None
     log.info("reference loss %.4f over %d held-out tokens", ref.loss, ref.tokens)
     rows, measured = [], {}
     for r in tqdm(recipe_list, desc="evaluating recipes", unit="recipe", disable=not progress):
@@ -252,6 +283,10 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
             q = quantize_copy(loaded.model, r.config, calib)
             measured[key] = {**_measure(q, evals, ref),
                              "weight_quantizers": _enabled_weight_quantizers(q)}
+            if test_ref is not None:
+                t_ = _measure(q, tests, test_ref)
+                measured[key].update(kl_test=t_["kl"], loss_delta_test=t_["loss_delta"],
+                                     test_tokens=t_["eval_tokens"])
             del q
         row = {**_row(r), **measured[key], "seconds": time.perf_counter() - t}
         rows.append(row)
@@ -260,35 +295,28 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def curves(results: pd.DataFrame, metric: str = "kl") -> pd.DataFrame:
-    """Per keep fraction: guided (keep top), random mean/min/max over seeds, reverse (keep bottom),
-    each with its achieved LM bits (NaN where a kind was not evaluated)."""
-    keep = results[results["kind"].isin([KEEP_TOP, KEEP_BOTTOM, KEEP_RANDOM])]
-
-    def series(kind: str, column: str, how: str = "mean") -> pd.Series:
-        return keep[keep["kind"] == kind].groupby("keep_fraction")[column].agg(how)
-
-    out = pd.DataFrame({
-        "guided": series(KEEP_TOP, metric),
-        "random_mean": series(KEEP_RANDOM, metric),
-        "random_min": series(KEEP_RANDOM, metric, "min"),
-        "random_max": series(KEEP_RANDOM, metric, "max"),
-        "reverse": series(KEEP_BOTTOM, metric),
-        "guided_bits": series(KEEP_TOP, "lm_bits"),
-        "random_bits": series(KEEP_RANDOM, "lm_bits"),
-        "reverse_bits": series(KEEP_BOTTOM, "lm_bits"),
-    })
-    out.index.name = "keep_fraction"
-    return out
-
-
 def _evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *,
                            model_dir: str | Path | None, eval_captions_path: str | Path | None,
                            max_eval_samples: int | None, device: str, eval_batch_size: int,
                            progress: bool,
-                           on_result: Callable[[dict[str, Any]], None] | None = None
-                           ) -> pd.DataFrame:
-    """``todo`` on the run's model, calibrated on its captions, measured on held-out ones."""
+                           on_result: Callable[[dict[str, Any]], None] | None = None,
+                           split: bool = False) -> pd.DataFrame:
+    """``todo`` on the run's model, calibrated on its captions, measured on held-out ones (split
+    into validation and test captions when ``split``)."""
+    mdir, calib, held = run_inputs(manifest, model_dir, eval_captions_path, max_eval_samples)
+    test: list[str] = []
+    if split:
+        held, test = split_validation_test(held)
+    d = manifest["dataset"]
+    return evaluate(mdir, todo, calib, held, batch_size=int(d.get("batch_size") or 4),
+                    seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
+                    device=device, progress=progress, on_result=on_result, test_captions=test)
+
+
+def run_inputs(manifest: Mapping[str, Any], model_dir: str | Path | None,
+               eval_captions_path: str | Path | None, max_eval_samples: int | None
+               ) -> tuple[Path, list[str], list[str]]:
+    """(model directory, calibration captions, held-out captions) of the manifest's run."""
     mdir = Path(model_dir or (manifest.get("model") or {}).get("id") or "")
     if not (mdir / "config.json").is_file():
         raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
@@ -298,38 +326,7 @@ def _evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], 
         held = held_out_captions(manifest["dataset"]["path"], calib, mdir, max_eval_samples)
     else:
         held = read_eval_captions(eval_captions_path, calib, max_eval_samples)
-    d = manifest["dataset"]
-    return evaluate(mdir, todo, calib, held, batch_size=int(d.get("batch_size") or 4),
-                    seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
-                    device=device, progress=progress, on_result=on_result)
-
-
-def evaluate_manifest(manifest: Mapping[str, Any], *,
-                      keep_fractions: Sequence[float] = recipes.DEFAULT_KEEP,
-                      seeds: Sequence[int] = recipes.RANDOM_SEEDS,
-                      eval_captions_path: str | Path | None = None,
-                      max_eval_samples: int | None = None,
-                      quant_cfgs: Mapping[str, recipes.QuantCfg] | None = None,
-                      include_frontier: bool = True, model_dir: str | Path | None = None,
-                      device: str = "auto", eval_batch_size: int = EVAL_BATCH_SIZE,
-                      progress: bool = True,
-                      on_result: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
-    """Evaluate a sensitivity run: its frontier recipes, keep-top at ``keep_fractions`` and the
-    random (``seeds``) and reverse baselines, on held-out captions (default: see
-    :func:`held_out_captions`), calibrating exactly as the run did."""
-    groups = recipes.manifest_groups(manifest)
-    searched = sorted({f for g in groups for f in g.costs if f != recipes.NONE})
-    cfgs = dict(quant_cfgs) if quant_cfgs is not None else recipes.format_configs(manifest)
-    todo: list[Recipe] = []
-    if include_frontier:
-        todo += recipes.from_frontier(manifest, cfgs)
-    if len(searched) == 1:
-        todo += recipes.evaluation_recipes(manifest, cfgs[searched[0]], keep_fractions, seeds)
-    return _evaluate_like_the_run(manifest, todo, model_dir=model_dir,
-                                  eval_captions_path=eval_captions_path,
-                                  max_eval_samples=max_eval_samples, device=device,
-                                  eval_batch_size=eval_batch_size, progress=progress,
-                                  on_result=on_result)
+    return mdir, calib, held
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,7 +343,7 @@ def evaluate_mixed(mixed_manifest: Mapping[str, Any], single_manifest: Mapping[s
                    progress: bool = True) -> pd.DataFrame:
     """Each mixed recipe of a ``recipe`` run next to "the single run's format everywhere except
     its most sensitive groups kept at 16 bits" at the bits the mixed recipe achieved
-    (:func:`recipes.keep_top_for_bits`), measured alike on held-out captions.
+    (:func:`budgets.keep_top_for_bits`), measured alike on held-out captions.
 
     Both runs must have analysed the same model on the same calibration data. Rows: the mixed
     recipes (kind ``mixed``), then the keep-top recipes (kind ``keep_top``), in budget order.
@@ -361,7 +358,7 @@ def evaluate_mixed(mixed_manifest: Mapping[str, Any], single_manifest: Mapping[s
                 "data. Run the single-format analysis with the mixed run's data settings."
             )
     mixed = recipes.from_frontier(mixed_manifest)
-    keep = [recipes.keep_top_for_bits(single_manifest, r.lm_bits) for r in mixed]
+    keep = [budgets.keep_top_for_bits(single_manifest, r.lm_bits) for r in mixed]
     return _evaluate_like_the_run(mixed_manifest, [*mixed, *keep], model_dir=model_dir,
                                   eval_captions_path=eval_captions_path,
                                   max_eval_samples=max_eval_samples, device=device,

@@ -1,15 +1,27 @@
-"""``evaluate`` over a tracked run: measure what its recipes cost, log it under the run.
+"""``evaluate`` over a tracked run: its recipes at equal bits, logged under the run.
 
-The measurement is ``evaluate.py`` (quantize a fresh copy per recipe, calibrate as the run did,
-held-out KL and loss change); this module fetches the run's manifest and logs the result as a run
-nested under the analysis run: ``eval/*`` (the ranking's recipes, step = percent of groups kept at
-16 bits), ``eval_random/*`` and ``eval_reverse/*`` (baselines at the same fractions),
-``eval_frontier/*`` (step = target bits x 100), a table and a quality-versus-bits figure.
+The measurement is ``equal_bits.py`` (guided recipes, random draws, reverse and practitioners'
+rules at each LM bit budget, a recommended recipe per budget chosen on validation captions, test
+captions for the numbers, each group alone as ground truth). Logged as a run nested under the
+analysis run, every metric under ``eval/``:
+
+- series over budgets, step = round(LM bit budget x 100), so every curve overlays in the chart
+  view; their names end in ``_by_bits`` because the runs table shows only the value at the largest
+  budget: ``eval/<curve>_kl_test_by_bits`` for ``recommended``, ``guided``, ``random_mean``,
+  ``random_std``, ``reverse``, ``keep_top_rank`` and each ``rule_*``; ``eval/<curve>_lm_bits_by_bits``
+  (achieved bits); ``eval/guided_beats_random_share_by_bits`` (share of draws beaten);
+  ``eval/recommended_loss_delta_test_by_bits``; ``eval/frontier_kl_test_by_bits`` (step = target);
+- scalars: ``eval/truth_spearman_kl_ranking``, ``eval/truth_kendall_kl_ranking``,
+  ``eval/truth_spearman_loss_ranking``, ``eval/truth_spearman_kl_best_rule`` and
+  ``eval/truth_spearman_kl_<rule>``, ``eval/truth_groups_measured``;
+- tables ``evaluation`` (every recipe), ``equal_bits`` (per budget and curve), ``recommended``,
+  ``ground_truth`` and ``truth_correlations``; the figure ``figures/quality_vs_bits.png``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,62 +29,101 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import figures, manifest, recipes
+from . import figures, ground_truth, manifest, recipes
 from .tracking.base import Metric
 
 if TYPE_CHECKING:
+    from .equal_bits import EqualBits
     from .tracking import Tracker
     from .tracking.runs import RunStore
 
 log = logging.getLogger(__name__)
 
 TABLE = "evaluation"
-PREFIX = {recipes.KEEP_TOP: "eval", recipes.KEEP_RANDOM: "eval_random",
-          recipes.KEEP_BOTTOM: "eval_reverse", recipes.FRONTIER: "eval_frontier",
-          recipes.MIXED: "eval_mixed"}
+PREFIX = "eval"
 
 
-def metrics(results: pd.DataFrame) -> list[Metric]:
-    """Step series per kind of recipe; random seeds averaged at each fraction."""
+def _step(bits: float) -> int:
+    return int(round(float(bits) * 100))
+
+
+def metrics(ev: EqualBits) -> list[Metric]:
+    """The ``eval/*`` metrics described in the module doc."""
     out: list[Metric] = []
-    for kind, rows in results.groupby("kind"):
-        prefix = PREFIX.get(str(kind), f"eval_{kind}")
-        if kind in (recipes.FRONTIER, recipes.MIXED):
-            steps = (rows["target_bits"].astype(float) * 100).round().astype(int)
-        else:
-            steps = (rows["keep_fraction"].astype(float) * 100).round().astype(int)
-        table = rows.assign(step=steps).groupby("step")[["kl", "loss_delta", "lm_bits"]].mean()
-        for step, r in table.iterrows():
-            out += [(f"{prefix}/{k}", float(r[k]), int(step)) for k in ("kl", "loss_delta", "lm_bits")]
-    return out
+    for _, r in ev.summary.iterrows():
+        step, curve = _step(r["target_bits"]), str(r["curve"])
+        name = "guided" if curve == recipes.KEEP_TOP else curve
+        out += [(f"{PREFIX}/{name}_kl_test_by_bits", float(r["kl_test"]), step),
+                (f"{PREFIX}/{name}_lm_bits_by_bits", float(r["lm_bits"]), step)]
+        if curve == "random_mean":
+            out += [(f"{PREFIX}/random_std_kl_test_by_bits", float(r["kl_test_std"]), step),
+                    (f"{PREFIX}/guided_beats_random_share_by_bits", float(r["guided_beats"]), step)]
+        if curve in ("recommended", recipes.KEEP_TOP):
+            out.append((f"{PREFIX}/{name}_loss_delta_test_by_bits",
+                        float(r["loss_delta_test"]), step))
+    frontier = ev.results[ev.results["kind"] == recipes.FRONTIER]
+    for _, r in frontier.iterrows():
+        if r["target_bits"] is not None and not math.isnan(float(r["target_bits"])):
+            out.append((f"{PREFIX}/frontier_kl_test_by_bits", float(r["kl_test"]),
+                        _step(r["target_bits"])))
+    if ev.correlations is not None:
+        c = ev.correlations.set_index("ranking")
+        rank = c.loc[ground_truth.RANKING]
+        out += [(f"{PREFIX}/truth_spearman_kl_ranking", float(rank["spearman_kl"]), None),
+                (f"{PREFIX}/truth_kendall_kl_ranking", float(rank["kendall_kl"]), None),
+                (f"{PREFIX}/truth_spearman_loss_ranking", float(rank["spearman_loss"]), None),
+                (f"{PREFIX}/truth_groups_measured", float(rank["groups"]), None),
+                (f"{PREFIX}/truth_spearman_kl_best_rule",
+                 float(ground_truth.best_rule(ev.correlations)["spearman_kl"]), None)]
+        out += [(f"{PREFIX}/truth_spearman_kl_{name}", float(r["spearman_kl"]), None)
+                for name, r in c.iterrows() if name != ground_truth.RANKING]
+    return [m for m in out if not math.isnan(m[1])]
+
+
+def log_equal_bits(run: Any, ev: EqualBits, out_dir: Path) -> dict[str, Path]:
+    """Write the tables and the figure to ``out_dir`` and log them with the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, pd.DataFrame | None] = {
+        TABLE: ev.results, "equal_bits": ev.summary, "recommended": ev.recommended,
+        "ground_truth": ev.truth, "truth_correlations": ev.correlations}
+    files: dict[str, Path] = {}
+    for stem, df in tables.items():
+        if df is not None and not df.empty:
+            csv = out_dir / f"{stem}.csv"
+            df.to_csv(csv, index=False)
+            files[csv.name] = csv
+            run.log_table(df, stem)
+    files[f"figures/{figures.QUALITY_VS_BITS}"] = figures.write_quality_vs_bits(ev.summary, out_dir)
+    run.log_metrics(metrics(ev))
+    run.log_files(files)
+    return files
 
 
 def evaluate_run(store: RunStore, tracker: Tracker, run_id: str, out_dir: Path, *,
-                 keep: Sequence[float] = recipes.DEFAULT_KEEP, eval_captions: str | None = None,
-                 max_eval_samples: int | None = None) -> pd.DataFrame:
-    """Evaluate a finished sensitivity run's recipes and baselines; log under the run."""
-    from . import evaluate
+                 keep: Sequence[float] | None = None, eval_captions: str | None = None,
+                 max_eval_samples: int | None = None, draws: int | None = None,
+                 truth: bool = True, truth_subset: int | None = None) -> EqualBits:
+    """Evaluate a finished single-format sensitivity run at equal bits; log under the run."""
+    from . import baselines, equal_bits
 
+    headroom = list(keep) if keep is not None else list(equal_bits.DEFAULT_HEADROOM)
+    draws = baselines.DEFAULT_DRAWS if draws is None else draws
     record = store.get(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         doc: dict[str, Any] = manifest.load(store.fetch_manifest(run_id, Path(tmp)))
     with tracker.run("evaluate", parent_id=run_id, tags={"evaluate.of": record.run_name}) as run:
-        run.log_params({"evaluate.keep": ",".join(f"{k:g}" for k in keep),
+        run.log_params({"evaluate.headroom": ",".join(f"{k:g}" for k in headroom),
+                        "evaluate.random_draws": draws,
+                        "evaluate.ground_truth": ("off" if not truth else
+                                                  f"{truth_subset} groups" if truth_subset
+                                                  else "all groups"),
+                        "evaluate.bits_tolerance": baselines.EQUAL_BITS_TOLERANCE,
                         "evaluate.eval_captions": eval_captions or "held-out bundled captions",
                         "evaluate.max_eval_samples": max_eval_samples})
-        results = evaluate.evaluate_manifest(doc, keep_fractions=keep,
-                                             eval_captions_path=eval_captions,
-                                             max_eval_samples=max_eval_samples)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        csv = out_dir / f"{TABLE}.csv"
-        results.to_csv(csv, index=False)
-        curves = evaluate.curves(results)
-        files = {csv.name: csv,
-                 f"figures/{figures.QUALITY_VS_BITS}": figures.write_quality_vs_bits(results, out_dir)}
-        run.log_metrics(metrics(results))
-        run.log_table(results, TABLE)
-        if not curves.empty:
-            run.log_table(curves.reset_index(), "curves")
-        run.log_files(files)
-    log.info("evaluated %d recipes of run %s -> %s", len(results), run_id, out_dir)
-    return results
+        ev = equal_bits.evaluate_equal_bits(doc, headroom=headroom, draws=draws, truth=truth,
+                                            truth_subset=truth_subset,
+                                            eval_captions_path=eval_captions,
+                                            max_eval_samples=max_eval_samples)
+        log_equal_bits(run, ev, out_dir)
+    log.info("evaluated %d recipes of run %s -> %s", len(ev.results), run_id, out_dir)
+    return ev

@@ -221,38 +221,43 @@ def draw_frontier(fig: Figure, manifest: dict[str, Any]) -> None:
 QUALITY_VS_BITS = "quality_vs_bits.png"
 
 
-def draw_quality_vs_bits(fig: Figure, results: Any, metric: str = "kl") -> None:
-    """Measured quality (held-out KL or loss change) against LM bits: the ranking's choice of
-    groups kept at 16 bits, random choices (each seed a point, their mean a line), the reverse
-    ranking, and the solver's frontier recipes."""
+def draw_quality_vs_bits(fig: Figure, summary: Any, metric: str = "kl_test") -> None:
+    """Test-caption quality against LM bits at equal budgets (``equal_bits.summary``): the
+    recommended recipe, the guided one, random draws (mean line, min-max band), the reverse
+    ranking and each practitioner rule."""
     ax = fig.add_subplot()
-    styles = {"keep_top": ("guided (keep most sensitive)", _PALETTE[0], "o-"),
-              "keep_random": ("random groups (3 seeds)", _PALETTE[7], "x"),
-              "keep_bottom": ("reverse (keep least sensitive)", _PALETTE[3], "s--"),
-              "frontier": ("solver frontier", _PALETTE[2], "^:"),
-              "mixed": ("mixed-format solver", _PALETTE[4], "D:")}
-    for kind, (label, color, style) in styles.items():
-        rows = results[results["kind"] == kind].sort_values("lm_bits")
-        if rows.empty:
-            continue
-        ax.plot(rows["lm_bits"], rows[metric], style, color=color, label=label, markersize=6)
-        if kind == "keep_random":
-            mean = rows.groupby("keep_fraction")[[metric, "lm_bits"]].mean().sort_values("lm_bits")
-            ax.plot(mean["lm_bits"], mean[metric], "-", color=color, linewidth=1.2,
-                    label="random mean")
-    if metric == "kl" and (results[metric] > 0).all():
+    named = {"recommended": ("recommended (chosen on validation)", "k", "o-", 2.2),
+             "keep_top": ("guided (score per bit)", _PALETTE[0], "o-", 1.6),
+             "reverse": ("reverse ranking", _PALETTE[3], "s--", 1.0),
+             "keep_top_rank": ("ranking order, ignoring bits", _PALETTE[9], "v:", 1.0)}
+    rules = sorted(c for c in summary["curve"].unique() if str(c).startswith("rule_"))
+    for i, rule in enumerate(rules):
+        named[rule] = (rule.removeprefix("rule_").replace("_", " ") + " (rule)",
+                       _PALETTE[[1, 2, 4, 5, 6, 8][i % 6]], "^:", 1.0)
+    for curve, (label, color, style, width) in named.items():
+        rows = summary[summary["curve"] == curve].sort_values("target_bits")
+        if not rows.empty:
+            ax.plot(rows["target_bits"], rows[metric], style, color=color, label=label,
+                    linewidth=width, markersize=5)
+    rnd = summary[summary["curve"] == "random_mean"].sort_values("target_bits")
+    if not rnd.empty:
+        ax.plot(rnd["target_bits"], rnd[metric], "-", color=_PALETTE[7], label="random (mean)")
+        if metric == "kl_test":
+            ax.fill_between(rnd["target_bits"], rnd["kl_test_min"], rnd["kl_test_max"],
+                            color=_PALETTE[7], alpha=0.25, label="random (min-max)")
+    if metric.startswith("kl") and (summary[metric] > 0).all():
         ax.set_yscale("log")
-    ax.set_xlabel("effective bits (LM)")
-    ax.set_ylabel({"kl": "mean token KL to the unquantized model",
-                   "loss_delta": "caption loss change"}.get(metric, metric))
-    ax.set_title("Quality versus bits on held-out captions")
-    ax.legend(loc="best", fontsize=9)
+    ax.set_xlabel("LM bit budget (each recipe at or just below it)")
+    ax.set_ylabel({"kl_test": "mean token KL to the unquantized model",
+                   "loss_delta_test": "caption loss change"}.get(metric, metric))
+    ax.set_title("Quality versus bits at equal budgets (test captions)")
+    ax.legend(loc="best", fontsize=8)
 
 
-def write_quality_vs_bits(results: Any, out_dir: Path, metric: str = "kl") -> Path:
+def write_quality_vs_bits(summary: Any, out_dir: Path, metric: str = "kl_test") -> Path:
     path = Path(out_dir) / FIGURES_DIR / QUALITY_VS_BITS
     path.parent.mkdir(parents=True, exist_ok=True)
-    _render(lambda fig: draw_quality_vs_bits(fig, results, metric), 5.0, path)
+    _render(lambda fig: draw_quality_vs_bits(fig, summary, metric), 5.0, path)
     return path
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from . import autoquant, calibration, catalogue, manifest, model, recipes, report, scorecache
+from . import autoquant, budgets, calibration, catalogue, manifest, model, recipes, report, scorecache
 from .errors import UserError
 from .groups import GroupStats, min_scope_bits
 from .reuse import Resources
@@ -347,7 +347,7 @@ def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.B
         modelopt_config=recipes.jsonable(p.quant_cfg)), sol.groups, sol.autoquant, sol.frontier,
         s.cache)
     files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]
-    exported = recipes.from_frontier(doc) + recipes.keep_top(doc, keep_fractions=p.cfg.recipes.keep)
+    exported = recipes.from_frontier(doc) + budgets.keep_top(doc, headroom=p.cfg.recipes.keep)
     files += recipes.write_recipes(exported, out_dir / RECIPES_DIR)
     return doc, files
 

@@ -8,7 +8,7 @@ unquantized. A sibling key, ``layer_sensitivity``, says what the recipe is (kind
 kept and quantized groups, source run); :func:`load_recipe` strips it and restores what JSON loses
 (tuples such as ``num_bits: (4, 3)``, integer keys such as ``block_sizes: {-1: 128}``)::
 
-    cfg = layer_sensitivity.recipes.load_recipe("recipes/keep_top_25.json")
+    cfg = layer_sensitivity.recipes.load_recipe("recipes/keep_top_25pct.json")
     model = mtq.quantize(model, cfg, forward_loop)
 
 Building recipes needs neither torch nor ModelOpt when the manifest records its formats' exact
@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,13 +44,12 @@ NONE = "NONE"  # ModelOpt's name for "left at 16 bits"
 WEIGHT, INPUT, OUTPUT = "weight_quantizer", "input_quantizer", "output_quantizer"
 QUANTIZER_ATTRS = (WEIGHT, INPUT, OUTPUT)
 VISION_PATTERNS = ("*visual*",)  # never quantized, whatever the manifest's coverage
-DEFAULT_KEEP = (0.0, 0.10, 0.25, 0.50)
-RANDOM_SEEDS = (0, 1, 2)
 BITS_TOLERANCE = 1e-9
 
 # Kinds of recipe (``layer_sensitivity.kind``).
 FRONTIER, MIXED = "frontier", "mixed"  # the solver's own per-group choice at a bit target
-KEEP_TOP, KEEP_BOTTOM, KEEP_RANDOM = "keep_top", "keep_bottom", "keep_random"
+KEEP_TOP = "keep_top"  # the most sensitive groups per bit kept at 16 bits within a budget
+# (budgets.py selects them; baselines.py adds the equal-bits baselines' kinds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +64,7 @@ class Group:
     rank: int  # 1 = most sensitive
     modules: tuple[str, ...]
     costs: dict[str, float]  # format name -> weight cost ("NONE" = 16 bits)
+    scores: dict[str, float] = field(default_factory=dict)  # format name -> AutoQuantize score
 
     @property
     def uncompressed_cost(self) -> float:
@@ -111,7 +110,9 @@ def manifest_groups(manifest: Mapping[str, Any]) -> list[Group]:
         if all(_is_vision(m) for m in modules):
             continue
         costs = {format_name(f): float(c) for f, c in zip(s["formats"], s["costs"], strict=True)}
-        out.append(Group(handle, int(s["rank"]), modules, costs))
+        scores = {format_name(f): float(x)
+                  for f, x in zip(s["formats"], s.get("scores") or [], strict=False)}
+        out.append(Group(handle, int(s["rank"]), modules, costs, scores))
     return sorted(out, key=lambda g: (g.rank, g.handle))
 
 
@@ -268,13 +269,13 @@ def _algorithm(cfgs: Iterable[Mapping[str, Any]]) -> Any:
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str  # file stem, e.g. "keep_top_25", "frontier_6bits"
-    kind: str  # frontier | mixed | keep_top | keep_bottom | keep_random
+    name: str  # file stem, e.g. "keep_top_25pct", "frontier_6bits"
+    kind: str  # frontier | mixed | keep_top | a baseline's kind (baselines.py)
     config: QuantCfg  # ModelOpt's config, native types (what mtq.quantize takes)
     quantized: dict[str, str]  # group handle -> format name
     kept: tuple[str, ...]  # in-scope groups left at 16 bits, most sensitive first
     lm_bits: float  # achieved, over the language model's quantizable weights
-    info: dict[str, Any] = field(default_factory=dict)  # target_bits, keep_fraction, seed, source
+    info: dict[str, Any] = field(default_factory=dict)  # target_bits, headroom, seed, source
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -331,7 +332,7 @@ def _check_formats(manifest: Mapping[str, Any], needed: Iterable[str],
         )
 
 
-def _recipe(manifest: Mapping[str, Any], groups: list[Group], name: str, kind: str,
+def make_recipe(manifest: Mapping[str, Any], groups: list[Group], name: str, kind: str,
             assignment: dict[str, str], quant_cfgs: Mapping[str, QuantCfg],
             **info: Any) -> Recipe:
     _check_formats(manifest, assignment.values(), quant_cfgs)
@@ -353,7 +354,7 @@ def _solver_points(manifest: Mapping[str, Any]) -> list[tuple[float | None, dict
     sens = manifest["layer_sensitivity"]
     if any(s.get("chosen") is None for s in sens.values()):
         raise UserError(f"The {_source(manifest)} records no solver choice per group, so it "
-                        "has no recipe of its own; use keep_top(...) recipes instead.")
+                        "has no recipe of its own; use budgets.keep_top(...) recipes instead.")
     target = (manifest.get("scheme") or {}).get("effective_bits_requested")
     return [(None if target is None else float(target),
              {h: s["chosen"] for h, s in sens.items()})]
@@ -382,22 +383,12 @@ def from_frontier(manifest: Mapping[str, Any],
         if vision:
             log.warning("recipe at %s bits leaves the vision groups %s unquantized", target, vision)
         name = f"{kind}_{target:g}bits" if target is not None else kind
-        out.append(_recipe(manifest, groups, name, kind, assignment, quant_cfgs,
+        out.append(make_recipe(manifest, groups, name, kind, assignment, quant_cfgs,
                            target_bits=target))
     return out
 
 
-def _keep_count(fraction: float, n: int) -> int:
-    if isinstance(fraction, bool) or not (0.0 <= float(fraction) <= 1.0):
-        hint = f" (did you mean {float(fraction) / 100:g}?)" if 1 < float(fraction) <= 100 else ""
-        raise UserError(
-            f"Keep fraction {fraction!r} is not between 0 and 1{hint}. Give the share of layer "
-            "groups to keep unquantized, e.g. 0, 0.1, 0.25, 0.5."
-        )
-    return math.floor(float(fraction) * n + 0.5)  # rounded half up: 25% of 17 groups -> 4
-
-
-def _single_format(manifest: Mapping[str, Any], groups: list[Group],
+def single_format(manifest: Mapping[str, Any], groups: list[Group],
                    quant_cfg: QuantCfg | None, fmt: str | None) -> tuple[str, dict[str, QuantCfg]]:
     searched = sorted({f for g in groups for f in g.costs if f != NONE})
     if fmt is None:
@@ -411,91 +402,6 @@ def _single_format(manifest: Mapping[str, Any], groups: list[Group],
         raise UserError(f"Format {fmt!r} was not searched in the {_source(manifest)} (it has: "
                         f"{', '.join(searched)}), so its costs are unknown. Use one of those.")
     return fmt, ({fmt: quant_cfg} if quant_cfg is not None else format_configs(manifest))
-
-
-def _keep(manifest: Mapping[str, Any], kind: str, fractions: Sequence[float],
-          quant_cfg: QuantCfg | None, fmt: str | None, seed: int | None = None) -> list[Recipe]:
-    groups = manifest_groups(manifest)
-    fmt, cfgs = _single_format(manifest, groups, quant_cfg, fmt)
-    out = []
-    for fraction in fractions:
-        k = _keep_count(fraction, len(groups))
-        ranked = [g.handle for g in groups]
-        if kind == KEEP_TOP:
-            kept = ranked[:k]
-        elif kind == KEEP_BOTTOM:
-            kept = ranked[len(ranked) - k:]
-        else:
-            kept = random.Random(seed).sample(ranked, k)
-        assignment = {h: fmt for h in ranked if h not in kept}
-        pct = f"{100 * float(fraction):g}"
-        name = f"{kind}_{pct}" + (f"_seed{seed}" if seed is not None else "")
-        out.append(_recipe(manifest, groups, name, kind, assignment, cfgs,
-                           keep_fraction=float(fraction), kept_count=k, seed=seed))
-    return out
-
-
-def keep_top(manifest: Mapping[str, Any], quant_cfg: QuantCfg | None = None,
-             keep_fractions: Sequence[float] = DEFAULT_KEEP,
-             format_name: str | None = None) -> list[Recipe]:
-    """Keep the most sensitive X of the groups (by count, rounded) at 16 bits, quantize the rest.
-
-    ``quant_cfg`` is the config of ``format_name`` (default: the run's one format); None = from
-    the manifest (:func:`format_configs`).
-    """
-    return _keep(manifest, KEEP_TOP, keep_fractions, quant_cfg, format_name)
-
-
-def keep_bottom(manifest: Mapping[str, Any], quant_cfg: QuantCfg | None = None,
-                keep_fractions: Sequence[float] = DEFAULT_KEEP,
-                format_name: str | None = None) -> list[Recipe]:
-    """The reverse ranking: keep the least sensitive X of the groups (a baseline)."""
-    return _keep(manifest, KEEP_BOTTOM, keep_fractions, quant_cfg, format_name)
-
-
-def random_keep(manifest: Mapping[str, Any], quant_cfg: QuantCfg | None = None,
-                keep_fractions: Sequence[float] = DEFAULT_KEEP, seed: int = 0,
-                format_name: str | None = None) -> list[Recipe]:
-    """Keep a random X of the groups (same count as :func:`keep_top`; a baseline)."""
-    return _keep(manifest, KEEP_RANDOM, keep_fractions, quant_cfg, format_name, seed)
-
-
-def keep_top_for_bits(manifest: Mapping[str, Any], bits: float, quant_cfg: QuantCfg | None = None,
-                      format_name: str | None = None) -> Recipe:
-    """Keep the most sensitive groups at 16 bits while they fit in ``bits`` (e.g. a mixed recipe's
-    achieved bits), quantize the rest: groups in rank order, each kept if the average stays within
-    ``bits`` (a group too large to fit is skipped, so one big group such as ``lm_head`` does not
-    block the smaller ones ranked after it)."""
-    groups = manifest_groups(manifest)
-    fmt, cfgs = _single_format(manifest, groups, quant_cfg, format_name)
-    ranked = [g.handle for g in groups]
-
-    def bits_keeping(kept: list[str]) -> float:
-        return lm_bits(groups, {h: fmt for h in ranked if h not in kept})
-
-    if bits_keeping([]) > bits + BITS_TOLERANCE:
-        raise UserError(f"{bits:g} bits is below what {fmt} reaches with every group quantized "
-                        f"({bits_keeping([]):g} bits). Give a budget of at least that.")
-    kept: list[str] = []
-    for h in ranked:
-        if bits_keeping([*kept, h]) <= bits + BITS_TOLERANCE:
-            kept.append(h)
-    return _recipe(manifest, groups, f"{KEEP_TOP}_{bits:g}bits", KEEP_TOP,
-                   {h: fmt for h in ranked if h not in kept}, cfgs,
-                   keep_fraction=len(kept) / len(ranked), kept_count=len(kept),
-                   target_bits=float(bits), seed=None)
-
-
-def evaluation_recipes(manifest: Mapping[str, Any], quant_cfg: QuantCfg | None = None,
-                       keep_fractions: Sequence[float] = DEFAULT_KEEP,
-                       seeds: Sequence[int] = RANDOM_SEEDS,
-                       format_name: str | None = None) -> list[Recipe]:
-    """Guided (keep top), reverse (keep bottom) and random keeps at the same fractions."""
-    out = keep_top(manifest, quant_cfg, keep_fractions, format_name)
-    out += keep_bottom(manifest, quant_cfg, keep_fractions, format_name)
-    for seed in seeds:
-        out += random_keep(manifest, quant_cfg, keep_fractions, seed, format_name)
-    return out
 
 
 # --------------------------------------------------------------------------------------------

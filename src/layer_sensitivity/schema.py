@@ -208,10 +208,21 @@ class RunnerConfig:
 
 @dataclass
 class RecipesConfig:
-    # Exported with every run (recipes/*.json, loadable by mtq.quantize): "keep the most
-    # sensitive fraction of groups at 16 bits, quantize the rest", one per fraction; plus one
-    # per frontier target.
+    # Exported with every run (recipes/*.json, loadable by mtq.quantize), one per value: LM bit
+    # budgets as fractions of the headroom from the pair's bits (0: every group quantized) to 16
+    # (1: none), each filled by keeping the most sensitive groups per bit spent at 16 bits
+    # (budgets.py states the rule); plus one per frontier target.
     keep: List[float] = field(default_factory=lambda: [0.0, 0.10, 0.25, 0.50])
+
+    def __post_init__(self) -> None:
+        check_recipes(self)
+
+
+def check_recipes(cfg: "RecipesConfig") -> None:
+    """Each ``recipes.keep`` value is a fraction of the 16-bit headroom (UserError otherwise)."""
+    from .budgets import check_headroom
+
+    check_headroom(list(cfg.keep), "recipes.keep")
 
 
 @dataclass

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from layer_sensitivity import recipes
+from layer_sensitivity import baselines, budgets, recipes
 from layer_sensitivity.errors import UserError
+from layer_sensitivity.schema import RecipesConfig
 
 LM = "model.language_model.layers"
 # Group kind -> (modules inside a layer, uncompressed weight cost), shaped like the tiny model.
@@ -96,38 +97,56 @@ def modules_of(m: dict[str, Any], handles: list[str] | dict[str, str]) -> set[st
     return {mod for h in handles for mod in m["layer_sensitivity"][h]["modules"]}
 
 
-def test_keep_top_keeps_the_most_sensitive_groups_by_count() -> None:
+def test_keep_top_keeps_the_most_sensitive_groups_per_bit_within_each_budget() -> None:
     m = synthetic([INT4])
-    order = ranked(m)
-    rs = recipes.keep_top(m)
-    assert [r.name for r in rs] == ["keep_top_0", "keep_top_10", "keep_top_25", "keep_top_50"]
-    for r, k in zip(rs, [0, 2, 4, 9], strict=True):  # 17 groups: 1.7 -> 2, 4.25 -> 4, 8.5 -> 9
-        assert list(r.kept) == order[:k]
-        assert list(r.quantized) == order[k:] and set(r.quantized.values()) == {INT4[0]}
+    rs = budgets.keep_top(m)
+    assert [r.name for r in rs] == ["keep_top_0pct", "keep_top_10pct", "keep_top_25pct",
+                                    "keep_top_50pct"]
+    full = sum(max(s["costs"]) for s in m["layer_sensitivity"].values())
+
+    def per_bit(h: str) -> float:
+        s = m["layer_sensitivity"][h]
+        return s["scores"][0] / (16 * (s["costs"][1] - s["costs"][0]) / full)
+
+    by_ratio = sorted(m["layer_sensitivity"], key=per_bit, reverse=True)
+    for r, h in zip(rs, budgets.DEFAULT_HEADROOM, strict=True):
+        budget = 4.0 + h * 12.0
+        assert r.info["target_bits"] == pytest.approx(budget) and r.info["headroom"] == h
         assert r.lm_bits == pytest.approx(bits_by_hand(m, r.quantized))
-        assert r.metadata["kept_groups"] == order[:k] and r.metadata["lm_bits"] == r.lm_bits
-    assert rs[0].lm_bits == pytest.approx(4.0)
+        assert r.lm_bits <= budget + 1e-9 and r.metadata["lm_bits"] == r.lm_bits
+        spent, kept = 4.0, set()  # the rule by hand: by score per bit, kept while it fits
+        for x in by_ratio:
+            s = m["layer_sensitivity"][x]
+            cost = 16 * (s["costs"][1] - s["costs"][0]) / full
+            if spent + cost <= budget + 1e-9:
+                kept.add(x)
+                spent += cost
+        assert set(r.kept) == kept
+        for x in r.quantized:
+            assert bits_by_hand(m, {y: f for y, f in r.quantized.items() if y != x}) > budget
+        assert set(r.quantized.values()) <= {INT4[0]}
+    assert rs[0].lm_bits == pytest.approx(4.0) and not rs[0].kept
     assert [r.lm_bits for r in rs] == sorted(r.lm_bits for r in rs)
 
 
-def test_reverse_and_random_keep_the_same_number_of_groups() -> None:
+def test_a_big_group_is_kept_only_when_its_score_pays_for_its_bits() -> None:
     m = synthetic([INT4])
-    order = ranked(m)
-    bottom = recipes.keep_bottom(m, keep_fractions=(0.25,))[0]
-    assert list(bottom.kept) == order[-4:]
-    runs = {s: recipes.random_keep(m, keep_fractions=(0.25, 0.5), seed=s) for s in (0, 1, 2)}
-    assert [r.name for r in runs[1]] == ["keep_random_25_seed1", "keep_random_50_seed1"]
-    for rs in runs.values():
-        assert [len(r.kept) for r in rs] == [4, 9]
-        assert all(set(r.kept) | set(r.quantized) == set(order) for r in rs)
-    assert recipes.random_keep(m, keep_fractions=(0.25,), seed=1)[0].kept == runs[1][0].kept
-    assert len({frozenset(rs[0].kept) for rs in runs.values()}) > 1
-    assert len(recipes.evaluation_recipes(m, seeds=(0, 1))) == 4 * 4
+    sens = m["layer_sensitivity"]
+    head = sens["lm_head.quant_recipe"]
+    top_small = max((h for h in sens if h != "lm_head.quant_recipe"),
+                    key=lambda h: sens[h]["scores"][0])
+    head["scores"][0] = sens[top_small]["scores"][0] * 1.5  # most sensitive, 16x the bits
+    r = budgets.keep_top(m, headroom=[0.25])[0]  # 3 bits to spend: exactly lm_head's cost
+    # ranked first, but the groups kept instead avoid more score for the same bits
+    assert "lm_head.quant_recipe" not in r.kept
+    assert sum(sens[h]["scores"][0] for h in r.kept) > head["scores"][0]
+    head["scores"][0] = sum(s["scores"][0] for s in sens.values()) * 10  # now it pays
+    assert "lm_head.quant_recipe" in budgets.keep_top(m, headroom=[0.25])[0].kept
 
 
 def test_config_names_exactly_the_quantized_modules() -> None:
     m = synthetic([INT4])
-    r = recipes.keep_top(m, keep_fractions=(0.25,))[0]
+    r = budgets.keep_top(m, headroom=(0.25,))[0]
     entries = r.config["quant_cfg"]
     assert entries[0] == {"quantizer_name": "*", "enable": False}
     assert all("*" not in e["quantizer_name"] for e in entries[1:])
@@ -143,22 +162,22 @@ def test_config_names_exactly_the_quantized_modules() -> None:
 
 def test_recipe_file_round_trips_to_modelopt_types(tmp_path: Path) -> None:
     m = synthetic([FP8])
-    r = recipes.keep_top(m, keep_fractions=(0.1,))[0]
+    r = budgets.keep_top(m, headroom=(0.1,))[0]
     path = recipes.write_recipe(r, tmp_path / "sub" / "r.json")
     raw = json.loads(path.read_text())
     assert raw["layer_sensitivity"]["kind"] == "keep_top"
     assert raw["layer_sensitivity"]["quantized_groups"] == r.quantized
-    assert raw["layer_sensitivity"]["keep_fraction"] == 0.1
+    assert raw["layer_sensitivity"]["headroom"] == 0.1
     assert raw["quant_cfg"][1]["cfg"]["num_bits"] == [4, 3]  # JSON has no tuples
     cfg = recipes.load_recipe(path)
     assert set(cfg) == {"quant_cfg", "algorithm"}
     assert cfg == r.config and cfg["quant_cfg"][1]["cfg"]["num_bits"] == (4, 3)
     back = recipes.read_recipe(path)
     assert (back.name, back.kind, back.kept, back.quantized) == (r.name, r.kind, r.kept, r.quantized)
-    assert back.lm_bits == pytest.approx(r.lm_bits) and back.info["keep_fraction"] == 0.1
+    assert back.lm_bits == pytest.approx(r.lm_bits) and back.info["headroom"] == 0.1
     inputs = enabled_modules(cfg, "input_quantizer")
     assert set(inputs) == modules_of(m, r.quantized)  # W8A8: inputs quantized too
-    int4 = recipes.keep_top(synthetic([INT4]), keep_fractions=(0.5,))[0]
+    int4 = budgets.keep_top(synthetic([INT4]), headroom=(0.5,))[0]
     loaded = recipes.load_recipe(recipes.write_recipe(int4, tmp_path / "int4.json"))
     assert next(iter(enabled_modules(loaded, "weight_quantizer").values()))["block_sizes"] == {
         -1: 128, "type": "static"}
@@ -188,19 +207,17 @@ def test_frontier_recipes_follow_the_solver_and_can_mix_formats() -> None:
     assert main.name == "frontier_4bits" and main.kind == "frontier" and not main.kept
 
 
-def test_keep_top_for_bits_fits_the_budget_in_rank_order() -> None:
+def test_keep_top_for_bits_fits_the_budget() -> None:
     m = synthetic([INT4], seed=3)
-    order = ranked(m)
     for budget in (4.0, 5.0, 6.5, 9.0):
-        r = recipes.keep_top_for_bits(m, budget)
-        assert r.lm_bits <= budget + 1e-9
+        r = budgets.keep_top_for_bits(m, budget)
+        assert r.lm_bits <= budget + 1e-9 and r.info["target_bits"] == budget
         # every group not kept would break the budget if it were kept too
         for h in r.quantized:
             more = {x: f for x, f in r.quantized.items() if x != h}
             assert bits_by_hand(m, more) > budget
-        assert [h for h in order if h in r.kept] == list(r.kept)
     with pytest.raises(UserError, match="below"):
-        recipes.keep_top_for_bits(m, 3.0)
+        budgets.keep_top_for_bits(m, 3.0)
 
 
 def test_vision_groups_are_never_in_a_recipe() -> None:
@@ -208,24 +225,26 @@ def test_vision_groups_are_never_in_a_recipe() -> None:
                                         ["model.visual.blocks.0.attn.qkv"]})
     groups = recipes.manifest_groups(m)
     assert len(groups) == 17 and not any("visual" in g.handle for g in groups)
-    for r in recipes.evaluation_recipes(m, seeds=(0,)) + recipes.from_frontier(m):
+    for r in baselines.equal_bits_recipes(m, (0.25,), draws=2) + recipes.from_frontier(m):
         assert not any("visual" in e["quantizer_name"] for e in r.config["quant_cfg"])
 
 
 def test_bad_inputs_are_user_errors(tmp_path: Path) -> None:
     m = synthetic([INT4])
     with pytest.raises(UserError, match="0.25"):
-        recipes.keep_top(m, keep_fractions=(25,))
+        budgets.keep_top(m, headroom=(25,))
+    with pytest.raises(UserError, match="recipes.keep value 25"):
+        RecipesConfig(keep=[0.1, 25])
     with pytest.raises(UserError, match="legacy"):
-        recipes.keep_top({**m, "legacy": True})
+        budgets.keep_top({**m, "legacy": True})
     with pytest.raises(UserError, match="No ModelOpt config"):
         recipes.from_frontier(m, {"OTHER": INT4[2]})
     with pytest.raises(UserError, match="several formats"):
-        recipes.keep_top(synthetic([FP8, INT4]))
+        budgets.keep_top(synthetic([FP8, INT4]))
     bad = copy.deepcopy(m)
     bad["layer_sensitivity"][ranked(m)[0]]["modules"] = []
     with pytest.raises(UserError, match="no modules"):
-        recipes.keep_top(bad)
+        budgets.keep_top(bad)
     (tmp_path / "x.json").write_text('{"not": "a recipe"}')
     with pytest.raises(UserError, match="quant_cfg"):
         recipes.load_recipe(tmp_path / "x.json")
@@ -238,8 +257,10 @@ def test_building_recipes_imports_neither_torch_nor_modelopt(tmp_path: Path) -> 
     path.write_text(json.dumps(synthetic([INT4])))
     code = ("import json, sys; from layer_sensitivity import recipes; "
             f"m = json.load(open({str(path)!r})); "
-            "rs = recipes.from_frontier(m) + recipes.evaluation_recipes(m); "
+            "from layer_sensitivity import baselines, budgets, equal_bits, ground_truth; "
+            "rs = recipes.from_frontier(m) + baselines.equal_bits_recipes(m, (0.1, 0.25), 3); "
             f"recipes.write_recipes(rs, {str(tmp_path / 'out')!r}); "
             "bad = [x for x in ('torch', 'modelopt') if x in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-    assert len(list((tmp_path / "out").glob("*.json"))) == 1 + 4 * (2 + 3)  # frontier + top, bottom, 3 random
+    # frontier + per budget: guided, ranking order, reverse, 5 rules, 3 random
+    assert len(list((tmp_path / "out").glob("*.json"))) == 1 + 2 * (3 + 5 + 3)

@@ -1,7 +1,7 @@
-"""``evaluate``: what a run's recipes cost in quality, against random and reverse baselines.
+"""``evaluate``: a run's recipes at equal bits against random, reverse and practitioners' rules.
 
-    python -m layer_sensitivity.cli.evaluate --run-id <sensitivity run> [--keep 0,0.1,0.25,0.5]
-        [--eval-captions <file>]
+    python -m layer_sensitivity.cli.evaluate --run-id <sensitivity run> [--keep 0.1,0.25,0.5]
+        [--draws 20] [--ground-truth all|none|<N groups>] [--eval-captions <file>]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .. import tracking
+from ..equal_bits import wide
 from ..errors import UserError
 from ..evaluate_runs import evaluate_run
 from ..schema import TrackingConfig
@@ -22,18 +23,32 @@ def parse_fractions(text: str) -> list[float]:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         values = []
-    if not values or not all(0 <= v < 1 for v in values):
-        raise UserError(f"keep={text!r} must be comma-separated fractions in [0, 1), e.g. "
-                        "0,0.1,0.25,0.5 (the share of layer groups kept at 16 bits).")
+    if not values or not all(0 < v < 1 for v in values):
+        raise UserError(f"keep={text!r} must be comma-separated fractions in (0, 1), e.g. "
+                        "0.1,0.25,0.5: LM bit budgets as fractions of the headroom from the "
+                        "format's bits (0) to 16 bits (1).")
     return values
+
+
+def parse_truth(text: str) -> tuple[bool, int | None]:
+    """``all`` -> every group alone; ``none`` -> no ground truth; ``N`` -> N groups."""
+    if text in ("all", "none"):
+        return text == "all", None
+    if text.isdigit() and int(text) >= 3:
+        return True, int(text)
+    raise UserError(f"ground-truth={text!r} must be 'all', 'none' or a number of groups >= 3 "
+                    "(spread over the ranking) to measure alone.")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m layer_sensitivity.cli.evaluate",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--run-id", required=True, help="a finished sensitivity run")
-    parser.add_argument("--keep", default="0,0.1,0.25,0.5",
-                        help="fractions of groups kept at 16 bits (comma-separated)")
+    parser.add_argument("--keep", default="0.1,0.25,0.5",
+                        help="LM bit budgets as fractions of the headroom to 16 bits")
+    parser.add_argument("--draws", type=int, default=20, help="random draws per budget")
+    parser.add_argument("--ground-truth", default="all",
+                        help="groups measured alone: all, none, or a number spread over the ranking")
     parser.add_argument("--eval-captions", default="",
                         help="held-out captions file (default: bundled captions the run did not "
                              "calibrate on and the embedded model never trained on)")
@@ -45,13 +60,21 @@ def main(argv: list[str] | None = None) -> None:
     setup_plain_logging()
     with user_errors():
         keep = parse_fractions(args.keep)
+        truth, subset = parse_truth(args.ground_truth)
+        if args.draws < 1:
+            raise UserError(f"--draws {args.draws} must be at least 1 (20 or more to trust).")
         store = tracking.run_store(args.tracking_uri)
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
         out = Path(args.out or tempfile.mkdtemp(prefix="evaluation-"))
-        results = evaluate_run(store, tracker, args.run_id, out, keep=keep,
-                               eval_captions=args.eval_captions or None,
-                               max_eval_samples=args.max_eval_samples)
-    print(results[["name", "lm_bits", "kl", "loss_delta"]].to_string(index=False))
+        ev = evaluate_run(store, tracker, args.run_id, out, keep=keep,
+                          eval_captions=args.eval_captions or None,
+                          max_eval_samples=args.max_eval_samples, draws=args.draws,
+                          truth=truth, truth_subset=subset)
+    print(wide(ev.summary).to_string(float_format="%.5f"))
+    print(ev.recommended[["target_bits", "name", "lm_bits", "kl_val", "kl_test", "note"]]
+          .to_string(index=False))
+    if ev.correlations is not None:
+        print(ev.correlations.to_string(index=False, float_format="%.3f"))
     print(f"evaluation written to {out} and logged under run {args.run_id} in {store.where}")
 
 

@@ -84,7 +84,11 @@ def run_task(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     _redact_hydra_files(out_dir)
-    spec: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    try:  # the typed schema checks values too (e.g. recipes.keep)
+        spec: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except UserError as e:
+        _remove_if_empty(out_dir)
+        fail(str(e))
     if spec.runner.report_only or spec.runner.dry_run:
         try:
             _other_mode(spec, out_dir)

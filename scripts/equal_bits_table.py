@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Measure the README's equal-bits table on the 8-layer validity model, and render it.
+
+    python scripts/equal_bits_table.py            # measure what is not cached, write docs/, print
+    python scripts/equal_bits_table.py --render   # re-render docs/equal_bits.md from the JSON only
+
+For INT4 (weight-only) and FP8 (W8A8), each ranked by gradient and by kl_div scores: a default
+sensitivity job (16 calibration captions) on the ``deep`` preset of scripts/make_tiny_qwen3vl.py
+(made into .cache/deep-qwen3-vl, deterministically, when missing), then
+``equal_bits.evaluate_equal_bits`` (budgets 10/25/50% of the headroom, 20 random draws, every
+group alone as ground truth; validation captions choose, test captions report). Each run's
+measured rows are cached under .cache/equal-bits/ (delete to remeasure). Writes
+docs/equal_bits.json (the numbers) and docs/equal_bits.md (the tables and the wins and losses the
+README quotes; tests/unit/test_equal_bits_readme.py checks the README against the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / ".cache" / "deep-qwen3-vl"
+CACHE = REPO / ".cache" / "equal-bits"
+JSON_OUT = REPO / "docs" / "equal_bits.json"
+MD_OUT = REPO / "docs" / "equal_bits.md"
+PAIRS = {"int4": "wint4_afp16", "fp8": "wfp8_afp8"}
+METHODS = ("gradient", "kl_div")
+HEADROOM = (0.10, 0.25, 0.50)
+DRAWS = 20
+CURVES = ("recommended", "keep_top", "random_mean", "reverse", "rule_first_layers",
+          "rule_last_layers", "rule_lm_head", "rule_mlp_down", "rule_depth_prior")
+LABELS = {"recommended": "recommended", "keep_top": "guided", "random_mean": "random mean",
+          "reverse": "reverse", "rule_first_layers": "first layers",
+          "rule_last_layers": "last layers", "rule_lm_head": "lm_head", "rule_mlp_down": "mlp.down",
+          "rule_depth_prior": "depth prior"}
+RULES = [c for c in CURVES if c.startswith("rule_")]
+
+
+def ensure_model() -> Path:
+    if not (MODEL_DIR / "model.safetensors").is_file():
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_qwen3vl.py"),
+                        "--preset", "deep", "--out", str(MODEL_DIR)], check=True)
+    return MODEL_DIR
+
+
+def measure(short: str, method: str) -> dict[str, Any]:
+    """One run: (cached) manifest and measured rows -> summary, recommendation, correlations."""
+    import pandas as pd
+    import yaml
+
+    from layer_sensitivity import equal_bits, paths, pipeline
+    from layer_sensitivity.schema import (
+        AutoQuantConfig,
+        Method,
+        ModelConfig,
+        Precision,
+        QuantPairConfig,
+        SensitivityConfig,
+        TrackingConfig,
+    )
+
+    out = CACHE / f"{short}_{method}"
+    manifest_path, rows_path = out / "manifest.json", out / "results.csv"
+    if manifest_path.is_file():
+        m = json.loads(manifest_path.read_text())
+    else:
+        d = yaml.safe_load((paths.CONF_DIR / "quant_pair" / f"{PAIRS[short]}.yaml").read_text())
+        pair = QuantPairConfig(**{**d, "weight": Precision(d["weight"]),
+                                  "activation": Precision(d["activation"])})
+        cfg = SensitivityConfig(
+            model=ModelConfig(name="deep-qwen3-vl", path=str(ensure_model()), device="cpu"),
+            quant_pair=pair, autoquant=AutoQuantConfig(method=Method(method), reuse_scores=False),
+            tracking=TrackingConfig(enabled=False))
+        m = json.loads(json.dumps(pipeline.run(pipeline.plan(cfg), out / "job").manifest,
+                                  default=str))
+        manifest_path.write_text(json.dumps(m))
+    if rows_path.is_file():
+        ev = equal_bits.analyse(m, pd.read_csv(rows_path))
+    else:
+        ev = equal_bits.evaluate_equal_bits(m, headroom=HEADROOM, draws=DRAWS, device="cpu",
+                                            progress=False)
+        tmp = rows_path.with_suffix(".tmp")
+        ev.results.to_csv(tmp, index=False)
+        tmp.replace(rows_path)
+    assert ev.correlations is not None
+    return {"pair": short, "method": method, "groups": len(m["layer_sensitivity"]),
+            "summary": json.loads(ev.summary.to_json(orient="records")),
+            "recommended": json.loads(ev.recommended.to_json(orient="records")),
+            "correlations": json.loads(ev.correlations.to_json(orient="records"))}
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering (no torch): also imported by tests/unit/test_equal_bits_readme.py
+
+
+def _cell(rows: list[dict[str, Any]], bits: float, curve: str) -> dict[str, Any]:
+    return next(r for r in rows if r["curve"] == curve and abs(r["target_bits"] - bits) < 1e-9)
+
+
+def claims(run: dict[str, Any]) -> list[str]:
+    """Wins and losses at each budget, on test KL: guided and recommended against the random mean
+    and every rule."""
+    rows, out = run["summary"], []
+    for bits in sorted({r["target_bits"] for r in rows}):
+        for who in ("keep_top", "recommended"):
+            me = _cell(rows, bits, who)["kl_test"]
+            lost = [LABELS[c] for c in ("random_mean", *RULES) if _cell(rows, bits, c)["kl_test"] < me]
+            name = LABELS[who]
+            out.append(f"{bits:.2f} bits: {name} " + (
+                "beats the random mean and every rule" if not lost
+                else "loses to " + ", ".join(lost)))
+    return out
+
+
+def table(run: dict[str, Any]) -> list[str]:
+    rows = run["summary"]
+    head = ["bits", *(LABELS[c] for c in CURVES), "random std", "guided beats"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for bits in sorted({r["target_bits"] for r in rows}):
+        rnd = _cell(rows, bits, "random_mean")
+        cells = [f"{bits:.2f}", *(f"{_cell(rows, bits, c)['kl_test']:.5f}" for c in CURVES),
+                 f"{rnd['kl_test_std']:.5f}", f"{rnd['guided_beats']:.0%} of {rnd['draws']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def correlation_line(run: dict[str, Any]) -> str:
+    corr = {c["ranking"]: c for c in run["correlations"]}
+    rules = {k: v for k, v in corr.items() if k != "ranking"}
+    best = max(rules, key=lambda k: rules[k]["spearman_kl"])
+    return (f"Spearman vs each group alone ({run['groups']} groups, test KL): ranking "
+            f"{corr['ranking']['spearman_kl']:.2f} (Kendall {corr['ranking']['kendall_kl']:.2f}; "
+            f"vs loss change {corr['ranking']['spearman_loss']:.2f}); best data-free rule "
+            f"{LABELS[best]} {rules[best]['spearman_kl']:.2f}.")
+
+
+def render(runs: list[dict[str, Any]]) -> str:
+    out = []
+    for run in runs:
+        out += [f"**{run['pair']}, {run['method']}** ({correlation_line(run)})", "", *table(run),
+                "", *(f"- {c}" for c in claims(run)), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--render", action="store_true", help="render docs/equal_bits.md from the JSON")
+    args = p.parse_args(argv)
+    if args.render:
+        runs = json.loads(JSON_OUT.read_text())["runs"]
+    else:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        runs = [measure(short, method) for short in PAIRS for method in METHODS]
+        JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
+        JSON_OUT.write_text(json.dumps({"model": "deep preset (8 decoder layers), "
+                                        "scripts/make_tiny_qwen3vl.py", "headroom": HEADROOM,
+                                        "draws": DRAWS, "runs": runs}, indent=1) + "\n")
+    MD_OUT.write_text(render(runs))
+    print(MD_OUT.read_text())
+
+
+if __name__ == "__main__":
+    main()
