@@ -52,17 +52,33 @@ def test_compare_refuses_a_single_run_clearly(swept: SweepRun) -> None:
     assert "two or more" in proc.stderr and "Traceback" not in proc.stderr.split("error:")[-1]
 
 
-def test_evaluate_logs_guided_random_and_reverse_curves(swept: SweepRun, tmp_path: Path) -> None:
+def test_evaluate_logs_equal_bits_curves_with_steps_in_bits(swept: SweepRun,
+                                                             tmp_path: Path) -> None:
     child = swept.children["wint8_aint8/default/small"].info.run_id
-    proc = mlflow_run("evaluate", {"run_id": child, "keep": "0,0.25,0.5"}, swept.store, swept.base)
+    proc = mlflow_run("evaluate", {"run_id": child, "keep": "0.25,0.5", "draws": "20",
+                                   "ground_truth": "5"}, swept.store, swept.base)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ground truth: 5 quantize-and-measure passes" in proc.stderr  # said before running
     (run,) = _nested(swept, child, "evaluate")
     assert run.info.status == "FINISHED"
     client = mlflow.MlflowClient(swept.uri)
-    for key in ("eval/kl", "eval_random/kl", "eval_reverse/kl", "eval/loss_delta"):
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-        assert steps == [0, 25, 50], key  # percent of groups kept at 16 bits
-    kl = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval/kl")}
-    assert kl[0] > kl[50] >= 0  # keeping the most sensitive half at 16 bits helps
-    names = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    rid = run.info.run_id
+    budgets_ = client.get_metric_history(rid, "eval/guided_lm_bits_by_bits")
+    steps = sorted(m.step for m in budgets_)
+    assert len(steps) == 2 and 800 < steps[0] < steps[1] < 1600  # LM bits x 100 (int8: 8 to 16)
+    for key in ("eval/guided_kl_test_by_bits", "eval/random_mean_kl_test_by_bits",
+                "eval/random_std_kl_test_by_bits", "eval/guided_beats_random_share_by_bits",
+                "eval/reverse_kl_test_by_bits", "eval/recommended_kl_test_by_bits",
+                "eval/rule_first_layers_kl_test_by_bits", "eval/rule_last_layers_kl_test_by_bits",
+                "eval/rule_lm_head_kl_test_by_bits", "eval/rule_mlp_down_kl_test_by_bits"):
+        assert sorted(m.step for m in client.get_metric_history(rid, key)) == steps, key
+    for m in budgets_:  # each recipe at or just below its budget (step / 100)
+        assert m.value <= m.step / 100 + 0.01
+    data = client.get_run(rid).data
+    assert data.params["evaluate.random_draws"] == "20"
+    assert -1 <= data.metrics["eval/truth_spearman_kl_ranking"] <= 1
+    assert data.metrics["eval/truth_groups_measured"] == 5
+    rec = {m.step: m.value for m in client.get_metric_history(rid, "eval/recommended_kl_test_by_bits")}
+    assert rec[steps[1]] <= rec[steps[0]]  # more bits never recommend a worse recipe (test KL)
+    names = {a.path for a in client.list_artifacts(rid, "figures")}
     assert names == {"figures/quality_vs_bits.png"}

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import yaml
 
-from layer_sensitivity import calibration, evaluate, mixed, model, paths, pipeline, recipes
+from layer_sensitivity import budgets, calibration, evaluate, mixed, model, paths, pipeline, recipes
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import (
     AutoQuantConfig,
@@ -186,7 +186,7 @@ def test_evaluate_mixed_against_keep_top_int4(runs: Runs) -> None:
     table = evaluate.evaluate_mixed(doc, int4, progress=False)
     mix = table[table["kind"] == recipes.MIXED].reset_index(drop=True)
     keep = table[table["kind"] == recipes.KEEP_TOP].reset_index(drop=True)
-    everywhere = evaluate.evaluate(TINY_MODEL, recipes.keep_top(int4, keep_fractions=[0.0]),
+    everywhere = evaluate.evaluate(TINY_MODEL, budgets.keep_top(int4, headroom=[0.0]),
                                    evaluate.calibration_captions(int4),
                                    evaluate.held_out_captions(doc["dataset"]["path"],
                                                               evaluate.calibration_captions(doc),

@@ -14,7 +14,18 @@ from typing import Any
 import pytest
 import yaml
 
-from layer_sensitivity import autoquant, calibration, manifest, model, paths, pipeline, recipes
+from layer_sensitivity import (
+    autoquant,
+    baselines,
+    budgets,
+    calibration,
+    ground_truth,
+    manifest,
+    model,
+    paths,
+    pipeline,
+    recipes,
+)
 from layer_sensitivity.schema import (
     AutoQuantConfig,
     DatasetConfig,
@@ -80,9 +91,12 @@ def test_every_recipe_quantizes_exactly_its_modules(
     m = manifests[pair]
     q = m["quantization"]
     sens = m["layer_sensitivity"]
-    all_recipes = recipes.from_frontier(m) + recipes.evaluation_recipes(m, seeds=(0,))
-    all_recipes.append(recipes.keep_top_for_bits(m, all_recipes[1].lm_bits))
-    assert len({r.name for r in all_recipes}) == len(all_recipes) == 3 + 4 * 3 + 1
+    all_recipes = (recipes.from_frontier(m) + budgets.keep_top(m, headroom=(0.0, 0.5))
+                   + baselines.equal_bits_recipes(m, (0.1, 0.25), draws=1)
+                   + ground_truth.alone_recipes(m, subset=3))
+    all_recipes.append(budgets.keep_top_for_bits(m, all_recipes[1].lm_bits))
+    # frontier, 2 budgets, 2 x (guided, ranking order, reverse, 5 rules, 1 draw), 3 alone, 1
+    assert len({r.name for r in all_recipes}) == len(all_recipes) == 3 + 2 + 2 * 9 + 3 + 1
     paths_ = recipes.write_recipes(all_recipes, tmp_path / "recipes")
     base, batches = tiny
     weight_bits = tuple(q["weight_quantizer"]["num_bits"]) if isinstance(

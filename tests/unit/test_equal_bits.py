@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from layer_sensitivity import baselines, budgets, equal_bits, ground_truth, groups, recipes
+from layer_sensitivity import (
+    baselines,
+    budgets,
+    equal_bits,
+    evaluate_runs,
+    figures,
+    ground_truth,
+    groups,
+    recipes,
+)
 from layer_sensitivity.errors import UserError
 from tests.unit.test_recipes import INT4, bits_by_hand, synthetic
 
@@ -109,3 +119,25 @@ def test_ground_truth_correlations_and_subsets() -> None:
     assert "5 quantize-and-measure passes" in ground_truth.cost_statement(5, 2.0)
     with pytest.raises(UserError, match="at least 3"):
         ground_truth.chosen_groups(gs, 2)
+
+
+def test_eval_metrics_are_series_over_bits_and_the_figure_draws(tmp_path: Path) -> None:
+    rows = [("g5", "keep_top", 0.1, 5.2, 5.2, 0.3), ("g7", "keep_top", 0.25, 7.0, 6.9, 0.2),
+            ("rv5", "reverse", 0.1, 5.2, 5.2, 0.5), ("rv7", "reverse", 0.25, 7.0, 7.0, 0.4),
+            ("f", "rule_first_layers", 0.1, 5.2, 5.1, 0.35),
+            ("f7", "rule_first_layers", 0.25, 7.0, 7.0, 0.25)]
+    rows += [(f"r{i}_{h}", "random", h, t, t, 0.4 + i / 100) for i in range(3)
+             for h, t in ((0.1, 5.2), (0.25, 7.0))]
+    res = _results(rows)
+    ev = equal_bits.EqualBits(res, equal_bits.summary(res), equal_bits.recommend(res), None, None)
+    ms = evaluate_runs.metrics(ev)
+    assert all(k.startswith("eval/") for k, _, _ in ms)
+    series = {k for k, _, step in ms if step is not None}
+    assert all(k.endswith("_by_bits") for k in series)
+    assert {step for _, _, step in ms} == {520, 700}  # LM bit budget x 100
+    guided = {step: v for k, v, step in ms if k == "eval/guided_kl_test_by_bits"}
+    assert guided == {520: pytest.approx(1.3), 700: pytest.approx(1.2)}  # test KL, not validation
+    beats = {step: v for k, v, step in ms if k == "eval/guided_beats_random_share_by_bits"}
+    assert beats == {520: 1.0, 700: 1.0}
+    path = figures.write_quality_vs_bits(ev.summary, tmp_path)
+    assert path.is_file() and path.stat().st_size > 10_000
