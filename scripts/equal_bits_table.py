@@ -112,7 +112,7 @@ def claims(run: dict[str, Any]) -> list[str]:
             lost = [LABELS[c] for c in ("random_mean", *RULES) if _cell(rows, bits, c)["kl_test"] < me]
             name = LABELS[who]
             out.append(f"{bits:.2f} bits: {name} " + (
-                "beats the random mean and every rule" if not lost
+                "is at or below the random mean and every rule" if not lost
                 else "loses to " + ", ".join(lost)))
     return out
 
@@ -124,7 +124,7 @@ def table(run: dict[str, Any]) -> list[str]:
     for bits in sorted({r["target_bits"] for r in rows}):
         rnd = _cell(rows, bits, "random_mean")
         cells = [f"{bits:.2f}", *(f"{_cell(rows, bits, c)['kl_test']:.5f}" for c in CURVES),
-                 f"{rnd['kl_test_std']:.5f}", f"{rnd['guided_beats']:.0%} of {rnd['draws']}"]
+                 f"{rnd['kl_test_std']:.5f}", f"{rnd['guided_beats']:.0%} of {int(rnd['draws'])}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -139,8 +139,60 @@ def correlation_line(run: dict[str, Any]) -> str:
             f"{LABELS[best]} {rules[best]['spearman_kl']:.2f}.")
 
 
-def render(runs: list[dict[str, Any]]) -> str:
+def _every(runs: list[dict[str, Any]], test: Any) -> bool:
+    return all(test(run, bits) for run in runs for bits in {r["target_bits"] for r in run["summary"]})
+
+
+def _kl(run: dict[str, Any], bits: float, curve: str) -> float:
+    return float(_cell(run["summary"], bits, curve)["kl_test"])
+
+
+def summary_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The prose the README states about all runs, each sentence computed from the numbers."""
+    budgets_ = sum(len({r["target_bits"] for r in run["summary"]}) for run in runs)
     out = []
+    below = _every(runs, lambda r, b: all(_kl(r, b, who) < min(_kl(r, b, "random_mean"),
+                                                               _kl(r, b, "reverse"))
+                                          for who in ("keep_top", "recommended")))
+    all_draws = _every(runs, lambda r, b: _cell(r["summary"], b, "random_mean")["guided_beats"] == 1)
+    out.append(f"- Guided and recommended are {'' if below else 'not always '}below the random mean "
+               f"and the reverse ranking at every budget of every run; guided beats "
+               f"{'every one of the' if all_draws else 'not all'} {DRAWS} random draws "
+               f"{'everywhere' if all_draws else ''}.".replace(" .", "."))
+    rank_wins = sum(_kl(run, b, "keep_top_rank") < _kl(run, b, "keep_top") for run in runs
+                    for b in {r["target_bits"] for r in run["summary"]})
+    out.append(f"- Score per bit is not always the best fill: the ranking's plain order "
+               f"(`keep_top_rank`) has lower test KL than guided at {rank_wins} of {budgets_} "
+               "budgets. The recommended recipe picks between them on validation captions.")
+    rule_wins = [(run, b, c) for run in runs for b in sorted({r["target_bits"] for r in run["summary"]})
+                 for c in RULES if _kl(run, b, c) < _kl(run, b, "recommended")]
+    mono = all([_kl(run, b, "recommended") for b in sorted({r["target_bits"] for r in run["summary"]})]
+               == sorted([_kl(run, b, "recommended") for b in {r["target_bits"] for r in
+                                                                run["summary"]}], reverse=True)
+               for run in runs)
+    out.append(f"- The recommended recipe {'never' if mono else 'sometimes'} gets worse on test "
+               f"captions for more bits; it is at or below every rule at "
+               f"{budgets_ - len({(id(r), b) for r, b, _ in rule_wins})} of {budgets_} budgets"
+               + ("." if not rule_wins else ": " + "; ".join(
+                   f"{LABELS[c]} is lower for {r['pair']} {r['method']} at {b:.2f} bits"
+                   for r, b, c in rule_wins) + " (each rule is a candidate; validation "
+                   "captions preferred another)."))
+    rank = [next(c for c in run["correlations"] if c["ranking"] == "ranking") for run in runs]
+    best = [max((c for c in run["correlations"] if c["ranking"] != "ranking"),
+                key=lambda c: c["spearman_kl"]) for run in runs]
+    out.append(f"- Against ground truth (test KL of each group alone) the ranking's Spearman is "
+               f"{min(c['spearman_kl'] for c in rank):.2f}-{max(c['spearman_kl'] for c in rank):.2f}, "
+               f"the best data-free rule's {min(c['spearman_kl'] for c in best):.2f}-"
+               f"{max(c['spearman_kl'] for c in best):.2f} "
+               f"({', '.join(sorted({LABELS[c['ranking']] for c in best}))}); against each group's "
+               f"caption-loss change the ranking's Spearman is only "
+               f"{min(c['spearman_loss'] for c in rank):.2f} to "
+               f"{max(c['spearman_loss'] for c in rank):.2f}.")
+    return out
+
+
+def render(runs: list[dict[str, Any]]) -> str:
+    out = [*summary_lines(runs), ""]
     for run in runs:
         out += [f"**{run['pair']}, {run['method']}** ({correlation_line(run)})", "", *table(run),
                 "", *(f"- {c}" for c in claims(run)), ""]
