@@ -329,6 +329,23 @@ def run_inputs(manifest: Mapping[str, Any], model_dir: str | Path | None,
     return mdir, calib, held
 
 
+def evaluate_manifest(manifest: Mapping[str, Any], *,
+                      eval_captions_path: str | Path | None = None,
+                      max_eval_samples: int | None = None,
+                      quant_cfgs: Mapping[str, recipes.QuantCfg] | None = None,
+                      model_dir: str | Path | None = None, device: str = "auto",
+                      eval_batch_size: int = EVAL_BATCH_SIZE, progress: bool = True,
+                      on_result: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    """The run's own (frontier or mixed) recipes, calibrated as the run did, on held-out captions
+    (default: see :func:`held_out_captions`). Single-format runs are judged at equal bits against
+    baselines by ``equal_bits.evaluate_equal_bits``."""
+    return _evaluate_like_the_run(manifest, recipes.from_frontier(manifest, quant_cfgs),
+                                  model_dir=model_dir, eval_captions_path=eval_captions_path,
+                                  max_eval_samples=max_eval_samples, device=device,
+                                  eval_batch_size=eval_batch_size, progress=progress,
+                                  on_result=on_result)
+
+
 # --------------------------------------------------------------------------------------------
 # Mixed-format recipes against one format with the most sensitive groups kept at 16 bits
 
