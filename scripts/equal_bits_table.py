@@ -10,8 +10,9 @@ sensitivity job (16 calibration captions) on the ``deep`` preset of scripts/make
 ``equal_bits.evaluate_equal_bits`` (budgets 10/25/50% of the headroom, 20 random draws, every
 group alone as ground truth; validation captions choose, test captions report). Each run's
 measured rows are cached under .cache/equal-bits/ (delete to remeasure). Writes
-docs/equal_bits.json (the numbers) and docs/equal_bits.md (the tables and the wins and losses the
-README quotes; tests/unit/test_equal_bits_readme.py checks the README against the JSON).
+docs/equal_bits.json (the numbers), docs/equal_bits.md (the tables and the wins and losses the
+README quotes; tests/unit/test_equal_bits_readme.py checks the README against the JSON) and the
+README's figure (int4, gradient).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MODEL_DIR = REPO / ".cache" / "deep-qwen3-vl"
 CACHE = REPO / ".cache" / "equal-bits"
 JSON_OUT = REPO / "docs" / "equal_bits.json"
 MD_OUT = REPO / "docs" / "equal_bits.md"
+FIGURE = REPO / "docs" / "figures" / "quality_vs_bits_int4_gradient.png"  # the README's figure
 PAIRS = {"int4": "wint4_afp16", "fp8": "wfp8_afp8"}
 METHODS = ("gradient", "kl_div")
 HEADROOM = (0.10, 0.25, 0.50)
@@ -88,6 +90,12 @@ def measure(short: str, method: str) -> dict[str, Any]:
         ev.results.to_csv(tmp, index=False)
         tmp.replace(rows_path)
     assert ev.correlations is not None
+    if (short, method) == ("int4", "gradient"):
+        from layer_sensitivity import figures
+
+        made = figures.write_quality_vs_bits(ev.summary, CACHE / "figure")
+        FIGURE.parent.mkdir(parents=True, exist_ok=True)
+        FIGURE.write_bytes(made.read_bytes())
     return {"pair": short, "method": method, "groups": len(m["layer_sensitivity"]),
             "summary": json.loads(ev.summary.to_json(orient="records")),
             "recommended": json.loads(ev.recommended.to_json(orient="records")),
