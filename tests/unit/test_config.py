@@ -13,6 +13,7 @@ from omegaconf.errors import ValidationError
 
 from layer_sensitivity import paths
 from layer_sensitivity.cli.config_store import CONF_DIR
+from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import Method, Precision, SensitivityConfig
 
 GROUPS = ["model", "dataset", "quant_pair", "quant_granularity", "autoquant", "output_layout",
@@ -79,6 +80,16 @@ def test_bad_values_fail_at_compose_time(override: str, needle: str) -> None:
     with pytest.raises((ConfigCompositionException, ValidationError)) as e:
         _compose(override)
     assert needle in str(e.value) + str(e.value.__cause__)
+
+
+@pytest.mark.parametrize("keep,needle", [("[0,25]", "did you mean 0.25"), ("[-0.1]", "-0.1"),
+                                         ("[0.1,1.5]", "1.5")])
+def test_recipe_budgets_are_fractions_of_the_headroom_at_compose_time(keep: str,
+                                                                       needle: str) -> None:
+    with pytest.raises(UserError, match="recipes.keep value") as e:
+        _compose(f"recipes.keep={keep}")
+    assert needle in str(e.value)
+    assert _compose("recipes.keep=[0,0.2,1]").recipes.keep == [0.0, 0.2, 1.0]
 
 
 def test_unknown_pair_lists_choices() -> None:
