@@ -78,10 +78,19 @@ def evaluate_equal_bits(manifest: Mapping[str, Any], *,
     log.info("equal-bits evaluation: %d recipes at %d budget(s) (%d random draws each), %s",
              len(todo) - alone, len(headroom), draws,
              ground_truth.cost_statement(alone, None) if truth else "no ground truth")
+    seconds: list[float] = []
+
+    def measured(row: dict[str, Any]) -> None:
+        seconds.append(float(row["seconds"]))
+        if alone and len(seconds) == len(todo) - alone:  # the groups alone come next: their cost
+            log.info(ground_truth.cost_statement(alone, sum(seconds) / len(seconds)))
+        if on_result:
+            on_result(row)
+
     results = evaluate._evaluate_like_the_run(
         manifest, todo, model_dir=model_dir, eval_captions_path=eval_captions_path,
         max_eval_samples=max_eval_samples, device=device,
-        eval_batch_size=evaluate.EVAL_BATCH_SIZE, progress=progress, on_result=on_result,
+        eval_batch_size=evaluate.EVAL_BATCH_SIZE, progress=progress, on_result=measured,
         split=True)
     results["group"] = [r.info.get("group") for r in todo]
     return analyse(manifest, results)
