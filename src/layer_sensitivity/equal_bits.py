@@ -96,6 +96,20 @@ def evaluate_equal_bits(manifest: Mapping[str, Any], *,
     return analyse(manifest, results)
 
 
+def is_single_format(manifest: Mapping[str, Any]) -> bool:
+    gs = recipes.manifest_groups(manifest)
+    return len({f for g in gs for f in g.costs if f != recipes.NONE}) == 1
+
+
+def own_recipes_only(manifest: Mapping[str, Any], **kwargs: Any) -> EqualBits:
+    """A multi-format (mixed) run: its own recipes on validation and test captions; no single
+    format to fill budgets with, so no baselines, recommendation or ground truth."""
+    from . import evaluate
+
+    results = evaluate.evaluate_manifest(manifest, split=True, **kwargs)
+    return EqualBits(results, pd.DataFrame(), pd.DataFrame(), None, None)
+
+
 def analyse(manifest: Mapping[str, Any], results: pd.DataFrame) -> EqualBits:
     """Summary, recommendation and ground-truth correlations from measured results."""
     truth = corr = None

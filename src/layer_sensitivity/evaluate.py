@@ -335,15 +335,16 @@ def evaluate_manifest(manifest: Mapping[str, Any], *,
                       quant_cfgs: Mapping[str, recipes.QuantCfg] | None = None,
                       model_dir: str | Path | None = None, device: str = "auto",
                       eval_batch_size: int = EVAL_BATCH_SIZE, progress: bool = True,
-                      on_result: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+                      on_result: Callable[[dict[str, Any]], None] | None = None,
+                      split: bool = False) -> pd.DataFrame:
     """The run's own (frontier or mixed) recipes, calibrated as the run did, on held-out captions
-    (default: see :func:`held_out_captions`). Single-format runs are judged at equal bits against
-    baselines by ``equal_bits.evaluate_equal_bits``."""
+    (default: see :func:`held_out_captions`; ``split``: validation and test columns). Single-format
+    runs are judged at equal bits against baselines by ``equal_bits.evaluate_equal_bits``."""
     return _evaluate_like_the_run(manifest, recipes.from_frontier(manifest, quant_cfgs),
                                   model_dir=model_dir, eval_captions_path=eval_captions_path,
                                   max_eval_samples=max_eval_samples, device=device,
                                   eval_batch_size=eval_batch_size, progress=progress,
-                                  on_result=on_result)
+                                  on_result=on_result, split=split)
 
 
 # --------------------------------------------------------------------------------------------

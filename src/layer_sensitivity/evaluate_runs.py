@@ -10,7 +10,8 @@ analysis run, every metric under ``eval/``:
   budget: ``eval/<curve>_kl_test_by_bits`` for ``recommended``, ``guided``, ``random_mean``,
   ``random_std``, ``reverse``, ``keep_top_rank`` and each ``rule_*``; ``eval/<curve>_lm_bits_by_bits``
   (achieved bits); ``eval/guided_beats_random_share_by_bits`` (share of draws beaten);
-  ``eval/recommended_loss_delta_test_by_bits``; ``eval/frontier_kl_test_by_bits`` (step = target);
+  ``eval/recommended_loss_delta_test_by_bits``; ``eval/frontier_kl_test_by_bits`` (step = target;
+  ``eval/mixed_kl_test_by_bits`` for a mixed run, whose own recipes are all it measures);
 - scalars: ``eval/truth_spearman_kl_ranking``, ``eval/truth_kendall_kl_ranking``,
   ``eval/truth_spearman_loss_ranking``, ``eval/truth_spearman_kl_best_rule`` and
   ``eval/truth_spearman_kl_<rule>``, ``eval/truth_groups_measured``;
@@ -50,7 +51,7 @@ def _step(bits: float) -> int:
 def metrics(ev: EqualBits) -> list[Metric]:
     """The ``eval/*`` metrics described in the module doc."""
     out: list[Metric] = []
-    for _, r in ev.summary.iterrows():
+    for _, r in ev.summary.iterrows():  # empty for a mixed run
         step, curve = _step(r["target_bits"]), str(r["curve"])
         name = "guided" if curve == recipes.KEEP_TOP else curve
         out += [(f"{PREFIX}/{name}_kl_test_by_bits", float(r["kl_test"]), step),
@@ -61,10 +62,10 @@ def metrics(ev: EqualBits) -> list[Metric]:
         if curve in ("recommended", recipes.KEEP_TOP):
             out.append((f"{PREFIX}/{name}_loss_delta_test_by_bits",
                         float(r["loss_delta_test"]), step))
-    frontier = ev.results[ev.results["kind"] == recipes.FRONTIER]
+    frontier = ev.results[ev.results["kind"].isin([recipes.FRONTIER, recipes.MIXED])]
     for _, r in frontier.iterrows():
         if r["target_bits"] is not None and not math.isnan(float(r["target_bits"])):
-            out.append((f"{PREFIX}/frontier_kl_test_by_bits", float(r["kl_test"]),
+            out.append((f"{PREFIX}/{r['kind']}_kl_test_by_bits", float(r["kl_test"]),
                         _step(r["target_bits"])))
     if ev.correlations is not None:
         c = ev.correlations.set_index("ranking")
@@ -93,7 +94,9 @@ def log_equal_bits(run: Any, ev: EqualBits, out_dir: Path) -> dict[str, Path]:
             df.to_csv(csv, index=False)
             files[csv.name] = csv
             run.log_table(df, stem)
-    files[f"figures/{figures.QUALITY_VS_BITS}"] = figures.write_quality_vs_bits(ev.summary, out_dir)
+    if not ev.summary.empty:
+        files[f"figures/{figures.QUALITY_VS_BITS}"] = figures.write_quality_vs_bits(ev.summary,
+                                                                                   out_dir)
     run.log_metrics(metrics(ev))
     run.log_files(files)
     return files
@@ -120,10 +123,14 @@ def evaluate_run(store: RunStore, tracker: Tracker, run_id: str, out_dir: Path, 
                         "evaluate.bits_tolerance": baselines.EQUAL_BITS_TOLERANCE,
                         "evaluate.eval_captions": eval_captions or "held-out bundled captions",
                         "evaluate.max_eval_samples": max_eval_samples})
-        ev = equal_bits.evaluate_equal_bits(doc, headroom=headroom, draws=draws, truth=truth,
-                                            truth_subset=truth_subset,
-                                            eval_captions_path=eval_captions,
-                                            max_eval_samples=max_eval_samples)
+        if equal_bits.is_single_format(doc):
+            ev = equal_bits.evaluate_equal_bits(doc, headroom=headroom, draws=draws, truth=truth,
+                                                truth_subset=truth_subset,
+                                                eval_captions_path=eval_captions,
+                                                max_eval_samples=max_eval_samples)
+        else:
+            ev = equal_bits.own_recipes_only(doc, eval_captions_path=eval_captions,
+                                             max_eval_samples=max_eval_samples)
         log_equal_bits(run, ev, out_dir)
     log.info("evaluated %d recipes of run %s -> %s", len(ev.results), run_id, out_dir)
     return ev

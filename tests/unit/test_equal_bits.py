@@ -141,3 +141,12 @@ def test_eval_metrics_are_series_over_bits_and_the_figure_draws(tmp_path: Path) 
     assert beats == {520: 1.0, 700: 1.0}
     path = figures.write_quality_vs_bits(ev.summary, tmp_path)
     assert path.is_file() and path.stat().st_size > 10_000
+
+
+def test_a_mixed_run_logs_its_own_recipes_by_target_bits() -> None:
+    res = _results([("mixed_6bits", "mixed", math.nan, 6.0, 5.9, 0.2),
+                    ("mixed_7bits", "mixed", math.nan, 7.0, 6.9, 0.1)])
+    ev = equal_bits.EqualBits(res, pd.DataFrame(), pd.DataFrame(), None, None)
+    ms = evaluate_runs.metrics(ev)
+    assert ms == [("eval/mixed_kl_test_by_bits", pytest.approx(1.2), 600),
+                  ("eval/mixed_kl_test_by_bits", pytest.approx(1.1), 700)]

@@ -70,9 +70,12 @@ def main(argv: list[str] | None = None) -> None:
                           eval_captions=args.eval_captions or None,
                           max_eval_samples=args.max_eval_samples, draws=args.draws,
                           truth=truth, truth_subset=subset)
-    print(wide(ev.summary).to_string(float_format="%.5f"))
-    print(ev.recommended[["target_bits", "name", "lm_bits", "kl_val", "kl_test", "note"]]
-          .to_string(index=False))
+    if ev.summary.empty:  # a mixed run: its own recipes only
+        print(ev.results[["name", "lm_bits", "kl", "kl_test"]].to_string(index=False))
+    else:
+        print(wide(ev.summary).to_string(float_format="%.5f"))
+        print(ev.recommended[["target_bits", "name", "lm_bits", "kl_val", "kl_test", "note"]]
+              .to_string(index=False))
     if ev.correlations is not None:
         print(ev.correlations.to_string(index=False, float_format="%.3f"))
     print(f"evaluation written to {out} and logged under run {args.run_id} in {store.where}")
