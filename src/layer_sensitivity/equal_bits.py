@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class EqualBits:
     recommended: pd.DataFrame  # per budget: the recommended recipe, validation and test numbers
     truth: pd.DataFrame | None  # per group alone: KL and loss change (test captions)
     correlations: pd.DataFrame | None  # ranking and rules vs truth: Spearman, Kendall
+    # The recommended recipes themselves (``recommended_<pct>pct``), when measured here.
+    chosen: list[recipes.Recipe] = field(default_factory=list)
 
 
 def plan_recipes(manifest: Mapping[str, Any], headroom: Sequence[float], draws: int,
@@ -93,7 +95,26 @@ def evaluate_equal_bits(manifest: Mapping[str, Any], *,
         eval_batch_size=evaluate.EVAL_BATCH_SIZE, progress=progress, on_result=measured,
         split=True)
     results["group"] = [r.info.get("group") for r in todo]
-    return analyse(manifest, results)
+    ev = analyse(manifest, results)
+    ev.chosen = recommended_recipes(ev.recommended, todo)
+    return ev
+
+
+def recommended_recipes(rec: pd.DataFrame, measured: Sequence[recipes.Recipe]
+                        ) -> list[recipes.Recipe]:
+    """Each budget's recommended recipe, renamed ``recommended_<pct>pct`` (it keeps its kind and
+    says what it was, which budget it serves and how it was chosen)."""
+    by_name = {r.name: r for r in measured}
+    out = []
+    for _, row in rec.iterrows():
+        r = by_name[row["name"]]
+        out.append(replace(
+            r, name=budgets.headroom_name(RECOMMENDED, float(row["headroom"])),
+            info={**r.info, "recommended_as": r.name, "budget_headroom": float(row["headroom"]),
+                  "budget_bits": float(row["target_bits"]),
+                  "chosen_on": "lowest validation KL among candidates that fit the budget",
+                  "kl_validation": float(row["kl_val"]), "kl_test": float(row["kl_test"])}))
+    return out
 
 
 def is_single_format(manifest: Mapping[str, Any]) -> bool:

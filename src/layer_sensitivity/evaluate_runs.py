@@ -16,7 +16,8 @@ analysis run, every metric under ``eval/``:
   ``eval/truth_spearman_loss_ranking``, ``eval/truth_spearman_kl_best_rule`` and
   ``eval/truth_spearman_kl_<rule>``, ``eval/truth_groups_measured``;
 - tables ``evaluation`` (every recipe), ``equal_bits`` (per budget and curve), ``recommended``,
-  ``ground_truth`` and ``truth_correlations``; the figure ``figures/quality_vs_bits.png``.
+  ``ground_truth`` and ``truth_correlations``; the figure ``figures/quality_vs_bits.png``; the
+  recommended recipes, ``recipes/recommended_<pct>pct.json`` (``recipes.load_recipe``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def log_equal_bits(run: Any, ev: EqualBits, out_dir: Path) -> dict[str, Path]:
             df.to_csv(csv, index=False)
             files[csv.name] = csv
             run.log_table(df, stem)
+    for path in recipes.write_recipes(ev.chosen, out_dir / "recipes"):
+        files[f"recipes/{path.name}"] = path
     if not ev.summary.empty:
         files[f"figures/{figures.QUALITY_VS_BITS}"] = figures.write_quality_vs_bits(ev.summary,
                                                                                    out_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from layer_sensitivity import recipes
 from tests.helpers import SweepRun, artifact_text, mlflow_run, top_level_runs
 
 pytestmark = pytest.mark.slow
@@ -82,3 +83,9 @@ def test_evaluate_logs_equal_bits_curves_with_steps_in_bits(swept: SweepRun,
     assert rec[steps[1]] <= rec[steps[0]]  # more bits never recommend a worse recipe (test KL)
     names = {a.path for a in client.list_artifacts(rid, "figures")}
     assert names == {"figures/quality_vs_bits.png"}
+    chosen = {a.path for a in client.list_artifacts(rid, "recipes")}
+    assert chosen == {"recipes/recommended_25pct.json", "recipes/recommended_50pct.json"}
+    local = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="recipes",
+                                                dst_path=str(tmp_path), tracking_uri=swept.uri)
+    cfg = recipes.load_recipe(Path(local) / "recommended_50pct.json")
+    assert cfg["quant_cfg"][0] == {"quantizer_name": "*", "enable": False}

@@ -150,3 +150,19 @@ def test_a_mixed_run_logs_its_own_recipes_by_target_bits() -> None:
     ms = evaluate_runs.metrics(ev)
     assert ms == [("eval/mixed_kl_test_by_bits", pytest.approx(1.2), 600),
                   ("eval/mixed_kl_test_by_bits", pytest.approx(1.1), 700)]
+
+
+def test_recommended_recipes_are_the_chosen_candidates_renamed(tmp_path: Path) -> None:
+    m = synthetic([INT4], seed=5)
+    rs = baselines.equal_bits_recipes(m, (0.1, 0.25), draws=2)
+    kl = {r.name: (0.5 if r.kind == "random" else 0.3 if r.kind == "rule_lm_head" else 0.4)
+          - r.info["headroom"] for r in rs}
+    res = _results([(r.name, r.kind, r.info["headroom"], r.info["target_bits"], r.lm_bits,
+                     kl[r.name]) for r in rs])
+    chosen = equal_bits.recommended_recipes(equal_bits.recommend(res), rs)
+    assert [r.name for r in chosen] == ["recommended_10pct", "recommended_25pct"]
+    assert [r.info["recommended_as"] for r in chosen] == ["rule_lm_head_10pct", "rule_lm_head_25pct"]
+    original = {r.name: r for r in rs}["rule_lm_head_25pct"]
+    assert chosen[1].config == original.config and chosen[1].kept == original.kept
+    back = recipes.read_recipe(recipes.write_recipe(chosen[1], tmp_path / "r.json"))
+    assert back.name == "recommended_25pct" and back.info["kl_test"] == pytest.approx(1.05)
