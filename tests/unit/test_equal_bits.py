@@ -166,3 +166,17 @@ def test_recommended_recipes_are_the_chosen_candidates_renamed(tmp_path: Path) -
     assert chosen[1].config == original.config and chosen[1].kept == original.kept
     back = recipes.read_recipe(recipes.write_recipe(chosen[1], tmp_path / "r.json"))
     assert back.name == "recommended_25pct" and back.info["kl_test"] == pytest.approx(1.05)
+
+
+def test_evaluate_arguments_name_the_bad_value() -> None:
+    from layer_sensitivity.cli import evaluate as cli
+
+    assert cli.parse_fractions("0.1,0.25") == [0.1, 0.25]
+    assert cli.parse_truth("all") == (True, None) and cli.parse_truth("none") == (False, None)
+    assert cli.parse_truth("12") == (True, 12)
+    for bad in ("0,0.25", "25", "a"):
+        with pytest.raises(UserError, match="headroom"):
+            cli.parse_fractions(bad)
+    for bad in ("2", "some"):
+        with pytest.raises(UserError, match="ground-truth"):
+            cli.parse_truth(bad)
