@@ -89,3 +89,10 @@ def test_readme_loss_claim_matches_the_measurements() -> None:
                                     "scripts/equal_bits_table.py"])
 def test_readme_names_its_sources(phrase: str) -> None:
     assert phrase in README
+
+
+def test_every_curve_is_within_the_stated_tolerance() -> None:
+    """README: 'on the 8-layer model below every gap is at most 0.11 bits'."""
+    gaps = [r["bits_gap"] for run in RUNS for r in run["summary"] if r["curve"] != "recommended"]
+    assert max(gaps) <= 0.11 and all(r["within_tolerance"] for run in RUNS for r in run["summary"])
+    assert "every gap is at most 0.11 bits" in " ".join(README.split())
