@@ -43,15 +43,23 @@ LABELS = {"recommended": "recommended", "keep_top": "guided", "random_mean": "ra
 RULES = [c for c in CURVES if c.startswith("rule_")]
 
 
-def ensure_model() -> Path:
-    if not (MODEL_DIR / "model.safetensors").is_file():
+def ensure_model(model_dir: Path = MODEL_DIR) -> Path:
+    """The deep model, made when missing (one thread: the bytes the README's numbers came from)."""
+    if not (model_dir / "model.safetensors").is_file():
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_qwen3vl.py"),
-                        "--preset", "deep", "--out", str(MODEL_DIR)], check=True)
-    return MODEL_DIR
+                        "--preset", "deep", "--threads", "1", "--out", str(model_dir)], check=True)
+    return model_dir
 
 
-def measure(short: str, method: str) -> dict[str, Any]:
-    """One run: (cached) manifest and measured rows -> summary, recommendation, correlations."""
+def model_sha256(model_dir: Path = MODEL_DIR) -> str:
+    return str(json.loads((model_dir / "training_report.json").read_text())[
+        "model_safetensors_sha256"])
+
+
+def measure(short: str, method: str, cache: Path = CACHE, model_dir: Path = MODEL_DIR,
+            figure: Path | None = FIGURE) -> dict[str, Any]:
+    """One run: (cached) manifest and measured rows -> summary, recommendation, correlations;
+    int4 gradient also draws ``figure``."""
     import pandas as pd
     import yaml
 
@@ -66,8 +74,9 @@ def measure(short: str, method: str) -> dict[str, Any]:
         TrackingConfig,
     )
 
-    out = CACHE / f"{short}_{method}"
+    out = cache / f"{short}_{method}"
     manifest_path, rows_path = out / "manifest.json", out / "results.csv"
+    out.mkdir(parents=True, exist_ok=True)
     if manifest_path.is_file():
         m = json.loads(manifest_path.read_text())
     else:
@@ -75,7 +84,8 @@ def measure(short: str, method: str) -> dict[str, Any]:
         pair = QuantPairConfig(**{**d, "weight": Precision(d["weight"]),
                                   "activation": Precision(d["activation"])})
         cfg = SensitivityConfig(
-            model=ModelConfig(name="deep-qwen3-vl", path=str(ensure_model()), device="cpu"),
+            model=ModelConfig(name="deep-qwen3-vl", path=str(ensure_model(model_dir)),
+                              device="cpu"),
             quant_pair=pair, autoquant=AutoQuantConfig(method=Method(method), reuse_scores=False),
             tracking=TrackingConfig(enabled=False))
         m = json.loads(json.dumps(pipeline.run(pipeline.plan(cfg), out / "job").manifest,
@@ -90,12 +100,12 @@ def measure(short: str, method: str) -> dict[str, Any]:
         ev.results.to_csv(tmp, index=False)
         tmp.replace(rows_path)
     assert ev.correlations is not None
-    if (short, method) == ("int4", "gradient"):
+    if figure is not None and (short, method) == ("int4", "gradient"):
         from layer_sensitivity import figures
 
-        made = figures.write_quality_vs_bits(ev.summary, CACHE / "figure")
-        FIGURE.parent.mkdir(parents=True, exist_ok=True)
-        FIGURE.write_bytes(made.read_bytes())
+        made = figures.write_quality_vs_bits(ev.summary, cache / "figure")
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        figure.write_bytes(made.read_bytes())
     return {"pair": short, "method": method, "groups": len(m["layer_sensitivity"]),
             "summary": json.loads(ev.summary.to_json(orient="records")),
             "recommended": json.loads(ev.recommended.to_json(orient="records")),
@@ -218,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
         runs = [measure(short, method) for short in PAIRS for method in METHODS]
         JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
         JSON_OUT.write_text(json.dumps({"model": "deep preset (8 decoder layers), "
-                                        "scripts/make_tiny_qwen3vl.py", "headroom": HEADROOM,
+                                        "scripts/make_tiny_qwen3vl.py --threads 1",
+                                        "model_safetensors_sha256": model_sha256(),
+                                        "headroom": HEADROOM,
                                         "draws": DRAWS, "runs": runs}, indent=1) + "\n")
     MD_OUT.write_text(render(runs))
     print(MD_OUT.read_text())

@@ -109,3 +109,28 @@ def test_held_out_captions_are_disjoint_from_calibration_and_training(tmp_path: 
         evaluate.evaluate(TINY_MODEL, [], calib, [lines[3]])
     with pytest.raises(UserError, match="no caption left"):
         evaluate.held_out_captions(CAPTIONS, generator_held, TINY_MODEL)
+
+
+def test_the_8_layer_model_reproduces_the_readme_numbers(tmp_path: Path) -> None:
+    """scripts/equal_bits_table.py from scratch for one run (int4, gradient): the same model bytes,
+    and the README's numbers (docs/equal_bits.json) again, to float noise."""
+    import importlib.util
+    import json
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("equal_bits_table",
+                                                  repo / "scripts" / "equal_bits_table.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    recorded = json.loads((repo / "docs" / "equal_bits.json").read_text())
+    model_dir = script.ensure_model(tmp_path / "deep")
+    assert script.model_sha256(model_dir) == recorded["model_safetensors_sha256"]
+    run = script.measure("int4", "gradient", cache=tmp_path / "cache", model_dir=model_dir,
+                         figure=None)
+    want = next(r for r in recorded["runs"] if (r["pair"], r["method"]) == ("int4", "gradient"))
+    got = {(r["curve"], r["target_bits"]): r["kl_test"] for r in run["summary"]}
+    for r in want["summary"]:
+        assert got[(r["curve"], r["target_bits"])] == pytest.approx(r["kl_test"], rel=0.02), r
+    assert [r["name"] for r in run["recommended"]] == [r["name"] for r in want["recommended"]]
+    assert script.claims(run) == script.claims(want)
