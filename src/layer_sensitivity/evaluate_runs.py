@@ -17,7 +17,7 @@ analysis run, every metric under ``eval/``:
   ``eval/truth_spearman_kl_<rule>``, ``eval/truth_groups_measured``;
 - tables ``evaluation`` (every recipe), ``equal_bits`` (per budget and curve), ``recommended``,
   ``ground_truth`` and ``truth_correlations``; the figure ``figures/quality_vs_bits.png``; the
-  recommended recipes, ``recipes/recommended_<pct>pct.json`` (``recipes.load_recipe``).
+  recommended recipes, ``recipes/recommended_<pct>pct.yaml`` (ModelOpt PTQ recipes).
 """
 
 from __future__ import annotations

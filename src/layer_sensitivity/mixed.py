@@ -1,8 +1,8 @@
 """Mixed-format recipes at a bit budget: one AutoQuantize search over several formats.
 
 ``plan`` (every format and budget checked, no model) then ``run``: calibration data -> scores ->
-solve each budget -> manifest, choice table, figures and ``recipes/mixed_<pairs>_<bits>bits.json``
-(``recipes.load_recipe`` -> ``mtq.quantize``). ``run_and_log`` logs one run through the tracking
+solve each budget -> manifest, choice table, figures and ``recipes/mixed_<pairs>_<bits>bits.yaml``
+(``recipe_files.load_recipe`` -> ``mtq.quantize``). ``run_and_log`` logs one run through the tracking
 interface. No Hydra, no MLflow: callers pass one ``SensitivityConfig`` per format (identical but
 for the pair).
 
@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from . import autoquant, calibration, catalogue, figures, manifest, model, pipeline, profiles, recipes
+from . import recipe_files as recipe_file_io
 from .errors import UserError
 from .groups import GroupStats, depth_key, format_bits, layer_and_kind, min_scope_bits
 from .redact import redact_text
@@ -499,7 +500,8 @@ def _report(doc: dict[str, Any], recipe_files: list[Path]) -> str:
                  if n in p["mix"] else "0, 0%" for n in [*doc["scheme"]["formats"], NONE]]
         lines.append(f"| {p['target_bits']:g} | {p['achieved_bits']:.4f} | {p['satisfied']} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "Recipes (`cfg = layer_sensitivity.recipes.load_recipe(path)`, then "
+    lines += ["", "Recipes (ModelOpt PTQ recipe YAML: `hf_ptq.py --recipe <file>`, or "
+              "`cfg = layer_sensitivity.recipe_files.load_recipe(path)`, then "
               "`mtq.quantize(model, cfg, forward_loop)`):", ""]
     lines += [f"- `{pipeline.RECIPES_DIR}/{f.name}`" for f in recipe_files]
     lines += ["", "Figures: " + ", ".join(f"`{figures.FIGURES_DIR}/{n}`"
@@ -511,7 +513,7 @@ def write_outputs(mp: MixedPlan, doc: dict[str, Any], out_dir: Path) -> tuple[li
     """Manifest, choice table, figures, report; one recipe per budget. (all files, recipe files)"""
     exported = [dataclasses.replace(r, name=mp.recipe_name(float(r.info["target_bits"])))
                 for r in recipes.from_frontier(doc)]
-    recipe_files = recipes.write_recipes(exported, out_dir / pipeline.RECIPES_DIR)
+    recipe_files = recipe_file_io.write_recipes(exported, out_dir / pipeline.RECIPES_DIR, doc)
     table = out_dir / f"{CHOICES_TABLE}.csv"
     choices_frame(doc).to_csv(table, index=False)
     report = out_dir / REPORT_NAME

@@ -20,7 +20,18 @@ from typing import Any, Protocol
 
 import torch
 
-from . import autoquant, budgets, calibration, catalogue, manifest, model, recipes, report, scorecache
+from . import (
+    autoquant,
+    budgets,
+    calibration,
+    catalogue,
+    manifest,
+    model,
+    recipe_files,
+    recipes,
+    report,
+    scorecache,
+)
 from .errors import UserError
 from .groups import GroupStats, min_scope_bits
 from .reuse import Resources
@@ -348,7 +359,7 @@ def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.B
         s.cache)
     files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]
     exported = recipes.from_frontier(doc) + budgets.keep_top(doc, headroom=p.cfg.recipes.keep)
-    files += recipes.write_recipes(exported, out_dir / RECIPES_DIR)
+    files += recipe_files.write_recipes(exported, out_dir / RECIPES_DIR, doc)
     return doc, files
 
 

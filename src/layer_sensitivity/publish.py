@@ -123,8 +123,13 @@ BINARY_STATE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".sa
                          ".npy", ".npz", ".joblib")
 
 
+CHECKPOINTS_PREFIX = "checkpoints/"  # exported quantized checkpoints (the run's logged models)
+
+
 def is_binary_state(path: str) -> bool:
     name = PurePosixPath(path).name.lower()
+    if path.startswith(CHECKPOINTS_PREFIX) and name.endswith(".safetensors"):
+        return False  # an exported checkpoint's weights: safetensors hold data, never code
     return name.endswith(BINARY_STATE_SUFFIXES) or name.startswith("modelopt_state")
 
 
@@ -132,8 +137,8 @@ def select(paths: list[str]) -> tuple[list[str], list[str]]:
     """Split a run's artifact files into (published, skipped).
 
     Published: the manifest, the reports and the composed config (top level), plots
-    (anywhere) and the recipes (``recipes/*.json``). Everything else, binary ModelOpt state above
-    all, stays in the tracking store.
+    (anywhere) and the recipes (``recipes/*.yaml``, ModelOpt PTQ recipes; ``*.json`` of older
+    runs). Everything else, binary ModelOpt state above all, stays in the tracking store.
     """
     chosen: list[str] = []
     skipped: list[str] = []
@@ -144,7 +149,7 @@ def select(paths: list[str]) -> tuple[list[str], list[str]]:
             (top and (name.endswith(MANIFEST_SUFFIX) or name.startswith(REPORT_PREFIX)
                       or name == CONFIG_FILE))
             or name.lower().endswith(PLOT_SUFFIXES)
-            or (path.startswith(RECIPES_PREFIX) and name.endswith(".json"))
+            or (path.startswith(RECIPES_PREFIX) and name.endswith((".yaml", ".json")))
         )
         (chosen if wanted and not is_binary_state(path) and name != PROVENANCE
          else skipped).append(path)
@@ -410,8 +415,11 @@ def provenance(record: RunRecord, where: str, manifest_name: str) -> dict[str, o
     }
 
 
-def publish_run(store: RunStore, run_id: str, root: Path, force: bool) -> Published:
-    """Copy a FINISHED run's manifest, reports, config and figures under ``root``."""
+def publish_run(store: RunStore, run_id: str, root: Path, force: bool,
+                models: bool = False) -> Published:
+    """Copy a FINISHED run's manifest, reports, config and figures under ``root``; with
+    ``models``, also the checkpoints exported from it (its READY logged models) under
+    ``checkpoints/<model name>/``."""
     record = store.get(run_id)
     if record.status != "FINISHED":
         raise UserError(
@@ -431,8 +439,27 @@ def publish_run(store: RunStore, run_id: str, root: Path, force: bool) -> Publis
             return done
         for p in chosen:
             local.setdefault(p, store.download(run_id, p, Path(tmp)))
+        if models:
+            local |= _model_files(store, run_id, Path(tmp) / "models")
         result = publish_files(local, dest, provenance(record, store.where, name), force=force)
     for p in skipped:
         log.info("not published: %s", p)
     store.set_tags(run_id, {PUBLISHED_TAG: str(result.path)})
     return result
+
+
+def _model_files(store: RunStore, run_id: str, tmp: Path) -> dict[str, Path]:
+    """``checkpoints/<name>/<file>`` -> local copy, for each READY logged model of the run."""
+    out: dict[str, Path] = {}
+    seen: set[str] = set()
+    for m in store.logged_models(run_id):  # newest first: one checkpoint per name
+        if m["status"] != "READY" or m["name"] in seen:
+            continue
+        seen.add(m["name"])
+        local = store.download_model(m["model_id"], tmp / m["model_id"])
+        for f in sorted(local.rglob("*")):
+            if f.is_file():
+                out[f"{CHECKPOINTS_PREFIX}{m['name']}/{f.relative_to(local).as_posix()}"] = f
+    if not out:
+        log.info("run %s has no exported checkpoint (logged model) to publish", run_id)
+    return out

@@ -1,15 +1,11 @@
 """Mixed-precision recipes that ``mtq.quantize`` consumes, built from a quant manifest.
 
-A recipe is ModelOpt's own config shape, ``{"quant_cfg": [...], "algorithm": ...}``: every
+A recipe's config is ModelOpt's own shape, ``{"quant_cfg": [...], "algorithm": ...}``: every
 quantizer is disabled first, then each quantized layer group's modules get the weight and input
 quantizer settings of that group's format, named module by module (as
 ``mtq.get_auto_quantize_config`` writes them). The vision tower is never named, so it stays
-unquantized. A sibling key, ``layer_sensitivity``, says what the recipe is (kind, formats, bits,
-kept and quantized groups, source run); :func:`load_recipe` strips it and restores what JSON loses
-(tuples such as ``num_bits: (4, 3)``, integer keys such as ``block_sizes: {-1: 128}``)::
-
-    cfg = layer_sensitivity.recipes.load_recipe("recipes/keep_top_25pct.json")
-    model = mtq.quantize(model, cfg, forward_loop)
+unquantized. :class:`Recipe` adds what it is (kind, formats, LM bits, kept and quantized groups);
+``recipe_files`` writes it as a ModelOpt PTQ recipe YAML and reads it back.
 
 Building recipes needs neither torch nor ModelOpt when the manifest records its formats' exact
 configs (``quantization.modelopt_config`` / ``modelopt_configs``) or the caller passes them;
@@ -22,13 +18,9 @@ import copy
 import fnmatch
 import json
 import logging
-import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -37,8 +29,6 @@ log = logging.getLogger(__name__)
 
 QuantCfg = dict[str, Any]
 
-RECIPE_KEY = "layer_sensitivity"  # the metadata sibling of quant_cfg / algorithm
-RECIPE_VERSION = 1
 NONE = "NONE"  # ModelOpt's name for "left at 16 bits"
 # Quantizers of a plain linear layer, as ModelOpt's auto_quantize replays them per module.
 WEIGHT, INPUT, OUTPUT = "weight_quantizer", "input_quantizer", "output_quantizer"
@@ -279,9 +269,9 @@ class Recipe:
 
     @property
     def metadata(self) -> dict[str, Any]:
+        """What the recipe is, as data (reports, logged-model params)."""
         formats = sorted(set(self.quantized.values()))
         return {
-            "recipe_version": RECIPE_VERSION,
             "name": self.name,
             "kind": self.kind,
             "formats": formats,
@@ -290,10 +280,6 @@ class Recipe:
             "kept_groups": list(self.kept),
             "quantized_groups": dict(self.quantized),
         }
-
-    def document(self) -> dict[str, Any]:
-        """The JSON document written to disk: ModelOpt's config plus the metadata key."""
-        return jsonable({**self.config, RECIPE_KEY: self.metadata})
 
 
 def build_config(groups: Sequence[Group], assignment: Mapping[str, str],
@@ -405,59 +391,20 @@ def single_format(manifest: Mapping[str, Any], groups: list[Group],
 
 
 # --------------------------------------------------------------------------------------------
-# Files
+# Files: ModelOpt PTQ recipe YAML, in ``recipe_files`` (these names delegate there, so callers
+# of the former JSON writer and loader get ModelOpt's format).
 
 
-def write_recipe(recipe: Recipe, path: str | Path) -> Path:
-    """Write atomically (a reader never sees half a recipe)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(recipe.document(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+def write_recipes(recipe_list: Iterable[Recipe], directory: Any,
+                  manifest: Mapping[str, Any] | None = None) -> list[Any]:
+    """``recipe_files.write_recipes``: ``<directory>/<name>.yaml`` per recipe."""
+    from . import recipe_files
+
+    return recipe_files.write_recipes(recipe_list, directory, manifest)
 
 
-def write_recipes(recipes: Iterable[Recipe], directory: str | Path) -> list[Path]:
-    """``<directory>/<recipe.name>.json`` for each recipe."""
-    return [write_recipe(r, Path(directory) / f"{r.name}.json") for r in recipes]
+def load_recipe(path: Any) -> QuantCfg:
+    """``recipe_files.load_recipe``: the config of a ModelOpt PTQ recipe file, validated."""
+    from . import recipe_files
 
-
-def _read(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"Recipe '{path}' does not exist. Check the path or the run's "
-                        "recipes/ artifacts.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"Recipe '{path}' is not valid JSON ({e}). Re-export it.") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("quant_cfg"), (list, dict)):
-        raise UserError(f"Recipe '{path}' is not a ModelOpt config: it needs a 'quant_cfg' list. "
-                        "Point at a recipes/*.json exported by layer_sensitivity.")
-    return doc
-
-
-def load_recipe(path: str | Path) -> QuantCfg:
-    """The ModelOpt config of a recipe file, ready for ``mtq.quantize(model, cfg, forward_loop)``."""
-    doc = _read(path)
-    doc.pop(RECIPE_KEY, None)
-    return restore(doc)
-
-
-def read_recipe(path: str | Path) -> Recipe:
-    """A recipe file back as a :class:`Recipe` (config and metadata)."""
-    doc = _read(path)
-    meta = doc.pop(RECIPE_KEY, None) or {}
-    known = {"recipe_version", "name", "kind", "formats", "lm_bits", "kept_groups",
-             "quantized_groups"}
-    return Recipe(
-        name=str(meta.get("name") or Path(path).stem),
-        kind=str(meta.get("kind") or "external"),
-        config=restore(doc),
-        quantized=dict(meta.get("quantized_groups") or {}),
-        kept=tuple(meta.get("kept_groups") or ()),
-        lm_bits=float(meta.get("lm_bits", math.nan)),
-        info={k: v for k, v in meta.items() if k not in known},
-    )
+    return recipe_files.load_recipe(path)

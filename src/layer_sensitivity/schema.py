@@ -208,7 +208,7 @@ class RunnerConfig:
 
 @dataclass
 class RecipesConfig:
-    # Exported with every run (recipes/*.json, loadable by mtq.quantize), one per value: LM bit
+    # Exported with every run (recipes/*.yaml, ModelOpt PTQ recipes), one per value: LM bit
     # budgets as fractions of the headroom from the pair's bits (0: every group quantized) to 16
     # (1: none), each filled by keeping the most sensitive groups per bit spent at 16 bits
     # (budgets.py states the rule); plus one per frontier target.

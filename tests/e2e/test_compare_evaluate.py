@@ -84,8 +84,8 @@ def test_evaluate_logs_equal_bits_curves_with_steps_in_bits(swept: SweepRun,
     names = {a.path for a in client.list_artifacts(rid, "figures")}
     assert names == {"figures/quality_vs_bits.png"}
     chosen = {a.path for a in client.list_artifacts(rid, "recipes")}
-    assert chosen == {"recipes/recommended_25pct.json", "recipes/recommended_50pct.json"}
+    assert chosen == {"recipes/recommended_25pct.yaml", "recipes/recommended_50pct.yaml"}
     local = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="recipes",
                                                 dst_path=str(tmp_path), tracking_uri=swept.uri)
-    cfg = recipes.load_recipe(Path(local) / "recommended_50pct.json")
+    cfg = recipes.load_recipe(Path(local) / "recommended_50pct.yaml")  # ModelOpt-validated YAML
     assert cfg["quant_cfg"][0] == {"quantizer_name": "*", "enable": False}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,17 @@ import mlflow
 import pytest
 import yaml
 
-from layer_sensitivity import budgets, calibration, evaluate, mixed, model, paths, pipeline, recipes
+from layer_sensitivity import (
+    budgets,
+    calibration,
+    evaluate,
+    mixed,
+    model,
+    paths,
+    pipeline,
+    recipe_files,
+    recipes,
+)
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import (
     AutoQuantConfig,
@@ -149,9 +158,9 @@ def test_mixed_recipes_split_formats_and_load_into_mtq_quantize(runs: Runs) -> N
     point = next(p for p in doc["frontier"] if p["target_bits"] == 6.0)
     assert point["achieved_bits"] <= 6.0 + 1e-6
     assert point["mix"][FP8]["groups"] >= 1 and point["mix"][INT4]["groups"] >= 1
-    path = next(f for f in runs.composed.recipes if f.name.endswith("_6bits.json"))
-    assert path.name == "mixed_wfp8_afp8+wint4_afp16_6bits.json"
-    meta = recipes.read_recipe(path)
+    path = next(f for f in runs.composed.recipes if f.name.endswith("_6bits.yaml"))
+    assert path.name == "mixed_wfp8_afp8+wint4_afp16_6bits.yaml"
+    meta = recipe_files.read_recipe(path, doc)
     assert meta.kind == recipes.MIXED and meta.lm_bits == pytest.approx(point["achieved_bits"])
     loaded = model.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
     captions = calibration.read_captions(paths.asset("captions/captions.txt"), 8).lines
@@ -161,7 +170,7 @@ def test_mixed_recipes_split_formats_and_load_into_mtq_quantize(runs: Runs) -> N
         for b in batches:
             m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
 
-    q = mtq.quantize(copy.deepcopy(loaded.model), recipes.load_recipe(path), loop)
+    q = mtq.quantize(copy.deepcopy(loaded.model), recipe_files.load_recipe(path), loop)
     weights = {n.removesuffix(".weight_quantizer"): m for n, m in q.named_modules()
                if isinstance(m, TensorQuantizer) and n.endswith(".weight_quantizer")}
     sens = doc["layer_sensitivity"]
@@ -273,7 +282,7 @@ def test_mlflow_run_recipe_reuses_single_format_analyses(tmp_path: Path) -> None
     assert metrics[f"mixed/groups/{FP8}"] >= 1 and metrics[f"mixed/groups/{INT4}"] >= 1
     assert run.data.params["formats"] == "fp8,int4" and run.data.params["effective_bits"] == "6"
     composed = _recipe_file(store, run, tmp_path / "a")
-    assert composed.name == "mixed_wfp8_afp8+wint4_afp16_6bits.json"
+    assert composed.name == "mixed_wfp8_afp8+wint4_afp16_6bits.yaml"
     artifacts = {a.path for a in mlflow.MlflowClient(f"sqlite:///{store}").list_artifacts(
         run.info.run_id, "figures")}
     assert artifacts == {"figures/mixed_formats.png"}
@@ -287,4 +296,4 @@ def test_mlflow_run_recipe_reuses_single_format_analyses(tmp_path: Path) -> None
     run = _recipe_run(direct_store)
     assert run.data.tags["mixed.composed"] == "false" and run.data.tags["score_cache"] == "off"
     direct = _recipe_file(direct_store, run, tmp_path / "b")
-    assert json.loads(direct.read_text()) == json.loads(composed.read_text())
+    assert yaml.safe_load(direct.read_text()) == yaml.safe_load(composed.read_text())

@@ -31,5 +31,5 @@ def test_readme_notebook_example_runs(tmp_path: Path) -> None:
     assert len(top) == 3 and all(name.endswith(".quant_recipe") for name in top)
     out = tmp_path / "notebook-out"
     assert len(list(out.glob("*_quant_manifest.json"))) == 1
-    assert (out / "layer-sensitivity-report.md").is_file() and list(out.glob("recipes/*.json"))
+    assert (out / "layer-sensitivity-report.md").is_file() and list(out.glob("recipes/*.yaml"))
     assert not (tmp_path / "unused.db").exists()  # the core logs nothing anywhere

@@ -24,6 +24,7 @@ from layer_sensitivity import (
     model,
     paths,
     pipeline,
+    recipe_files,
     recipes,
 )
 from layer_sensitivity.schema import (
@@ -97,13 +98,14 @@ def test_every_recipe_quantizes_exactly_its_modules(
     all_recipes.append(budgets.keep_top_for_bits(m, all_recipes[1].lm_bits))
     # frontier, 2 budgets, 2 x (guided, ranking order, reverse, 5 rules, 1 draw), 3 alone, 1
     assert len({r.name for r in all_recipes}) == len(all_recipes) == 3 + 2 + 2 * 9 + 3 + 1
-    paths_ = recipes.write_recipes(all_recipes, tmp_path / "recipes")
+    paths_ = recipe_files.write_recipes(all_recipes, tmp_path / "recipes", m)
     base, batches = tiny
     weight_bits = tuple(q["weight_quantizer"]["num_bits"]) if isinstance(
         q["weight_quantizer"]["num_bits"], list) else q["weight_quantizer"]["num_bits"]
     seen_counts = set()
     for recipe, path in zip(all_recipes, paths_, strict=True):
-        cfg = recipes.load_recipe(path)
+        cfg = recipe_files.load_recipe(path)  # validated by modelopt.recipe.load_recipe
+        assert recipe_files.read_recipe(path, m).quantized == recipe.quantized
         qm = _quantize(base, batches, cfg)
         expected = {mod for h in recipe.quantized for mod in sens[h]["modules"]}
         weights = _enabled(qm, "weight_quantizer")
@@ -180,7 +182,7 @@ def test_mixed_recipe_equals_modelopts_own_config(tiny: tuple[Any, list[calibrat
     assert recipe.kind == "mixed" and recipe.lm_bits <= 6.0 + 1e-6
     chosen = {recipes.format_name(g.chosen) for g in groups.values() if g.in_scope}
     assert len(chosen) >= 2  # the solver really mixed (formats and/or 16-bit groups)
-    cfg = recipes.load_recipe(recipes.write_recipe(recipe, tmp_path / "mixed.json"))
+    cfg = recipe_files.load_recipe(recipe_files.write_recipe(recipe, tmp_path / "mixed.yaml"))
     ours = _quantizer_state(_quantize(base, batches, cfg))
     theirs = _quantizer_state(_quantize(base, batches, mtq.get_auto_quantize_config(state)))
     assert ours == theirs

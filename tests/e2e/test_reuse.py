@@ -133,7 +133,7 @@ def test_frontier_resolves_every_target_from_one_search(frontier: Frontier) -> N
     out = frontier.base / "out"
     assert "## Score versus bits" in (out / "layer-sensitivity-report.md").read_text()
     # one exported recipe per target, on disk and as artifacts
-    recipes = {f"{pipeline.RECIPES_DIR}/frontier_{b}bits.json" for b in TARGETS}
+    recipes = {f"{pipeline.RECIPES_DIR}/frontier_{b}bits.yaml" for b in TARGETS}
     assert {p.relative_to(out).as_posix()
             for p in (out / pipeline.RECIPES_DIR).glob("frontier_*")} == recipes
     uri = f"sqlite:///{frontier.base / 'mlflow.db'}"

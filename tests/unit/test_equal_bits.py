@@ -16,6 +16,7 @@ from layer_sensitivity import (
     figures,
     ground_truth,
     groups,
+    recipe_files,
     recipes,
 )
 from layer_sensitivity.errors import UserError
@@ -164,8 +165,12 @@ def test_recommended_recipes_are_the_chosen_candidates_renamed(tmp_path: Path) -
     assert [r.info["recommended_as"] for r in chosen] == ["rule_lm_head_10pct", "rule_lm_head_25pct"]
     original = {r.name: r for r in rs}["rule_lm_head_25pct"]
     assert chosen[1].config == original.config and chosen[1].kept == original.kept
-    back = recipes.read_recipe(recipes.write_recipe(chosen[1], tmp_path / "r.json"))
-    assert back.name == "recommended_25pct" and back.info["kl_test"] == pytest.approx(1.05)
+    path = recipe_files.write_recipe(chosen[1], tmp_path / "recommended_25pct.yaml", m)
+    back = recipe_files.read_recipe(path, m)  # a ModelOpt PTQ recipe, read back with the manifest
+    assert back.name == "recommended_25pct" and back.kind == "recommended"
+    assert back.quantized == chosen[1].quantized
+    assert "recommended: rule_lm_head_25pct" in back.info["description"]
+    assert "test KL 1.05" in back.info["description"]
 
 
 def test_evaluate_arguments_name_the_bad_value() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from layer_sensitivity import autoquant, figures, mixed, paths, recipes
+from layer_sensitivity import autoquant, figures, mixed, paths, recipe_files, recipes
 from layer_sensitivity.cli.recipe import parse_budgets
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import (
@@ -267,7 +267,7 @@ def test_recipes_of_a_mixed_manifest(tmp_path: Path) -> None:
     expected = 16 * (300 / 2 + 100 / 2 + 600 / 2 + 300 / 2 + 300 + 4 * 0 + 100 / 4 + 600 / 4
                      + 300 / 4 + 400 / 4) / (2 * 1300 + 400)
     assert high.lm_bits == pytest.approx(expected)
-    loaded = recipes.load_recipe(recipes.write_recipe(high, tmp_path / "r.json"))
+    loaded = recipe_files.load_recipe(recipe_files.write_recipe(high, tmp_path / "r.yaml"))
     fp8_weight = [e for e in loaded["quant_cfg"]
                   if e["quantizer_name"] == f"{LM}.0.self_attn.o_proj.weight_quantizer"]
     assert fp8_weight[0]["cfg"]["num_bits"] == (4, 3)

@@ -1,10 +1,12 @@
 """``publish``: copy a finished run's manifest, reports, config and figures into the analysis tree.
 
     python -m layer_sensitivity.cli.publish --run-id <run id> [--root models] [--force false]
+        [--models false]
 
 Destination: ``<root>/<model>/layer-analysis/weight-<w>-act-<a>/<granularity>/<scheme>/`` with a
 ``provenance.json``; staged and renamed into place; the same run again is a no-op; another run
 onto an existing directory needs ``--force true``. The run is tagged ``published.path``.
+``--models true`` adds the checkpoints exported from the run (``export``'s logged models).
 """
 
 from __future__ import annotations
@@ -36,20 +38,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default="models", help="publish root (default: models)")
     parser.add_argument("--force", default="false",
                         help="true: replace a directory that holds another run (default: false)")
+    parser.add_argument("--models", default="false",
+                        help="true: also copy the checkpoints exported from the run (its logged "
+                             "models) into checkpoints/<name>/ (default: false)")
     parser.add_argument("--tracking-uri", default=None,
                         help="default: MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     args = parser.parse_args(argv)
     setup_plain_logging()
     with user_errors():
         force = parse_bool(args.force, "force")
+        models = parse_bool(args.models, "models")
         store = tracking.run_store(args.tracking_uri)
         store.get(args.run_id)
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
         with tracker.run("publish", parent_id=args.run_id) as run:
-            result = publish.publish_run(store, args.run_id, Path(args.root), force)
+            result = publish.publish_run(store, args.run_id, Path(args.root), force, models)
             run.log_params({"publish.path": str(result.path), "publish.status": result.status,
-                            "publish.force": force})
+                            "publish.force": force, "publish.models": models})
     if result.status == "unchanged":
         print(f"run {args.run_id} is already published at {result.path}; nothing to do")
     else:

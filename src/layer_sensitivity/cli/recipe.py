@@ -3,6 +3,8 @@
     python -m layer_sensitivity.cli.recipe --formats fp8,int4 --effective-bits 6
     python -m layer_sensitivity.cli.recipe --formats fp8,int4 --effective-bits [5,6,7] \
         dataset.size=medium autoquant.batch_size=2       # a mixed frontier; extra Hydra overrides
+    python -m layer_sensitivity.cli.recipe --autoquant-recipe general/auto_quantize/nvfp4_fp8_at_5p4bits
+        # formats, budget, method, score size from a ModelOpt AutoQuantize recipe (name or path)
 
 Each format is composed as the sensitivity job would compose ``quant_pair=<format>`` (aliases
 resolve through conf/quant_pair) with the same overrides; ``mixed.run_and_log`` does the rest.
@@ -24,11 +26,13 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .. import mixed, paths, tracking
+from .. import autoquant_recipes, catalogue, mixed, paths, tracking
 from ..errors import UserError
 from ..schema import SensitivityConfig
 from .common import expand_packed_overrides, install_signal_handlers, setup_plain_logging, user_errors
-from .config_store import CONF_DIR, PRIMARY_CONFIG
+from .config_store import CONF_DIR, PRIMARY_CONFIG, load_listing
+
+DEFAULT_FORMATS = "fp8,int4"
 
 RUN_DIR = "hydra.run.dir="  # accepted like the other entry points: where outputs go
 
@@ -67,11 +71,38 @@ def compose_configs(formats: list[str], overrides: list[str]) -> tuple[list[Sens
     return cfgs, yaml.safe_dump(docs, sort_keys=False)  # type: ignore[return-value]
 
 
+def from_autoquant_recipe(source: str, formats: list[str], budgets: Any,
+                          overrides: list[str]) -> autoquant_recipes.AutoQuantizeSpec:
+    """A ModelOpt AutoQuantize recipe, validated by ModelOpt, in this project's terms; a
+    UserError when the command line contradicts it."""
+    listing = load_listing()
+    configs = {name: catalogue.build_quant_config(pair, listing.overlays["default"])
+               for name, pair in listing.pairs.items()}
+    spec = autoquant_recipes.spec(source, configs)
+    if len(spec.pairs) == 1:
+        raise UserError(
+            f"The AutoQuantize recipe '{source}' has one candidate format ({spec.pairs[0]}); a "
+            "mixed search needs two or more. Run the sensitivity job for it: python -m "
+            f"layer_sensitivity quant_pair={spec.pairs[0]} "
+            f"autoquant.effective_bits={spec.effective_bits:g} " + " ".join(spec.overrides()))
+    autoquant_recipes.check_consistent(spec, formats=formats, budgets=budgets,
+                                       overrides=overrides, pair_aliases=listing.aliases)
+    if spec.ignored_patterns:
+        print(f"note: disabled_layers {spec.ignored_patterns} of the recipe match no layer of a "
+              "Qwen3-VL decoder; they change nothing", file=sys.stderr)
+    return spec
+
+
 def main(argv: list[str] | None = None) -> None:
     install_signal_handlers()
     parser = argparse.ArgumentParser(prog="python -m layer_sensitivity.cli.recipe",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--formats", required=True, help="comma-separated pairs or aliases")
+    parser.add_argument("--formats", default="",
+                        help=f"comma-separated pairs or aliases (default: {DEFAULT_FORMATS}, or "
+                             "the AutoQuantize recipe's candidate formats)")
+    parser.add_argument("--autoquant-recipe", default="",
+                        help="a ModelOpt AutoQuantize recipe (built-in name or YAML path): "
+                             "candidate formats, effective bits, method, score size")
     parser.add_argument("--effective-bits", default="",
                         help="LM bit budget, or a list [5,6,7]; empty = midpoint of the formats")
     parser.add_argument("--model", default=None, help="conf/model preset (default: tiny_qwen3_vl)")
@@ -88,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
                  "autoquant.method": args.method}
         overrides = [f"{k}={v}" for k, v in named.items() if v] + [
             o for o in args.overrides if not o.startswith(RUN_DIR)]
+        budgets = parse_budgets(args.effective_bits)
+        if args.autoquant_recipe:
+            spec = from_autoquant_recipe(args.autoquant_recipe, formats, budgets, overrides)
+            formats, budgets = spec.pairs, spec.effective_bits
+            overrides = [*spec.overrides(), *overrides]
+        formats = formats or DEFAULT_FORMATS.split(",")
         out = next((o.removeprefix(RUN_DIR) for o in args.overrides if o.startswith(RUN_DIR)),
                    None)
         stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
@@ -95,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                                          / "+".join(formats) / stamp)
         # No Hydra run here: the output directory the configs interpolate is this one.
         cfgs, config_yaml = compose_configs(formats, [*overrides, f"output_layout.dir={out_dir}"])
-        req = mixed.MixedRequest(cfgs, parse_budgets(args.effective_bits), out_dir,
+        req = mixed.MixedRequest(cfgs, budgets, out_dir,
                                  requested=formats, strategy=args.strategy,
                                  config_yaml=config_yaml,
                                  params={"overrides": " ".join(args.overrides)})

@@ -63,6 +63,12 @@ class Run(Protocol):
     def log_table(self, df: pd.DataFrame, stem: str) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_dataset(self, lines: list[str], source: str, name: str, digest: str) -> None: ...
+    # A directory (e.g. an exported checkpoint) as a logged model linked to ``source_run_id``
+    # (default: this run; MLflow 3: the experiment's Models tab); registered under
+    # ``register_as`` when given. -> model id
+    def log_model(self, name: str, directory: Path, *, params: Mapping[str, Any],
+                  metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
+                  register_as: str | None = None, source_run_id: str | None = None) -> str | None: ...
 
 
 class Tracker(Protocol):
@@ -85,6 +91,11 @@ class NoopRun:
     def log_table(self, df: pd.DataFrame, stem: str) -> None: pass
     def set_tags(self, tags: Mapping[str, str]) -> None: pass
     def log_dataset(self, lines: list[str], source: str, name: str, digest: str) -> None: pass
+
+    def log_model(self, name: str, directory: Path, *, params: Mapping[str, Any],
+                  metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
+                  register_as: str | None = None, source_run_id: str | None = None) -> str | None:
+        return None
 
 
 class NoopTracker:

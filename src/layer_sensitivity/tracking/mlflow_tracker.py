@@ -79,6 +79,37 @@ class MlflowRun:
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(
             ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "calibration")])])
 
+    def log_model(self, name: str, directory: Path, *, params: Mapping[str, Any],
+                  metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
+                  register_as: str | None = None, source_run_id: str | None = None) -> str | None:
+        """An MLflow 3 logged model holding ``directory``, linked to ``source_run_id`` (default:
+        this run), with params, and metrics logged by this run for it; READY once its files are
+        stored, FAILED otherwise."""
+        run = self.client.get_run(self.run_id)
+        model = self.client.create_logged_model(
+            run.info.experiment_id, name=name, source_run_id=source_run_id or self.run_id,
+            params={k: redact_text("" if v is None else str(v))[:PARAM_VALUE_LIMIT]
+                    for k, v in params.items()},
+            tags={k: redact_text(str(v)) for k, v in (tags or {}).items()},
+            model_type="quantized-hf-checkpoint")
+        try:
+            self.client.log_model_artifacts(model.model_id, str(directory))
+            now = int(time.time() * 1000)
+            for key, value in metrics.items():
+                self.client.log_metric(self.run_id, key, float(value), timestamp=now,
+                                       model_id=model.model_id)
+        except BaseException:
+            with suppress(Exception):
+                self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        if register_as:
+            with suppress(mlflow.exceptions.MlflowException):  # already registered: add a version
+                self.client.create_registered_model(register_as)
+            self.client.create_model_version(register_as, source=f"models:/{model.model_id}",
+                                             run_id=self.run_id, model_id=model.model_id)
+        return str(model.model_id)
+
 
 class MlflowTracker:
     """Runs in one MLflow store and experiment.

@@ -126,3 +126,20 @@ class RunStore:
                             "'int4' and attributes.status = 'FINISHED'\".") from None
         return [self.get(r.info.run_id) for r in runs]
 
+    def logged_models(self, run_id: str) -> list[dict[str, str]]:
+        """The logged models whose source is this run: id, name, status (newest first)."""
+        run = self._get(run_id)
+        models = self.client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}'")
+        out = [{"model_id": m.model_id, "name": m.name,
+                "status": getattr(m.status, "name", str(m.status)),
+                "created": str(m.creation_timestamp)} for m in models]
+        return sorted(out, key=lambda m: m["created"], reverse=True)
+
+    def download_model(self, model_id: str, dst_dir: Path) -> Path:
+        """A logged model's files into ``dst_dir``."""
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        location = self.client.get_logged_model(model_id).artifact_location
+        return Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=location, dst_path=str(dst_dir), tracking_uri=self.uri))
