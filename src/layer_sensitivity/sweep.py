@@ -32,6 +32,7 @@ STARTED_ENV = "LAYER_SENSITIVITY_SWEEP_STARTED"  # when it started (time.time())
 STATUS_FILE = "job_status.json"
 SUMMARY = "sweep_summary"
 DEFINITION = "sweep.json"
+SHARED_SCORES = "shared_scores.json"  # the parent's record of the shared-scores pre-pass
 NAME_KEYS = ("quant_pair", "quant_granularity", "dataset.size", "autoquant.method",
              "autoquant.effective_bits")  # already in a child's name
 COLUMNS = ["job", "name", "overrides", "pair", "granularity", "size", "status", "total_score",
@@ -135,6 +136,13 @@ class Sweep:
         os.environ[TOTAL_ENV] = str(len(self.planned))
         os.environ[STARTED_ENV] = str(self.started)
         log.info("sweep of %s jobs -> %s", len(self.planned) or "?", self.sweep_dir)
+
+    def record_shared_scores(self, report: dict[str, Any]) -> None:
+        """What the shared-scores pre-pass did (searches, per job stored or why not), on the parent."""
+        assert self.run is not None
+        self.run.log_text(json.dumps(report, indent=2) + "\n", SHARED_SCORES)
+        self.run.log_metrics([("seconds/shared_scores", float(report["seconds"]), None),
+                              ("shared_scores/searches", float(report["searches"]), None)])
 
     def finish(self, error: BaseException | None = None) -> pd.DataFrame | None:
         """Summary table, counts and figures on the parent; ends it FINISHED, FAILED or KILLED.

@@ -8,10 +8,12 @@ sweeper, Ctrl-C, SIGTERM), the entry point's safety net ends it through ``finish
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -21,12 +23,19 @@ from .. import sweep, tracking
 from ..schema import TrackingConfig
 from .common import fail
 
+log = logging.getLogger(__name__)
 _ACTIVE: list[sweep.Sweep] = []  # the multirun of this process, if any
 
 
 def planned_jobs(cfg: DictConfig) -> tuple[list[str], set[str], list[str]]:
     """(each job's overrides key, the swept keys, all overrides) as the basic sweeper expands
     them: ``hydra.sweeper.params`` first, command-line overrides after (later wins)."""
+    jobs, swept, args = planned_overrides(cfg)
+    return [sweep.overrides_key(j) for j in jobs], swept, args
+
+
+def planned_overrides(cfg: DictConfig) -> tuple[list[list[str]], set[str], list[str]]:
+    """:func:`planned_jobs` with each job's overrides as a list (what composes its config)."""
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     args = [*(f"{k}={v}" for k, v in params.items()), *cfg.hydra.overrides.task]
     parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(args)}
@@ -40,7 +49,7 @@ def planned_jobs(cfg: DictConfig) -> tuple[list[str], set[str], list[str]]:
         except HydraException:  # glob sweeps need the config repository: plan unknown
             return [], {k for k, o in parsed.items() if o.is_sweep_override()}, args
         axes.append([f"{o.get_key_element()}={v}" for v in values])
-    combos = [sweep.overrides_key(list(c)) for c in itertools.product(*axes)]
+    combos = [list(c) for c in itertools.product(*axes)]
     return combos, {k for k, o in parsed.items() if o.is_sweep_override()}, args
 
 
@@ -53,12 +62,20 @@ def check_output_dir(path: Path, key: str) -> None:
 
 
 class SweepRuns(Callback):
+    """``share_scores`` (``hydra.callbacks.sweep_runs.share_scores``): before the jobs start,
+    score all pairs that share model, data and score settings in one search and store each
+    pair's scores, so every job is a score-cache hit (``shared_scores.precompute``)."""
+
+    def __init__(self, share_scores: bool = True) -> None:
+        self.share_scores = share_scores
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_output_dir(Path(str(config.hydra.run.dir)), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_output_dir(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
-        planned, swept, args = planned_jobs(config)
+        jobs, swept, args = planned_overrides(config)
+        planned = [sweep.overrides_key(j) for j in jobs]
         os.environ[sweep.SWEPT_ENV] = ",".join(sorted(swept))
         tcfg: TrackingConfig = OmegaConf.to_object(  # type: ignore[assignment]
             OmegaConf.merge(OmegaConf.structured(TrackingConfig), config.tracking))
@@ -67,9 +84,37 @@ class SweepRuns(Callback):
                         planned)
         s.start()
         _ACTIVE.append(s)
+        if self.share_scores:
+            share_scores(config, jobs, s)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish_active(None)
+
+
+def share_scores(config: DictConfig, jobs: list[list[str]], s: sweep.Sweep) -> None:
+    """Compose every planned job's config and store shared scores for them (on the parent run:
+    ``shared_scores.json`` and ``seconds/shared_scores``). Runs where the sweep was started, so
+    not for SLURM (the login node): there each job scores itself."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+    if "slurm" in launcher.lower():
+        log.info("shared scores: off for %s (it would run on the submitting node); each job "
+                 "scores itself", launcher.rsplit(".", 1)[-1])
+        return
+    cfgs = []
+    for overrides in jobs:
+        try:
+            composed = compose(str(config.hydra.job.config_name), overrides=[
+                *overrides, f"output_layout.dir={config.hydra.sweep.dir}"])
+            cfgs.append(OmegaConf.to_object(composed))
+        except Exception as e:  # noqa: BLE001 - that job fails on its own, with its own message
+            log.info("shared scores: %s left to its job (%s)", " ".join(overrides),
+                     str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    if len(cfgs) < 2:
+        return
+    from .. import shared_scores
+
+    report = shared_scores.precompute(cfgs)  # type: ignore[arg-type]
+    s.record_shared_scores(report.as_dict())
 
 
 def finish_active(error: BaseException | None) -> bool:
