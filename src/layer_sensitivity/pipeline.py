@@ -248,7 +248,9 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
         state = cache.load(key)
         if state is not None:
             log.info("scores reused from %s", cache.path(key))
-            return _scores(state, dtype, {"key": key, "hit": True, "path": str(cache.path(key))})
+            stored = _scores(state, dtype, {"key": key, "hit": True, "path": str(cache.path(key))})
+            _check_reachable(p, stored)
+            return stored
     loaded = resources.model(c.model, p.checkpoint, p.device)
     in_scope, frozen = model.weight_counts(loaded.model, p.frozen_patterns)
     given = model.modelopt_bits(p.target_bits, in_scope, frozen)
@@ -275,6 +277,20 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
         return _scores(state, dtype, None)
     log.info("scores stored in %s", path)
     return _scores(state, dtype, {"key": key, "hit": False, "path": str(path)})
+
+
+def _check_reachable(p: Plan, s: Scores) -> None:
+    """Stored scores (another target's search, or a sweep's shared one) fail an unreachable main
+    target as ModelOpt's own check fails a search: the same job fails whether scores were
+    stored or not."""
+    groups = autoquant.group_stats(s.state, p.frozen_patterns)
+    lm_min = min_scope_bits(groups)
+    if p.target_bits < lm_min - 1e-9:
+        raise UserError(
+            f"autoquant.effective_bits={p.target_bits:g} is infeasible for quant_pair="
+            f"{p.cfg.quant_pair.name} on this model: the language model can reach at least "
+            f"{lm_min:.4f} bits (stored scores). Set autoquant.effective_bits to "
+            f"{math.ceil(lm_min * 100) / 100:g} or more.")
 
 
 def _search(p: Plan, net: torch.nn.Module, batches: list[calibration.Batch], given: float

@@ -128,16 +128,19 @@ def _member(cfg: SensitivityConfig, resources: Resources, report: SharedReport
         report.outcomes.append(_outcome(cfg, "not_shared", reason))
 
     if not cfg.autoquant.reuse_scores:
-        return skip("autoquant.reuse_scores=false")
+        skip("autoquant.reuse_scores=false")
+        return None
     if cfg.autoquant.method not in SHARED_METHODS:
-        return skip(f"autoquant.method={cfg.autoquant.method.value} is not shared (one forward "
-                    "pass per group and format: no saving)")
+        skip(f"autoquant.method={cfg.autoquant.method.value} is not shared (one forward pass "
+             "per group and format: no saving)")
+        return None
     try:
         p = pipeline.plan(cfg)
         batches = pipeline.calibration_data(p, resources)
         cache = scorecache.ScoreCache(Path(cfg.autoquant.score_cache_dir))
     except UserError as e:
-        return skip(f"the job does not validate: {str(e).splitlines()[0]}")
+        skip(f"the job does not validate: {str(e).splitlines()[0]}")
+        return None
     ingredients = pipeline.score_key_ingredients(
         p, model.resolve_dtype(cfg.model.dtype, p.device), batches)
     key = cache.key(ingredients)
