@@ -272,6 +272,18 @@ class Bench:
                f"hydra.sweep.dir={out}", *launcher]
         return [cmd], [out]
 
+    def shared_sweep(self, label: str, pairs: list[str], share: bool
+                     ) -> tuple[list[list[str]], list[Path]]:
+        """A multirun over ``pairs`` at ``self.size`` with score reuse on (a fresh cache), the
+        shared-scores pre-pass on or off: today's sweep and the shared one, same invocation."""
+        out = self._dir("out", label)
+        cmd = [PYTHON, "-m", "layer_sensitivity", "-m", *self.model_overrides,
+               f"quant_pair={','.join(pairs)}", f"dataset.size={self.size}",
+               "autoquant.reuse_scores=true", f"autoquant.score_cache_dir={self._dir('cache', label)}",
+               f"hydra.callbacks.sweep_runs.share_scores={str(share).lower()}",
+               f"hydra.sweep.dir={out}"]
+        return [cmd], [out]
+
     def recipe(self, label: str, cache: Path, reuse: bool, *overrides: str
                ) -> tuple[list[list[str]], list[Path]]:
         """``python -m layer_sensitivity.cli.recipe --formats fp8,int4 --effective-bits 6``."""
@@ -450,6 +462,30 @@ def row_mixed(b: Bench) -> Row:
                                        "bits"), extra_ok=ok)
 
 
+def row_shared(b: Bench, pairs: list[str]) -> Row:
+    """A sweep over ``pairs`` at one size: one search per pair (today) against one shared search
+    split into every pair's scores (the sweep callback's pre-pass); per-group scores compared."""
+    alone, shared = b.pair(f"sweep, {len(pairs)} searches", lambda: b.shared_sweep(
+                               "per-pair", pairs, share=False),
+                           "sweep, one shared search",
+                           lambda: b.shared_sweep("shared", pairs, share=True))
+    a, c = _sweep_job_dirs(alone.out_dirs[0]), _sweep_job_dirs(shared.out_dirs[0])
+    if len(a) != len(pairs) or set(a) != set(c):
+        raise MeasurementFailed(f"the sweeps ran different jobs: {sorted(a)} vs {sorted(c)}")
+    exact = worst = 0.0
+    for k in a:
+        sa, sc = scores(manifest(a[k])), scores(manifest(c[k]))
+        exact += sa == sc
+        worst = max([worst, *(abs(sa[h] - sc[h]) / max(abs(sa[h]), 1e-30) for h in sa)])
+    hits = sum(bool(manifest(d)["score_cache"]["hit"]) for d in c.values())
+    return Row(f"9. {len(pairs)}-pair sweep at {b.size}: a search per pair -> one shared search",
+               f"{len(pairs)} searches", "1 shared", alone.seconds, shared.seconds, "<= 0.40",
+               lambda r: r <= 0.4, alone.rss_mb, shared.rss_mb,
+               extra=(f"scores identical in {exact:.0f} of {len(pairs)} jobs (max rel. diff "
+                      f"{worst:.1g}); {hits} of {len(pairs)} jobs hit the shared scores"),
+               extra_ok=exact == len(pairs) and hits == len(pairs))
+
+
 # --- Setup and facts ------------------------------------------------------------------------
 
 
@@ -570,12 +606,15 @@ def parse_args() -> argparse.Namespace:
                    help="working directory (default: a temporary one, removed unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     p.add_argument("--model-dir", type=Path, default=BENCH_MODEL_DIR)
-    p.add_argument("--size", default=None, help="dataset.size of rows 1-3, 5, 6 (default: large)")
+    p.add_argument("--size", default=None,
+                   help="dataset.size of rows 1-3, 5, 6, 9 (default: large)")
     p.add_argument("--sweep-pairs", default="fp8,int8")
     p.add_argument("--sweep-sizes", default="small,medium")
+    p.add_argument("--shared-pairs", default="fp8,int8,int4,w4a8",
+                   help="pairs of row 9 (shared scores); e.g. the 10 CPU pairs")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per measurement, median taken (rerun row: 1 only)")
-    p.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="which rows, e.g. 1,5")
+    p.add_argument("--rows", default="1,2,3,4,5,6,7,8,9", help="which rows, e.g. 1,5")
     return p.parse_args()
 
 
@@ -629,6 +668,7 @@ def main() -> int:
         (6, lambda: row_sorting(b)),
         (7, lambda: row_parallel(b, pairs, sweep_sizes)),
         (8, lambda: row_mixed(b)),
+        (9, lambda: row_shared(b, args.shared_pairs.split(","))),
     ]
     rows = []
     try:

@@ -35,6 +35,10 @@ DEFAULT_GPU_MEMORY_GIB = 80.0
 # Of a GPU's memory, what one job may plan to allocate: the CUDA context, cuBLAS/attention
 # workspaces and allocator fragmentation take the rest.
 GPU_USABLE_FRACTION = 0.85
+# CPU / fp32 mode: a job's resident set also holds the interpreter with torch, transformers,
+# ModelOpt, MLflow, Hydra, pandas and matplotlib loaded (measured 0.65 GiB on Linux x86-64,
+# torch 2.13 CPU wheel, before any model), which GPU memory does not.
+CPU_PROCESS_GIB = 0.65
 
 # ModelOpt 0.47's grouping rules for the modules of a Qwen3-VL (modelopt/torch/quantization/
 # algorithms.py, ``quant_grouping_rules``): matching modules share one recipe, whose handle is
@@ -147,15 +151,18 @@ MEMORY_FORMULAS = {
               "+ formats x b lm_head output diff); kl_div: B x S x vocab x (b + 12)",
     "embedding_grad": "gradient: vocab x hidden x b (the only parameter gradient ModelOpt enables, "
                       "cleared right after it is computed)",
-    "peak": "weights + quantizers + checkpointed_inputs + embedding_grad "
+    "process": "CPU only: the interpreter and its libraries (a measured constant)",
+    "peak": "process + weights + quantizers + checkpointed_inputs + embedding_grad "
             "+ max(logits, layer_activations + output_diffs)",
 }
 
 
 def memory_estimate(shape: TextShape, *, parameters: int, largest_weight: int,
                     quantized_out_features: int, batch_size: int, seq_len: int, dtype_bytes: int,
-                    method: Method, formats: int = 1) -> dict[str, float]:
-    """Peak GPU memory of an AutoQuantize job in GiB, term by term (see MEMORY_FORMULAS).
+                    method: Method, formats: int = 1, process_gib: float = 0.0
+                    ) -> dict[str, float]:
+    """Peak memory of an AutoQuantize job in GiB, term by term (see MEMORY_FORMULAS): GPU memory
+    on CUDA, the peak resident set on CPU (``process_gib`` = :data:`CPU_PROCESS_GIB` there).
 
     B = batch_size, S = seq_len (an upper bound: batches are padded only to their longest
     caption), b = dtype_bytes. Calibration (forward only) needs less than scoring.
@@ -175,8 +182,10 @@ def memory_estimate(shape: TextShape, *, parameters: int, largest_weight: int,
     else:  # kl_div: forward passes only, reference and quantized logits
         checkpoints, layer_total, diffs, embed_grad = 0, layer, 0, 0
         logits = tokens * s.vocab * (b + 12)
-    peak = weights + quantizers + checkpoints + embed_grad + max(logits, layer_total + diffs)
-    terms = {"weights": weights, "quantizers": quantizers, "checkpointed_inputs": checkpoints,
+    process = process_gib * GIB
+    peak = process + weights + quantizers + checkpoints + embed_grad + max(logits,
+                                                                           layer_total + diffs)
+    terms = {"process": process, "weights": weights, "quantizers": quantizers, "checkpointed_inputs": checkpoints,
              "layer_activations": layer_total, "output_diffs": diffs, "logits": logits,
              "embedding_grad": embed_grad, "peak": peak}
     return {k: v / GIB for k, v in terms.items()}
@@ -220,6 +229,8 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
     layers = {layer_and_kind(g.handle)[0] for g in scoped} - {None}
     shape = TextShape.from_config(config)
     dtype = plan_dtype(cfg, device)
+    planned_for = "cuda" if device == "auto" else device
+    on_cpu = torch.device(planned_for).type == "cpu"
     modules = {name: m for name, m in net.named_modules()}
     quantized = [modules[n] for g in scoped for n in g.modules]
     largest = max((model_lib.quantizable_weight_numel(m) for m in quantized), default=0)
@@ -229,7 +240,7 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
     memory = memory_estimate(shape, parameters=params["total"], largest_weight=largest,
                              quantized_out_features=out_features, batch_size=batch_size,
                              seq_len=seq_len, dtype_bytes=dtype.itemsize, method=method,
-                             formats=formats)
+                             formats=formats, process_gib=CPU_PROCESS_GIB if on_cpu else 0.0)
     targets = targets or [format_bits]
     return {
         "model": {
@@ -239,7 +250,7 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
             "class": type(net).__name__,
             "init": ModelInit(cfg.init).value,
             "dtype": str(dtype).removeprefix("torch."),
-            "planned_for": "cuda" if device == "auto" else device,
+            "planned_for": planned_for,
         },
         "parameters": params,
         "shapes": {"hidden": shape.hidden, "intermediate": shape.intermediate,
@@ -263,6 +274,7 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
         "job": {"batch_size": batch_size, "seq_len": seq_len, "method": method.value,
                 "formats": formats},
         "memory_gib": memory,
+        "memory_kind": "peak resident set (CPU)" if on_cpu else "peak GPU memory",
         "memory_formulas": MEMORY_FORMULAS,
         "gpus": {"memory_gib": gpu_memory_gib, "usable_fraction": GPU_USABLE_FRACTION,
                  "needed": gpus_needed(memory["peak"], gpu_memory_gib)},
@@ -304,12 +316,15 @@ def format_plan(plan: dict[str, Any]) -> str:
                      f"samples = {job['calib_batches']} calibration / {job['score_batches']} "
                      "score batches")
     lines.append(job_line)
+    on_cpu = plan.get("memory_kind", "").endswith("(CPU)")
     lines.append(
-        f"  peak GPU memory ~{mem['peak']:.1f} GiB: weights {mem['weights']:.1f}, checkpointed "
+        f"  {'peak resident set' if on_cpu else 'peak GPU memory'} ~{mem['peak']:.1f} GiB: "
+        + (f"process {mem['process']:.2f}, " if on_cpu else "") + f"weights {mem['weights']:.1f}, checkpointed "
         f"inputs {mem['checkpointed_inputs']:.2f}, logits {mem['logits']:.2f}, one layer "
         f"{mem['layer_activations'] + mem['output_diffs']:.2f}, embedding grad "
         f"{mem['embedding_grad']:.2f}, quantizers {mem['quantizers']:.2f}")
-    lines.append(f"  GPUs of {gpus['memory_gib']:g} GiB needed: {gpus['needed']}")
+    if not on_cpu:
+        lines.append(f"  GPUs of {gpus['memory_gib']:g} GiB needed: {gpus['needed']}")
     return "\n".join(lines)
 
 

@@ -136,3 +136,21 @@ def test_no_architecture_is_a_user_error() -> None:
     with pytest.raises(UserError, match="model_type"):
         planner.plan_model(ModelConfig(path=None, config={"model_type": "no_such_model"}),
                            format_bits=8.0)
+
+
+def test_cpu_mode_plans_fp32_and_the_process_resident_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = preset("qwen3_vl_2b", monkeypatch)
+    cpu = planner.plan_model(cfg, format_bits=8.0, device="cpu", batch_size=1)
+    gpu = planner.plan_model(cfg, format_bits=8.0, device="cuda", batch_size=1)
+    assert (cpu["model"]["dtype"], gpu["model"]["dtype"]) == ("float32", "bfloat16")
+    assert cpu["memory_gib"]["weights"] == pytest.approx(2 * gpu["memory_gib"]["weights"])
+    assert cpu["memory_gib"]["process"] == planner.CPU_PROCESS_GIB
+    assert gpu["memory_gib"]["process"] == 0.0
+    terms = cpu["memory_gib"]
+    assert terms["peak"] == pytest.approx(
+        terms["process"] + terms["weights"] + terms["quantizers"] + terms["checkpointed_inputs"]
+        + terms["embedding_grad"] + max(terms["logits"],
+                                        terms["layer_activations"] + terms["output_diffs"]))
+    text = planner.format_plan(cpu)
+    assert "peak resident set" in text and "GPUs of" not in text
+    assert "peak GPU memory" in planner.format_plan(gpu)
