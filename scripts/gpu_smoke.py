@@ -3,10 +3,14 @@
 
     python scripts/gpu_smoke.py [--out DIR] [--skip-4b] [--timeout SECONDS]
 
-Every job is ``python -m layer_sensitivity ... tracking=none`` in a child process started through
-this file (``--child``), which records ``torch.cuda.max_memory_allocated`` when the job ends. The
-planner's estimate for the same model, batch and sequence length stands next to it. Installs
-nothing; the bench model is generated locally when missing.
+Every job is ``python -m layer_sensitivity ... tracking=none`` run by scripts/measure_job.py in a
+child process: whole-job peaks of allocated and reserved GPU memory (ModelOpt's
+``torch.cuda.reset_peak_memory_stats()`` at the start of scoring is wrapped, not obeyed), the
+peaks of each phase, calibration and scoring apart, and the memory right after the model loads.
+Jobs run at the planned batch and sequence length with fixed padding (every batch B x S tokens,
+``dataset.pad_to_longest=false``), so the planner's estimate for the same model, batch and
+sequence length applies; each planned term stands next to what was measured, with the ratio.
+Installs nothing; the bench model is generated locally when missing.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import runpy
 import subprocess
 import sys
 import time
@@ -27,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / ".cache" / "bench-qwen3-vl"
 CUDA_PAIRS = ["wfp4_afp16", "wfp4_afp8", "wfp4_afp4", "wmxfp4_afp16", "wmxfp4_afp8", "wmxfp4_amxfp4"]
 BATCH, SEQ_LEN = 4, 128  # passed to every job and to the planner, so estimate and job agree
-PEAK_ENV = "GPU_SMOKE_PEAK_FILE"
+# Every batch exactly BATCH x SEQ_LEN tokens (16 captions = 4 batches), as the plan assumes.
+FIXED_SHAPE = [f"autoquant.batch_size={BATCH}", f"dataset.calib_seq_len={SEQ_LEN}",
+               "dataset.pad_to_longest=false", "dataset.size=small"]
 MIN_PHASE_SECONDS = 20  # a phase that cannot get this much is skipped, not started
 
 
@@ -36,27 +41,44 @@ class Phase:
     name: str
     status: str = "skipped"  # ok | failed | timeout | skipped
     seconds: float = 0.0
-    peak_gib: float | None = None  # measured, torch.cuda.max_memory_allocated
-    estimate_gib: float | None = None  # planner.plan_model
+    peak_gib: float | None = None  # measured whole-job peak, allocated
+    reserved_gib: float | None = None  # measured whole-job peak, reserved by the allocator
+    estimate_gib: float | None = None  # planner.plan_model: the planned peak
     detail: str = ""
     log: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    planned: dict[str, float] = field(default_factory=dict)  # the plan's memory terms, GiB
+    measured: dict[str, Any] = field(default_factory=dict)  # scripts/measure_job.py's report
 
 
-def child(argv: list[str]) -> None:
-    """Run one ``python -m layer_sensitivity`` job in this process; record its peak GPU memory."""
-    import torch
+# Planned terms that one run can measure apart, and how: (label, planned, measured) in GiB.
+def term_rows(planned: dict[str, float], measured: dict[str, Any]
+              ) -> list[tuple[str, float | None, float | None]]:
+    """Each planned memory term next to its measurement (None where one run cannot separate it)."""
+    events, job = measured.get("events", {}), measured.get("job", {})
+    loaded = events.get("model_loaded", {}).get("cuda_allocated_gib")
+    scoring = events.get("scoring", {}).get("cuda_allocated_peak_gib")
+    calibration = events.get("calibration", {}).get("cuda_allocated_peak_gib")
+    weights = planned.get("weights")
+    rows: list[tuple[str, float | None, float | None]] = [
+        ("weights (allocated after the model loads)", weights, loaded)]
+    for term in ("quantizers", "checkpointed_inputs", "embedding_grad", "logits",
+                 "layer_activations", "output_diffs"):
+        rows.append((term, planned.get(term), None))
+    if weights is not None and "peak" in planned:
+        rows.append(("scoring above the weights (peak - weights)", planned["peak"] - weights,
+                     None if scoring is None or loaded is None else scoring - loaded))
+    rows.append(("calibration peak (forward only; planned: below the peak)", None, calibration))
+    rows.append(("whole-job peak, allocated", planned.get("peak"), job.get("cuda_allocated_peak_gib")))
+    rows.append(("whole-job peak, reserved", planned.get("peak"), job.get("cuda_reserved_peak_gib")))
+    return rows
 
-    code: int | str | None = 0
-    sys.argv = ["layer_sensitivity", *argv]
-    try:
-        runpy.run_module("layer_sensitivity", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
-        Path(os.environ[PEAK_ENV]).write_text(json.dumps({"peak_gib": peak}))
-    sys.exit(code)
+
+def ratio(planned: float | None, measured: float | None) -> float | None:
+    """measured / planned (None when either is missing or the plan is 0)."""
+    if planned is None or measured is None or planned <= 0:
+        return None
+    return measured / planned
 
 
 class Deadline:
@@ -72,11 +94,12 @@ def run_job(phase: Phase, overrides: list[str], out: Path, deadline: Deadline) -
         phase.detail = "not started: out of time"
         return
     log = out / "logs" / f"{phase.name}.log"
-    peak_file = out / "logs" / f"{phase.name}.peak.json"
+    peak_file = out / "logs" / f"{phase.name}.peaks.json"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *overrides,
-           "tracking=none", f"hydra.run.dir={out / 'jobs' / phase.name}"]
-    env = os.environ | {PEAK_ENV: str(peak_file), "LAYER_SENSITIVITY_CACHE_DIR": str(out / "cache")}
+    cmd = [sys.executable, str(REPO / "scripts" / "measure_job.py"), "--report", str(peak_file),
+           "--", *overrides, *FIXED_SHAPE, "tracking=none",
+           f"hydra.run.dir={out / 'jobs' / phase.name}"]
+    env = os.environ | {"LAYER_SENSITIVITY_CACHE_DIR": str(out / "cache")}
     start = time.monotonic()
     with log.open("w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -91,7 +114,9 @@ def run_job(phase: Phase, overrides: list[str], out: Path, deadline: Deadline) -
     phase.seconds = time.monotonic() - start
     phase.log = str(log.relative_to(out))
     if peak_file.is_file():
-        phase.peak_gib = json.loads(peak_file.read_text())["peak_gib"]
+        phase.measured = json.loads(peak_file.read_text())
+        phase.peak_gib = phase.measured["job"].get("cuda_allocated_peak_gib")
+        phase.reserved_gib = phase.measured["job"].get("cuda_reserved_peak_gib")
     if phase.status == "failed":
         phase.detail += ": " + " | ".join(log.read_text().strip().splitlines()[-3:])[-400:]
 
@@ -138,6 +163,7 @@ def random_job(phase: Phase, preset_name: str, out: Path, deadline: Deadline) ->
 
     plan = estimate(preset(preset_name, random_init=True))
     phase.estimate_gib = plan["memory_gib"]["peak"]
+    phase.planned = plan["memory_gib"]
     phase.extra = {"parameters": plan["parameters"], "groups_in_scope": plan["groups"]["in_scope"]}
     free = torch.cuda.mem_get_info()[0] / 1024**3
     if phase.estimate_gib > free:
@@ -145,9 +171,7 @@ def random_job(phase: Phase, preset_name: str, out: Path, deadline: Deadline) ->
         return
     run_job(phase, [f"model={preset_name}", "model.init=random", "model.path=null",
                     "model.device=cuda", "model.dtype=bfloat16", "quant_pair=fp8",
-                    "autoquant.method=gradient", "autoquant.reuse_scores=false",
-                    f"autoquant.batch_size={BATCH}", f"dataset.calib_seq_len={SEQ_LEN}",
-                    "dataset.size=small"], out, deadline)
+                    "autoquant.method=gradient", "autoquant.reuse_scores=false"], out, deadline)
 
 
 def write_reports(out: Path, phases: list[Phase], started: float) -> int:
@@ -163,27 +187,63 @@ def write_reports(out: Path, phases: list[Phase], started: float) -> int:
         "phases": [asdict(p) for p in phases],
     }
     (out / "gpu-smoke.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "gpu-smoke.md").write_text(render(doc))
+    return exit_status(phases)
 
-    def gib(x: float | None) -> str:
-        return "" if x is None else f"{x:.2f}"
 
-    rows = [f"| {p.name} | {p.status} | {p.seconds:.1f} | {gib(p.peak_gib)} | {gib(p.estimate_gib)} "
-            f"| {p.detail.replace('|', '/')} |" for p in phases]
-    (out / "gpu-smoke.md").write_text("\n".join([
-        f"# GPU smoke: {props.name} ({props.total_memory / 2**30:.0f} GiB)", "",
-        f"torch {torch.__version__}, CUDA {torch.version.cuda}; jobs at batch {BATCH} x {SEQ_LEN} "
-        f"tokens; total {doc['total_seconds']:.0f} s.", "",
-        "| phase | status | seconds | peak GiB (measured) | peak GiB (planner) | detail |",
-        "|---|---|---:|---:|---:|---|", *rows, ""]))
+def exit_status(phases: list[Phase]) -> int:
+    """0 when every required phase passed (the 4B job may be skipped), else 1."""
     required = [p for p in phases if p.name != "random_4b"]
     return 0 if all(p.status == "ok" for p in required) and all(
         p.status in ("ok", "skipped") for p in phases) else 1
 
 
+def _gib(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def _ratio(planned: float | None, measured: float | None) -> str:
+    r = ratio(planned, measured)
+    return "" if r is None else f"{r:.2f}"
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The Markdown report from the JSON one (no torch): a row per phase, then per job with a
+    plan its planned terms next to the measured ones and measured / planned."""
+    gpu, phases = doc["gpu"], doc["phases"]
+    lines = [f"# GPU smoke: {gpu['name']} ({gpu['memory_gib']:.0f} GiB)", "",
+             f"torch {doc['versions']['torch']}, CUDA {doc['versions']['cuda']}; jobs at batch "
+             f"{doc['batch_size']} x {doc['seq_len']} tokens (fixed padding); total "
+             f"{doc['total_seconds']:.0f} s.", "",
+             "| phase | status | seconds | peak GiB allocated | peak GiB reserved | "
+             "peak GiB planned | allocated / planned | detail |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for p in phases:
+        lines.append(f"| {p['name']} | {p['status']} | {p['seconds']:.1f} | {_gib(p['peak_gib'])} "
+                     f"| {_gib(p.get('reserved_gib'))} | {_gib(p['estimate_gib'])} | "
+                     f"{_ratio(p['estimate_gib'], p['peak_gib'])} | "
+                     f"{p['detail'].replace('|', '/')} |")
+    for p in phases:
+        if not p.get("planned") or not p.get("measured"):
+            continue
+        lines += ["", f"## {p['name']}: planned vs measured", "",
+                  "| term | planned GiB | measured GiB | measured / planned |",
+                  "|---|---:|---:|---:|"]
+        for label, planned, measured in term_rows(p["planned"], p["measured"]):
+            lines.append(f"| {label} | {_gib(planned)} | {_gib(measured)} | "
+                         f"{_ratio(planned, measured)} |")
+        seconds = {k: v.get("seconds") for k, v in p["measured"].get("phases", {}).items()}
+        for part in ("calibration", "scoring"):
+            if part in p["measured"].get("events", {}):
+                seconds[f"autoquant.{part}"] = p["measured"]["events"][part].get("seconds")
+        if seconds:
+            lines += ["", "Seconds per phase: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in seconds.items() if v is not None) + "."]
+    return "\n".join([*lines, ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        child(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-smoke"))
     parser.add_argument("--skip-4b", action="store_true")
@@ -203,18 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     bench = Phase("bench_model")
     phases.append(bench)
     ensure_bench_model(bench, deadline)
-    bench_estimate = estimate(preset("bench_qwen3_vl"))["memory_gib"]["peak"] \
-        if bench.status == "ok" else None
+    bench_plan = estimate(preset("bench_qwen3_vl"))["memory_gib"] if bench.status == "ok" else {}
+    bench_estimate = bench_plan.get("peak")
     for pair in CUDA_PAIRS:
         phase = Phase(f"pair_{pair}", estimate_gib=bench_estimate)
         phases.append(phase)
         if bench.status != "ok":
             phase.detail = "no bench model"
             continue
+        phase.planned = bench_plan
         run_job(phase, ["model=bench_qwen3_vl", f"model.path={BENCH_DIR}", "model.device=cuda",
-                        f"quant_pair={pair}", "autoquant.reuse_scores=false",
-                        f"autoquant.batch_size={BATCH}", f"dataset.calib_seq_len={SEQ_LEN}"],
-                out, deadline)
+                        f"quant_pair={pair}", "autoquant.reuse_scores=false"], out, deadline)
     phases.append(Phase("random_2b"))
     random_job(phases[-1], "qwen3_vl_2b", out, deadline)
     phases.append(Phase("random_4b"))

@@ -3,19 +3,21 @@
 #
 #   bash scripts/gpu_smoke.sh [--out DIR] [--skip-4b] [--timeout SECONDS]
 #
-# Phases (each a `python -m layer_sensitivity ... tracking=none` job, timed, its peak GPU memory
-# measured with torch.cuda.max_memory_allocated and set next to the planner's estimate):
+# Phases (each a `python -m layer_sensitivity ... tracking=none` job run by scripts/measure_job.py
+# at the planned batch 4 x 128 tokens with fixed padding, timed per phase; whole-job peaks of
+# allocated and reserved GPU memory, kept across ModelOpt's reset when scoring starts):
 #   1. the bench model (scripts/make_tiny_qwen3vl.py --preset bench), generated if missing;
 #   2. the 6 CUDA-only pairs on it: wfp4_afp16 wfp4_afp8 wfp4_afp4 wmxfp4_afp16 wmxfp4_afp8
 #      wmxfp4_amxfp4;
 #   3. a model.init=random Qwen3-VL-2B-shaped job in bf16 with gradient scoring;
 #   4. the same for Qwen3-VL-4B when time and GPU memory allow (--skip-4b skips it).
-# Writes DIR/gpu-smoke.json and DIR/gpu-smoke.md (default DIR: gpu-smoke). Exit status: 0 all
-# phases passed, 1 a phase failed or timed out, 2 bad arguments or no CUDA device.
+# Writes DIR/gpu-smoke.json and DIR/gpu-smoke.md (default DIR: gpu-smoke) and prints the latter:
+# each planned memory term next to the measured one, with measured / planned. Exit status: 0
+# all phases passed, 1 a phase failed or timed out, 2 bad arguments or no CUDA device.
 set -euo pipefail
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

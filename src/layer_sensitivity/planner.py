@@ -183,9 +183,10 @@ def memory_estimate(shape: TextShape, *, parameters: int, largest_weight: int,
         checkpoints, layer_total, diffs, embed_grad = 0, layer, 0, 0
         logits = tokens * s.vocab * (b + 12)
     process = process_gib * GIB
-    peak = process + weights + quantizers + checkpoints + embed_grad + max(logits,
-                                                                           layer_total + diffs)
-    terms = {"process": process, "weights": weights, "quantizers": quantizers, "checkpointed_inputs": checkpoints,
+    peak = (process + weights + quantizers + checkpoints + embed_grad
+            + max(logits, layer_total + diffs))
+    terms = {"process": process, "weights": weights, "quantizers": quantizers,
+             "checkpointed_inputs": checkpoints,
              "layer_activations": layer_total, "output_diffs": diffs, "logits": logits,
              "embedding_grad": embed_grad, "peak": peak}
     return {k: v / GIB for k, v in terms.items()}
@@ -319,9 +320,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     on_cpu = plan.get("memory_kind", "").endswith("(CPU)")
     lines.append(
         f"  {'peak resident set' if on_cpu else 'peak GPU memory'} ~{mem['peak']:.1f} GiB: "
-        + (f"process {mem['process']:.2f}, " if on_cpu else "") + f"weights {mem['weights']:.1f}, checkpointed "
-        f"inputs {mem['checkpointed_inputs']:.2f}, logits {mem['logits']:.2f}, one layer "
-        f"{mem['layer_activations'] + mem['output_diffs']:.2f}, embedding grad "
+        + (f"process {mem['process']:.2f}, " if on_cpu else "")
+        + f"weights {mem['weights']:.1f}, checkpointed inputs {mem['checkpointed_inputs']:.2f}, "
+        f"logits {mem['logits']:.2f}, one layer {mem['layer_activations'] + mem['output_diffs']:.2f}, embedding grad "
         f"{mem['embedding_grad']:.2f}, quantizers {mem['quantizers']:.2f}")
     if not on_cpu:
         lines.append(f"  GPUs of {gpus['memory_gib']:g} GiB needed: {gpus['needed']}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,65 @@ def test_without_cuda_it_exits_2_before_doing_anything(tmp_path: Path) -> None:
     assert "no CUDA device" in done.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def _script(name: str):  # noqa: ANN202 - a module loaded from scripts/
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _measured(loaded: float, calibration: float, scoring: float, allocated: float,
+              reserved: float) -> dict:
+    return {"events": {"model_loaded": {"cuda_allocated_gib": loaded},
+                       "calibration": {"cuda_allocated_peak_gib": calibration, "seconds": 3.0},
+                       "scoring": {"cuda_allocated_peak_gib": scoring, "seconds": 7.0}},
+            "phases": {"autoquant": {"seconds": 10.5}, "reports": {"seconds": 1.0}},
+            "job": {"cuda_allocated_peak_gib": allocated, "cuda_reserved_peak_gib": reserved}}
+
+
+def test_report_sets_each_planned_term_next_to_the_measured_one() -> None:
+    smoke = _script("gpu_smoke")
+    planned = {"weights": 4.0, "quantizers": 0.5, "checkpointed_inputs": 0.1, "logits": 1.0,
+               "embedding_grad": 0.5, "layer_activations": 0.2, "output_diffs": 0.1, "peak": 6.0}
+    measured = _measured(loaded=4.2, calibration=5.0, scoring=7.2, allocated=7.2, reserved=8.0)
+    rows = {label: (p, m) for label, p, m in smoke.term_rows(planned, measured)}
+    assert rows["weights (allocated after the model loads)"] == (4.0, 4.2)
+    assert rows["scoring above the weights (peak - weights)"] == pytest.approx((2.0, 3.0))
+    assert rows["whole-job peak, reserved"] == (6.0, 8.0)
+    assert rows["logits"] == (1.0, None)  # one run cannot separate it: planned only
+    phase = smoke.Phase("random_2b", status="ok", seconds=12.0, peak_gib=7.2, reserved_gib=8.0,
+                        estimate_gib=6.0, planned=planned, measured=measured)
+    doc = {"gpu": {"name": "Test GPU", "memory_gib": 80.0},
+           "versions": {"torch": "x", "cuda": "y"}, "batch_size": 4, "seq_len": 128,
+           "total_seconds": 30.0, "phases": [dataclasses.asdict(phase)]}
+    text = smoke.render(doc)
+    assert "| random_2b | ok | 12.0 | 7.20 | 8.00 | 6.00 | 1.20 |" in text
+    assert "| weights (allocated after the model loads) | 4.00 | 4.20 | 1.05 |" in text
+    assert "| scoring above the weights (peak - weights) | 2.00 | 3.00 | 1.50 |" in text
+    assert "| logits | 1.00 |  |  |" in text
+    assert "autoquant.calibration 3.0, autoquant.scoring 7.0" in text
+    assert "fixed padding" in text
+    assert smoke.exit_status([phase, smoke.Phase("random_4b")]) == 0
+    assert smoke.exit_status([smoke.Phase("random_2b", status="failed")]) == 1
+
+
+def test_measure_job_keeps_peaks_across_modelopts_reset_and_splits_scoring() -> None:
+    measure = _script("measure_job")
+    rec = measure.Recorder()
+    with rec.phase("calibration_data"):
+        pass
+    with rec.phase("autoquant"):
+        rec.model_loaded()
+        rec.modelopt_reset()  # ModelOpt's call when scoring starts
+    report = rec.report()
+    assert set(report["phases"]) == {"calibration_data", "autoquant"}
+    assert {"calibration", "scoring", "model_loaded"} <= set(report["events"])
+    assert report["phases"]["autoquant"]["seconds"] >= report["events"]["scoring"]["seconds"]
+    if report["rss_peak_resettable"]:
+        assert report["job"]["rss_peak_gib"] >= report["phases"]["autoquant"]["rss_peak_gib"] > 0
