@@ -322,7 +322,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"  {'peak resident set' if on_cpu else 'peak GPU memory'} ~{mem['peak']:.1f} GiB: "
         + (f"process {mem['process']:.2f}, " if on_cpu else "")
         + f"weights {mem['weights']:.1f}, checkpointed inputs {mem['checkpointed_inputs']:.2f}, "
-        f"logits {mem['logits']:.2f}, one layer {mem['layer_activations'] + mem['output_diffs']:.2f}, embedding grad "
+        f"logits {mem['logits']:.2f}, one layer "
+        f"{mem['layer_activations'] + mem['output_diffs']:.2f}, embedding grad "
         f"{mem['embedding_grad']:.2f}, quantizers {mem['quantizers']:.2f}")
     if not on_cpu:
         lines.append(f"  GPUs of {gpus['memory_gib']:g} GiB needed: {gpus['needed']}")
