@@ -486,6 +486,42 @@ def row_shared(b: Bench, pairs: list[str]) -> Row:
                extra_ok=exact == len(pairs) and hits == len(pairs))
 
 
+REAL_SHAPE = ["model=qwen3_vl_2b", "model.init=random", "model.device=cpu", "quant_pair=fp8",
+              "autoquant.method=gradient", "autoquant.batch_size=1", "dataset.max_calib_samples=3",
+              "dataset.pad_to_longest=false", "dataset.calib_seq_len=128"]
+
+
+def row_real_shape(b: Bench) -> Row:
+    """Qwen3-VL-2B's real shape (random weights, fp32) as one CPU job: 3 batches of 1 x 128 tokens
+    (fixed padding), gradient scoring; the planner's CPU estimate (a dry run of the same job)
+    against the job's measured peak RSS (scripts/measure_job.py: per phase too). Opt-in (about
+    12 GB of memory and several minutes): --rows 10."""
+    cache = b._dir("cache", "real-shape")
+    plan_dir, out = b._dir("out", "real-shape-plan"), b._dir("out", "real-shape")
+    peaks = out.with_name(out.name + "-peaks.json")
+    common = [*REAL_SHAPE, f"autoquant.score_cache_dir={cache}"]
+    planned = b.run("planner (dry run)", [[PYTHON, "-m", "layer_sensitivity", *common,
+                                           "runner.dry_run=true", "tracking=none",
+                                           f"hydra.run.dir={plan_dir}"]])
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    measured = b.run("2B random-init job", [[PYTHON, str(REPO / "scripts" / "measure_job.py"),
+                                            "--report", str(peaks), "--", *common,
+                                            "autoquant.reuse_scores=false",
+                                            f"hydra.run.dir={out}"]])
+    report = json.loads(peaks.read_text())
+    planned_mb = plan["memory_gib"]["peak"] * 1024
+    phases = "; ".join(f"{k} {v['seconds']:.0f} s / {v['rss_peak_gib']:.2f} GiB"
+                       for k, v in report["phases"].items())
+    loaded = report["events"].get("model_loaded", {}).get("rss_gib")
+    return Row("10. Qwen3-VL-2B shape on CPU (random init, fp32, 3 x 1 x 128 tokens): planned -> "
+               "measured peak RSS", "planner (CPU mode)", "measured job", planned.seconds,
+               measured.seconds, "peak RSS within 20% of plan", None, planned_mb,
+               measured.rss_mb, rss_ok=lambda r: 0.8 <= r <= 1.2,
+               extra=(f"per phase (seconds / peak RSS): {phases}; RSS after the model was built "
+                      f"{loaded:.2f} GiB (planned process + weights "
+                      f"{plan['memory_gib']['process'] + plan['memory_gib']['weights']:.2f})"))
+
+
 # --- Setup and facts ------------------------------------------------------------------------
 
 
@@ -614,17 +650,23 @@ def parse_args() -> argparse.Namespace:
                    help="pairs of row 9 (shared scores); e.g. the 10 CPU pairs")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per measurement, median taken (rerun row: 1 only)")
-    p.add_argument("--rows", default="1,2,3,4,5,6,7,8,9", help="which rows, e.g. 1,5")
+    p.add_argument("--rows", default="1,2,3,4,5,6,7,8,9",
+                   help="which rows, e.g. 1,5; row 10 (2B shape on CPU, ~12 GB) only when named")
     return p.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    wanted = {int(r) for r in args.rows.split(",")}
     if args.quick:
         model_dir = REPO / "src" / "layer_sensitivity" / "assets" / "tiny-qwen3-vl"
         model_overrides = ["model=tiny_qwen3_vl"]
         size = args.size or "small"
         model_desc = "embedded tiny-qwen3-vl (quick smoke run)"
+    elif wanted <= {10}:  # the real-shape row needs no bench model
+        model_dir, model_overrides = args.model_dir.resolve(), ["model=bench_qwen3_vl"]
+        size = args.size or "large"
+        model_desc = "Qwen3-VL-2B shape, random init (row 10 only)"
     else:
         model_dir = args.model_dir.resolve()
         report = ensure_bench_model(model_dir)
@@ -658,7 +700,6 @@ def main() -> int:
     init_store(b)
     print(header(facts, setup), flush=True)
 
-    wanted = {int(r) for r in args.rows.split(",")}
     makers: list[tuple[int, Callable[[], Row]]] = [
         (1, lambda: row_padding(b)),
         (2, lambda: row_rerun(b)),
@@ -669,6 +710,7 @@ def main() -> int:
         (7, lambda: row_parallel(b, pairs, sweep_sizes)),
         (8, lambda: row_mixed(b)),
         (9, lambda: row_shared(b, args.shared_pairs.split(","))),
+        (10, lambda: row_real_shape(b)),
     ]
     rows = []
     try:
