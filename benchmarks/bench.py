@@ -508,6 +508,7 @@ def row_real_shape(b: Bench) -> Row:
                                             "--report", str(peaks), "--", *common,
                                             "autoquant.reuse_scores=false",
                                             f"hydra.run.dir={out}"]])
+    b.other_cpu_s = planned.other_cpu_s + measured.other_cpu_s
     report = json.loads(peaks.read_text())
     planned_mb = plan["memory_gib"]["peak"] * 1024
     phases = "; ".join(f"{k} {v['seconds']:.0f} s / {v['rss_peak_gib']:.2f} GiB"
