@@ -462,6 +462,20 @@ def row_mixed(b: Bench) -> Row:
                                        "bits"), extra_ok=ok)
 
 
+def _phase_seconds(job_dir: Path, phase: str) -> float:
+    """Seconds from a phase's start to the next phase's, from the job's log timestamps."""
+    stamps = []
+    for log in job_dir.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\].* - phase (\w+)$", line)
+            if m:
+                stamps.append((dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), m.group(2)))
+    for (t0, name), (t1, _) in zip(stamps, stamps[1:], strict=False):
+        if name == phase:
+            return (t1 - t0).total_seconds()
+    return float("nan")
+
+
 def row_shared(b: Bench, pairs: list[str]) -> Row:
     """A sweep over ``pairs`` at one size: one search per pair (today) against one shared search
     split into every pair's scores (the sweep callback's pre-pass); per-group scores compared."""
@@ -478,11 +492,16 @@ def row_shared(b: Bench, pairs: list[str]) -> Row:
         exact += sa == sc
         worst = max([worst, *(abs(sa[h] - sc[h]) / max(abs(sa[h]), 1e-30) for h in sa)])
     hits = sum(bool(manifest(d)["score_cache"]["hit"]) for d in c.values())
+    searches = sum(_phase_seconds(d, "autoquant") for d in a.values())
+    shared_file = shared.out_dirs[0] / "shared_scores.json"
+    one = json.loads(shared_file.read_text())["seconds"] if shared_file.is_file() else float("nan")
     return Row(f"9. {len(pairs)}-pair sweep at {b.size}: a search per pair -> one shared search",
                f"{len(pairs)} searches", "1 shared", alone.seconds, shared.seconds, "<= 0.40",
                lambda r: r <= 0.4, alone.rss_mb, shared.rss_mb,
                extra=(f"scores identical in {exact:.0f} of {len(pairs)} jobs (max rel. diff "
-                      f"{worst:.1g}); {hits} of {len(pairs)} jobs hit the shared scores"),
+                      f"{worst:.1g}); {hits} of {len(pairs)} jobs hit the shared scores; scoring "
+                      f"alone {searches:.1f} s (the jobs' autoquant phases) -> {one:.1f} s (the "
+                      f"pre-pass) = {one / searches:.2f}"),
                extra_ok=exact == len(pairs) and hits == len(pairs))
 
 

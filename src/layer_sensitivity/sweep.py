@@ -140,7 +140,10 @@ class Sweep:
     def record_shared_scores(self, report: dict[str, Any]) -> None:
         """What the shared-scores pre-pass did (searches, per job stored or why not), on the parent."""
         assert self.run is not None
-        self.run.log_text(json.dumps(report, indent=2) + "\n", SHARED_SCORES)
+        text = json.dumps(report, indent=2) + "\n"
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (self.sweep_dir / SHARED_SCORES).write_text(redact_text(text))
+        self.run.log_text(text, SHARED_SCORES)
         self.run.log_metrics([("seconds/shared_scores", float(report["seconds"]), None),
                               ("shared_scores/searches", float(report["searches"]), None)])
 

@@ -138,3 +138,34 @@ def test_a_sweep_shares_its_scores_and_a_later_job_is_a_hit(tmp_path: Path) -> N
     assert single.returncode == 0, single.stderr[-3000:]
     (doc,) = (tmp_path / "one").glob("*_quant_manifest.json")
     assert json.loads(doc.read_text())["score_cache"]["hit"] is True
+
+
+def test_sigterm_during_the_shared_search_ends_the_sweep_killed(tmp_path: Path) -> None:
+    """The pre-pass runs inside the sweep's parent run: interrupted, the parent ends KILLED, every
+    job is NOT_STARTED, and no cache entry is left half-written (entries are published whole)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import tool_env
+
+    store, cache, log = tmp_path / "mlflow.db", tmp_path / "cache", tmp_path / "sweep.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "layer_sensitivity", "-m", "quant_pair=fp8,int8,int4",
+             "dataset.size=medium", f"autoquant.score_cache_dir={cache}",
+             f"hydra.sweep.dir={tmp_path}/m"], cwd=tmp_path, env=tool_env(store),
+            stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while "shared search: one AutoQuantize search" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
+    runs = all_runs(f"sqlite:///{store}")
+    assert [r.info.status for r in runs] == ["KILLED"]  # the parent only: no job started
+    summary = (tmp_path / "m" / "sweep_summary.csv").read_text()
+    assert summary.count("NOT_STARTED") == 3 and "RUNNING" not in summary
+    assert not list(cache.glob("*.pth"))
