@@ -180,7 +180,8 @@ def test_local_parallel_sigterm_leaves_no_run_running(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "layer_sensitivity", "-m", "hydra/launcher=local_parallel",
          "hydra.launcher.n_jobs=2", "quant_pair=fp8,int8,int4", "dataset.size=medium",
-         f"hydra.sweep.dir={sweep_dir}"],
+         # the workers must be interrupted while they score, not after a shared pre-pass did it
+         "hydra.callbacks.sweep_runs.share_scores=false", f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + TIMEOUT_S
     while _running_runs(store) < 3:  # the parent and both workers' children
