@@ -3,10 +3,12 @@
 import sys
 
 from .cli.common import expand_packed_overrides
+from .tracking.credentials import scrub_process
 
 
 def main() -> None:
-    sys.argv = expand_packed_overrides(sys.argv)
+    # Passwords leave the command line before Hydra writes it anywhere (.hydra/, job lists).
+    sys.argv = scrub_process(expand_packed_overrides(sys.argv))
     from .cli.sensitivity import main as sensitivity
 
     sensitivity()

@@ -18,7 +18,8 @@ MASK = "***"
 
 # scheme://authority: the authority runs up to the first '/', '?', '#', whitespace or quote.
 # Everything before its LAST '@' is the userinfo (passwords with a raw '@' happen in practice).
-_URI = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s\"'<>`]*)")
+# Hydra escapes ':' as '\:' in the override strings it writes (http\://user\:pw@host): matched too.
+_URI = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*\\?://)(?P<rest>[^\s\"'<>`]*)")
 _AUTHORITY_END = re.compile(r"[/?#]")
 # A query/fragment parameter whose name ends like a credential (password, sslpassword,
 # access_token, X-Amz-Signature, api_key, client_secret, sig, ...): its value is masked.

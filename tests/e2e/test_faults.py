@@ -472,35 +472,61 @@ def mlflow_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 def test_credentials_in_the_tracking_uri_are_never_written(
         mlflow_server: tuple[int, Path], tmp_path: Path) -> None:
+    """One job, a sweep on each local launcher, and every other entry point on a server URI with
+    a password: the password is in no store row, artifact, output tree, .hydra/ file, stdout or
+    stderr (it leaves the URI at process start; the server really gets the runs)."""
     port, server_home = mlflow_server
     uri = f"http://user:{SECRET}@127.0.0.1:{port}"
     cache, out, root = tmp_path / "cache", tmp_path / "out", tmp_path / "models"
     env = _env(tmp_path / "unused.db", LAYER_SENSITIVITY_CACHE_DIR=str(cache))
     env.pop("MLFLOW_TRACKING_URI")
-    job = _run([*FAST, f"tracking.uri={uri}", "tracking.experiment=secrets",
-                f"hydra.run.dir={out}"], env, tmp_path)
-    assert job.returncode == 0, job.stderr[-3000:]
-    client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")  # the job really used the server
-    (run,) = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
-    assert run.info.status == "FINISHED"
-    run_id = run.info.run_id
-    report = _run(["--run-id", run_id, "--tracking-uri", uri], env, tmp_path,
-                  "layer_sensitivity.cli.report")
-    assert report.returncode == 0, report.stderr[-3000:]
-    published = _run(["--run-id", run_id, "--root", str(root), "--tracking-uri", uri], env,
-                     tmp_path, "layer_sensitivity.cli.publish")
-    assert published.returncode == 0, published.stderr[-3000:]
-    missing = _run(["--run-id", "0" * 32, "--tracking-uri", uri], env, tmp_path,
-                   "layer_sensitivity.cli.report")  # an error message that names the store
-    assert missing.returncode == 2 and _error_lines(missing), missing.stderr[-3000:]
-    assert any(out.rglob(".hydra/*.yaml")) or any(out.glob("*.yaml"))
+    procs: dict[str, subprocess.CompletedProcess[str]] = {}
+    procs["job"] = _run([*FAST, f"tracking.uri={uri}", "tracking.experiment=secrets",
+                         f"hydra.run.dir={out}"], env, tmp_path)
+    assert procs["job"].returncode == 0, procs["job"].stderr[-3000:]
+    for launcher in ("basic", "local_parallel"):
+        sweep_dir = out / f"sweep-{launcher}"
+        procs[f"sweep {launcher}"] = proc = _run(
+            ["-m", "quant_pair=fp8,int4", *FAST, f"tracking.uri={uri}",
+             "tracking.experiment=secrets", f"hydra/launcher={launcher}",
+             *(["hydra.launcher.n_jobs=2"] if launcher == "local_parallel" else []),
+             f"hydra.sweep.dir={sweep_dir}"], env, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(list(sweep_dir.glob("*/.hydra/overrides.yaml"))) == 2
+    client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")  # the jobs really used the server
+    runs = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
+    assert len(runs) == 1 + 2 * 3 and all(r.info.status == "FINISHED" for r in runs)
+    single = next(r for r in runs if "sweep" not in r.data.tags
+                  and "mlflow.parentRunId" not in r.data.tags)
+    run_id = single.info.run_id
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "parent").info.run_id
+    tool = ["--tracking-uri", uri]
+    procs["report"] = _run(["--run-id", run_id, *tool], env, tmp_path,
+                           "layer_sensitivity.cli.report")
+    procs["publish"] = _run(["--run-id", run_id, "--root", str(root), *tool], env, tmp_path,
+                            "layer_sensitivity.cli.publish")
+    procs["compare"] = _run(["--parent-run-id", parent, "--out", str(out / "compare"), *tool],
+                            env, tmp_path, "layer_sensitivity.cli.compare")
+    procs["evaluate"] = _run(["--run-id", run_id, "--keep", "0,0.5", "--max-eval-samples", "4",
+                              "--out", str(out / "evaluate"), *tool], env, tmp_path,
+                             "layer_sensitivity.cli.evaluate")
+    procs["recipe"] = _run(["--formats", "fp8,int4", "--effective-bits", "6", *FAST,
+                            f"tracking.uri={uri}", "tracking.experiment=secrets",
+                            f"hydra.run.dir={out / 'recipe'}"], env, tmp_path,
+                           "layer_sensitivity.cli.recipe")
+    for name in ("report", "publish", "compare", "evaluate", "recipe"):
+        assert procs[name].returncode == 0, f"{name}: {procs[name].stderr[-3000:]}"
+    procs["failed report"] = _run(["--run-id", "0" * 32, *tool], env, tmp_path,
+                                  "layer_sensitivity.cli.report")  # a message naming the store
+    assert procs["failed report"].returncode == 2 and _error_lines(procs["failed report"])
+    assert any(out.rglob(".hydra/*.yaml"))
 
     outputs = {f"{name} {stream}": getattr(proc, stream).encode()
-               for name, proc in (("job", job), ("report", report), ("publish", published),
-                                  ("failed report", missing))
-               for stream in ("stdout", "stderr")}
+               for name, proc in procs.items() for stream in ("stdout", "stderr")}
     files = list(_files_under(out, root, cache, server_home))
     assert any(f.suffix == ".db" for f in files) and any("provenance" in f.name for f in files)
+    assert any(f.name == "job_status.json" for f in files)
+    assert any(f.name == "sweep.json" for f in files)
     outputs |= {str(f): f.read_bytes() for f in files}
     hits = [name for name, data in outputs.items() if SECRET.encode() in data]
     print(f"credential grep: {len(outputs)} outputs searched, {len(hits)} hits")

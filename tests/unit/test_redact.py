@@ -103,3 +103,10 @@ def test_logging_records_without_secrets_keep_their_args() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "%d groups in %s", (3, "/tmp/a"), None)
     assert RedactingFilter().filter(record)
     assert (record.msg, record.args) == ("%d groups in %s", (3, "/tmp/a"))
+
+
+def test_hydra_escaped_uris_are_redacted() -> None:
+    """Hydra writes per-job overrides with ':' escaped (tracking.uri=http\\://user\\:pw@host)."""
+    escaped = f"tracking.uri=http\\://user\\:{SECRET}@127.0.0.1\\:5000 quant_pair=fp8"
+    assert SECRET not in redact_text(escaped)
+    assert redact_text(escaped).endswith("@127.0.0.1\\:5000 quant_pair=fp8")

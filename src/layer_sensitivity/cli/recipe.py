@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .. import autoquant_recipes, catalogue, mixed, paths, tracking
 from ..errors import UserError
 from ..schema import SensitivityConfig
+from ..tracking.credentials import scrub_process
 from .common import expand_packed_overrides, install_signal_handlers, setup_plain_logging, user_errors
 from .config_store import CONF_DIR, PRIMARY_CONFIG, load_listing
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategy", default=mixed.AUTO, choices=mixed.STRATEGIES,
                         help="auto: compose stored single-format scores; direct: one search")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
-    args = parser.parse_args(expand_packed_overrides(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(scrub_process(expand_packed_overrides(
+        sys.argv[1:] if argv is None else argv)))
     setup_plain_logging()
     with user_errors():
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]

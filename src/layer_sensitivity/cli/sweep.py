@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..tracking.credentials import scrub_process
 from .common import expand_packed_overrides
 
 
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset-sizes", default=None, help="comma-separated, e.g. small,medium")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (sweeps allowed), "
                                                      "e.g. sweep=cpu_all autoquant.batch_size=2")
-    args = parser.parse_args(expand_packed_overrides(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(scrub_process(expand_packed_overrides(
+        list(sys.argv[1:] if argv is None else argv))))
     sys.argv = [sys.argv[0], *multirun_argv(args.quant_pairs, args.dataset_sizes, args.overrides)]
     from .sensitivity import main as sensitivity
 

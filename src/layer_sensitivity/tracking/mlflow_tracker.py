@@ -194,6 +194,7 @@ class MlflowTracker:
     def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
             description: str | None = None) -> Iterator[MlflowRun]:
         all_tags = dict(tags or {}) | ({NOTE_TAG: description} if description else {})
+        name = redact_text(name)  # names are built from overrides, which may hold a URI
         run = MlflowRun(self.client, self._start(name, parent_id, all_tags))
         monitor = self._monitor(run.run_id)
         error: BaseException | None = None

@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from .. import paths
 from ..errors import UserError
 from ..redact import redact_uri
+from . import credentials
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,18 @@ def resolve_uri(configured: str | None) -> str:
         return f"{SQLITE_PREFIX}{(paths.project_root() / DEFAULT_STORE).resolve()}"
     if uri.startswith(SQLITE_PREFIX) and not uri.startswith("sqlite:////"):
         return f"{SQLITE_PREFIX}{Path(uri.removeprefix(SQLITE_PREFIX)).resolve()}"
+    return _postgresql_driver(credentials.move_credentials(uri))
+
+
+def _postgresql_driver(uri: str) -> str:
+    """``postgresql://`` names no driver: SQLAlchemy 2.1 then picks psycopg 3, which this project
+    does not install; the psycopg2 it does install is named explicitly."""
+    if not uri.lower().startswith("postgresql://"):
+        return uri
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + uri[len("postgresql://"):]
     return uri
 
 
@@ -188,8 +201,9 @@ def _check_server(uri: str) -> None:
     parts = urlsplit(uri)
     bare = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl().rstrip("/")
     request = urllib.request.Request(f"{bare}/health")
-    if parts.username:  # credentials in the URI: HTTP basic auth, as MLflow sends them
-        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    auth = credentials.http_basic_auth(uri)
+    if auth:  # HTTP basic auth, as MLflow sends it (from the URI or the environment)
+        token = f"{auth[0]}:{auth[1]}".encode()
         request.add_header("Authorization", f"Basic {base64.b64encode(token).decode()}")
     try:
         with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - http(s) only
