@@ -426,6 +426,94 @@ def fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+WEIGHTS_MEMO_VERSION = 1
+_READ_CHUNK = 16 << 20
+
+
+def weights_digest(path: Path, memo_dir: Path | None = None) -> str:
+    """sha256 over the weights' bytes (every ``*.safetensors`` shard); refuses non-finite weights.
+
+    ``fingerprint`` reads headers only, so a checkpoint with the same shapes but other weights
+    (fine-tuned, permuted, NaN) would match it. This digest is what stored scores are keyed on.
+    Reading a large checkpoint takes a while, so each shard's result is remembered in
+    ``memo_dir`` by the shard's identity (resolved path, size, mtime_ns, inode): a later job on
+    the same files costs one stat per shard.
+    """
+    h = hashlib.sha256()
+    for shard in sorted(path.glob("*.safetensors")):
+        digest, bad = _shard_check(shard, memo_dir)
+        if bad:
+            raise UserError(
+                f"The checkpoint in '{path}' has non-finite weights (NaN or inf) in {len(bad)} "
+                f"tensor(s) of {shard.name}, e.g. {', '.join(bad[:3])}: sensitivity scores of such "
+                "a model mean nothing. Point model.path at an intact checkpoint (re-export or "
+                "re-download it)."
+            )
+        h.update(shard.name.encode() + bytes.fromhex(digest))
+    return h.hexdigest()[:32]
+
+
+def _shard_identity(shard: Path) -> dict[str, Any]:
+    st = shard.stat()
+    return {"path": str(shard.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "inode": st.st_ino, "version": WEIGHTS_MEMO_VERSION}
+
+
+def _shard_check(shard: Path, memo_dir: Path | None) -> tuple[str, list[str]]:
+    """(sha256 of the shard's bytes, names of tensors with non-finite values), memoized."""
+    identity = _shard_identity(shard)
+    memo = (memo_dir / f"{hashlib.sha256(identity['path'].encode()).hexdigest()[:32]}.json"
+            if memo_dir is not None else None)
+    if memo is not None and memo.is_file():
+        try:
+            doc = json.loads(memo.read_text())
+            if doc.get("identity") == identity:
+                return str(doc["sha256"]), list(doc["non_finite"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable memo: compute again
+    h = hashlib.sha256()
+    with shard.open("rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            h.update(chunk)
+    bad = _non_finite_tensors(shard)
+    if _shard_identity(shard) != identity:  # changed while read: do not remember it
+        return h.hexdigest(), bad
+    if memo is not None:
+        memo_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"identity": identity, "sha256": h.hexdigest(),
+                                   "non_finite": bad}))
+        os.replace(tmp, memo)
+    return h.hexdigest(), bad
+
+
+def _non_finite_tensors(shard: Path) -> list[str]:
+    from safetensors import safe_open
+
+    bad = []
+    try:
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(name)
+    except SafetensorError:  # unreadable: the loader names the damage when the model loads
+        return []
+    return bad
+
+
+def check_finite(net: torch.nn.Module, path: Path) -> None:
+    """A loaded model with NaN or inf weights is refused before any scoring."""
+    bad = [n for n, p in net.named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise UserError(
+            f"The checkpoint in '{path}' has non-finite weights (NaN or inf) in {len(bad)} "
+            f"parameter(s), e.g. {', '.join(bad[:3])}: sensitivity scores of such a model mean "
+            "nothing. Point model.path at an intact checkpoint (re-export or re-download it)."
+        )
+
+
 @dataclass
 class LoadedModel:
     model: Any

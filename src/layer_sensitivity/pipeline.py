@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 BITS_TOLERANCE = 1e-9
 RECIPES_DIR = "recipes"  # ModelOpt-loadable recipes: per frontier target and per keep fraction
 LM_HEAD_PATTERN = "*lm_head*"
+WEIGHT_DIGESTS = "weight-digests"  # in the score cache: each shard's digest by file identity
 
 
 @dataclass
@@ -211,12 +212,13 @@ def calibration_data(p: Plan, resources: Resources) -> list[calibration.Batch]:
     return batches
 
 
-def score_key_ingredients(p: Plan, dtype: torch.dtype, batches: list[calibration.Batch]
-                          ) -> dict[str, Any]:
+def score_key_ingredients(p: Plan, dtype: torch.dtype, batches: list[calibration.Batch],
+                          weights_sha256: str | None = None) -> dict[str, Any]:
     """Everything stored scores depend on (ModelOpt itself checks only the formats)."""
     c = p.cfg
     return {
         "model_fingerprint": p.fingerprint,
+        "weights_sha256": weights_sha256,  # the weights' bytes, not only their shapes
         "dtype": str(dtype),
         "device_type": torch.device(p.device).type,
         "captions_sha256": p.captions.sha256,
@@ -244,7 +246,10 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
     cache = key = None
     if c.autoquant.reuse_scores:
         cache = scorecache.ScoreCache(Path(c.autoquant.score_cache_dir))
-        key = cache.key(score_key_ingredients(p, dtype, batches))
+        # Read once per checkpoint (remembered by file identity); refuses NaN / inf weights.
+        weights = model.weights_digest(p.checkpoint, Path(c.autoquant.score_cache_dir)
+                                       / WEIGHT_DIGESTS)
+        key = cache.key(score_key_ingredients(p, dtype, batches, weights))
         state = cache.load(key)
         if state is not None:
             log.info("scores reused from %s", cache.path(key))
@@ -252,6 +257,7 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
             _check_reachable(p, stored)
             return stored
     loaded = resources.model(c.model, p.checkpoint, p.device)
+    model.check_finite(loaded.model, p.checkpoint)
     in_scope, frozen = model.weight_counts(loaded.model, p.frozen_patterns)
     given = model.modelopt_bits(p.target_bits, in_scope, frozen)
     on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]

@@ -22,7 +22,7 @@ from layer_sensitivity import pipeline
 from layer_sensitivity.cli.config_store import CONF_DIR
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import SensitivityConfig
-from tests.helpers import FAST, all_runs, run_cli
+from tests.helpers import FAST, TINY_MODEL, all_runs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +113,42 @@ def test_hit_reuses_scores_without_the_model_and_a_miss_recomputes(
     unstored = one_process.manifests["wfp8_afp8"]
     assert unstored["score_cache"] is None and not list(one_process.cache.glob("*.pth"))
     assert _scores(unstored) == pytest.approx(_scores(first), rel=1e-5)
+    # Same shapes and headers, other weights (every matrix's rows permuted): a miss, new scores.
+    permuted, _ = _run(cache, tmp_path / "d", f"model.path={_edited_checkpoint(tmp_path, 'rows')}")
+    assert permuted["model"]["fingerprint"] == first["model"]["fingerprint"]  # headers identical
+    assert permuted["score_cache"]["hit"] is False
+    assert _scores(permuted) != _scores(first)
+
+
+def _edited_checkpoint(base: Path, how: str) -> Path:
+    """The embedded model with every weight matrix's rows reversed (``rows``) or one NaN (``nan``)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = base / f"ckpt-{how}"
+    shutil.copytree(TINY_MODEL, out)
+    tensors = load_file(out / "model.safetensors")
+    for name, t in tensors.items():
+        if t.ndim == 2 and how == "rows":
+            tensors[name] = t.flip(0).contiguous()
+        elif how == "nan" and name.endswith("o_proj.weight"):
+            tensors[name] = t.clone().fill_(float("nan"))
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_before_scoring(tmp_path: Path) -> None:
+    from layer_sensitivity.errors import UserError
+
+    nan = _edited_checkpoint(tmp_path, "nan")
+    for reuse in ("true", "false"):
+        resources = Resources()
+        plan = pipeline.plan(_job(tmp_path / "cache", f"model.path={nan}",
+                                  f"autoquant.reuse_scores={reuse}"))
+        with pytest.raises(UserError, match="non-finite weights"):
+            pipeline.run(plan, tmp_path / f"out-{reuse}", resources)
+        assert not list((tmp_path / "cache").glob("*.pth"))
 
 
 def test_frontier_resolves_every_target_from_one_search(frontier: Frontier) -> None:

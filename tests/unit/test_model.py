@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from layer_sensitivity import model
 from layer_sensitivity.model import modelopt_bits, scope_bits, weight_counts
+from tests.helpers import TINY_MODEL
 
 
 def test_no_frozen_weights_is_identity() -> None:
@@ -39,3 +43,26 @@ def test_infeasible_message_is_restated_in_language_model_bits() -> None:
                          "search spaces. The minimum achievable effective bits is 9.6000.")
     assert e.minimum_bits == 9.6
     assert scope_bits(e.minimum_bits, 800, 200) == pytest.approx(8.0)
+
+
+def test_weights_digest_is_remembered_by_file_identity(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(TINY_MODEL, ckpt)
+    memo = tmp_path / "memo"
+    first = model.weights_digest(ckpt, memo)
+    assert len(list(memo.glob("*.json"))) == 1
+
+    def unread(shard: Path) -> list[str]:
+        raise AssertionError(f"{shard} was read again")
+
+    monkeypatch.setattr(model, "_non_finite_tensors", unread)
+    assert model.weights_digest(ckpt, memo) == first  # same identity: one stat, no read
+    monkeypatch.undo()
+    weights = ckpt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4] ^= 1  # the lowest mantissa bit of the last float: same size, same header
+    weights.write_bytes(bytes(data))
+    assert model.weights_digest(ckpt, memo) != first
