@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from .. import signals
 from ..errors import UserError
 from ..redact import RedactingFilter, redact_text
-from ..tracking import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ def user_errors() -> Iterator[None]:
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt as e:
+        if signals.is_main_thread():  # a second Ctrl-C must not cut the exit short (exit -2)
+            for sig in signals.STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
@@ -46,17 +49,13 @@ def user_errors() -> Iterator[None]:
         sys.exit(1)
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
 def install_signal_handlers() -> None:
     """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so every open run ends KILLED
     with what it has (Python's default SIGTERM would end the process with runs left RUNNING)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_interrupted)
+    for sig in signals.STOP_SIGNALS:
+        signal.signal(sig, signals.raise_interrupted)
     _watch_mlflow_run_launcher()
 
 

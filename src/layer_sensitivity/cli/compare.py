@@ -14,10 +14,11 @@ from pathlib import Path
 from .. import tracking
 from ..compare_runs import compare_runs
 from ..schema import TrackingConfig
-from .common import setup_plain_logging, user_errors
+from .common import install_signal_handlers, setup_plain_logging, user_errors
 
 
 def main(argv: list[str] | None = None) -> None:
+    install_signal_handlers()  # SIGINT / SIGTERM: the nested run ends KILLED, exit 130 / 143
     parser = argparse.ArgumentParser(prog="python -m layer_sensitivity.cli.compare",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--run-ids", default="", help="comma-separated run ids")

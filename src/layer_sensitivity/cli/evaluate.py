@@ -15,7 +15,7 @@ from ..equal_bits import wide
 from ..errors import UserError
 from ..evaluate_runs import evaluate_run
 from ..schema import TrackingConfig
-from .common import setup_plain_logging, user_errors
+from .common import install_signal_handlers, setup_plain_logging, user_errors
 
 
 def parse_fractions(text: str) -> list[float]:
@@ -41,6 +41,7 @@ def parse_truth(text: str) -> tuple[bool, int | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    install_signal_handlers()  # SIGINT / SIGTERM: the nested run ends KILLED, exit 130 / 143
     parser = argparse.ArgumentParser(prog="python -m layer_sensitivity.cli.evaluate",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--run-id", required=True, help="a finished sensitivity run")

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import publish, tracking
 from ..errors import UserError
 from ..schema import TrackingConfig
-from .common import setup_plain_logging, user_errors
+from .common import install_signal_handlers, setup_plain_logging, user_errors
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
@@ -30,6 +30,7 @@ def parse_bool(text: str, name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    install_signal_handlers()  # SIGINT / SIGTERM: the nested run ends KILLED, exit 130 / 143
     parser = argparse.ArgumentParser(
         prog="python -m layer_sensitivity.cli.publish",
         description="Publish a finished sensitivity run into "

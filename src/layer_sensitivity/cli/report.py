@@ -11,10 +11,11 @@ import argparse
 from .. import tracking
 from ..regenerate import regenerate_run
 from ..schema import TrackingConfig
-from .common import setup_plain_logging, user_errors
+from .common import install_signal_handlers, setup_plain_logging, user_errors
 
 
 def main(argv: list[str] | None = None) -> None:
+    install_signal_handlers()  # SIGINT / SIGTERM: the nested run ends KILLED, exit 130 / 143
     parser = argparse.ArgumentParser(
         prog="python -m layer_sensitivity.cli.report",
         description="Regenerate a run's layer-sensitivity reports and figures from its manifest "

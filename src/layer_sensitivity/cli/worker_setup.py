@@ -41,6 +41,7 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .. import signals
 from ..sweep import STATUS_FILE
 from ..tracking import Interrupted
 
@@ -141,6 +142,9 @@ def _stop_this_worker(signum: int, frame: Any) -> None:
     """In a worker: end the running job as interrupted, once (Ctrl-C reaches a worker both from
     the terminal and from the sweep; a second Interrupted would cut its recording short)."""
     global _stopped_by
+    if signals.in_finalizer(frame):  # raised there it would be lost: delivered again shortly
+        signals.raise_interrupted(signum, frame)
+        return
     _stopped_by = signum
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -20,9 +20,10 @@ import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from .. import signals
 from ..redact import redact_text
 from . import store
-from .base import ERROR_ARTIFACT, end_status, error_text
+from .base import ERROR_ARTIFACT, Interrupted, end_status, error_text
 
 log = logging.getLogger(__name__)
 
@@ -204,18 +205,30 @@ class MlflowTracker:
             error = e
             raise
         finally:
-            if monitor is not None:
-                with suppress(Exception):
-                    monitor.finish()
-            status = end_status(error)
-            if error is not None and not isinstance(error, SystemExit):
-                with suppress(Exception):  # never hide the job's own error behind a logging one
-                    run.log_text(error_text(error), ERROR_ARTIFACT)
-            if error is None:
+            # A signal while the run ends is held until it has ended (KILLED if it came before
+            # the status was set), then raised: an exception here would leave the run RUNNING.
+            with signals.deferred() as pending:
+                if monitor is not None:
+                    try:
+                        monitor.finish()
+                    except Exception as e:  # noqa: BLE001 - system metrics are optional
+                        log.info("system metrics did not stop cleanly: %s", e)
+                stopped = Interrupted(pending[0], "the end of the run") if pending else None
+                ending = error if error is not None else stopped
+                self._end(run, ending)
+            if pending and not isinstance(error, KeyboardInterrupt):
+                raise Interrupted(pending[0], "the end of the run")
+
+    def _end(self, run: MlflowRun, error: BaseException | None) -> None:
+        status = end_status(error)
+        if error is not None and not isinstance(error, SystemExit):
+            with suppress(Exception):  # never hide the job's own error behind a logging one
+                run.log_text(error_text(error), ERROR_ARTIFACT)
+        if error is None:
+            self.client.set_terminated(run.run_id, status)
+        else:
+            with suppress(Exception):
                 self.client.set_terminated(run.run_id, status)
-            else:
-                with suppress(Exception):
-                    self.client.set_terminated(run.run_id, status)
 
     def _monitor(self, run_id: str) -> Any:
         if not self.system_metrics:
