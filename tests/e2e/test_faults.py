@@ -379,6 +379,66 @@ def test_interrupted_scoring_then_the_same_job_again(
         assert values == pytest.approx(uninterrupted_scores[handle], rel=1e-6), handle
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_model_load_ends_the_run_killed(
+        sig: signal.Signals, fault_store: Path, tmp_path: Path) -> None:
+    """A signal a moment into the model load (where a finalizer once swallowed it)."""
+    experiment = f"load-{sig.name}"
+    env = _env(fault_store, LAYER_SENSITIVITY_CACHE_DIR=str(tmp_path / "cache"))
+    log = tmp_path / "job.out"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "layer_sensitivity", *FAST, f"tracking.experiment={experiment}",
+             f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, stdout=out,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for_line(log, job, "phase autoquant")
+            time.sleep(0.2)
+            job.send_signal(sig)
+            code = job.wait(timeout=TIMEOUT)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    assert code == 128 + sig, log.read_text()[-3000:]
+    (killed,) = _experiment_runs(fault_store, experiment)
+    assert killed.info.status == "KILLED"
+
+
+def _wait_for_run(store: Path, name: str, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with sqlite3.connect(store, timeout=30) as db:
+            if db.execute("select 1 from runs where name=? and status='RUNNING'",
+                          (name,)).fetchone():
+                return
+        time.sleep(0.05)
+    pytest.fail(f"no RUNNING run '{name}' (exit {proc.poll()})")
+
+
+def test_sigterm_to_evaluate_ends_its_nested_run_killed(
+        fault_store: Path, uninterrupted_scores: dict[str, list[float]], tmp_path: Path) -> None:
+    (target,) = _experiment_runs(fault_store, "uninterrupted")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layer_sensitivity.cli.evaluate", "--run-id", target.info.run_id,
+         "--out", str(tmp_path / "eval")], cwd=tmp_path, env=_env(fault_store),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_run(fault_store, "evaluate", proc)
+        time.sleep(0.5)  # into the model load
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{fault_store}")
+    nested = client.search_runs([target.info.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{target.info.run_id}'")
+    assert [r.info.status for r in nested] == ["KILLED"]
+
+
 # --- Leftovers of interrupted publishes ----------------------------------------------------------
 
 
