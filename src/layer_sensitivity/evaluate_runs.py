@@ -114,7 +114,7 @@ def evaluate_run(store: RunStore, tracker: Tracker, run_id: str, out_dir: Path, 
 
     headroom = list(keep) if keep is not None else list(equal_bits.DEFAULT_HEADROOM)
     draws = baselines.DEFAULT_DRAWS if draws is None else draws
-    record = store.get(run_id)
+    record = store.finished(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         doc: dict[str, Any] = manifest.load(store.fetch_manifest(run_id, Path(tmp)))
     with tracker.run("evaluate", parent_id=run_id, tags={"evaluate.of": record.run_name}) as run:

@@ -55,10 +55,17 @@ def default_run_name(cfg: SensitivityConfig) -> str:
     if cfg.autoquant.method.value != "gradient":
         name += f" {cfg.autoquant.method.value}"
     bits = cfg.autoquant.effective_bits
-    if bits is not None:
-        shown = ",".join(f"{float(b):g}" for b in (bits if isinstance(bits, (list, tuple)) else [bits]))
+    if bits is not None:  # validated later (pipeline.plan): any value must name the run here
+        shown = ",".join(_bits_text(b) for b in (bits if isinstance(bits, (list, tuple)) else [bits]))
         name += f" @{shown}bits"
     return name
+
+
+def _bits_text(value: Any) -> str:
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def output_dir(cfg: SensitivityConfig, plan: pipeline.Plan, hydra_dir: Path) -> Path:

@@ -413,6 +413,15 @@ def validate(data: dict[str, Any], shape: type[BaseModel], source: str) -> None:
                                        for field, problems in by_field.items()])) from None
 
 
+def _with_groups(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A manifest without a single scored group has nothing to report, rank or publish."""
+    if not data.get("layer_sensitivity"):
+        raise UserError(f"{source} has no layer groups in 'layer_sensitivity', so there is nothing "
+                        "to report, compare or publish. Point at the manifest of a finished "
+                        "sensitivity job. Nothing was changed.")
+    return data
+
+
 def load(path: Path) -> dict[str, Any]:
     """A manifest in the current schema, converting the legacy shape; clear errors otherwise.
 
@@ -433,9 +442,9 @@ def load(path: Path) -> dict[str, Any]:
     version = data.get("schema_version")
     if version == SCHEMA_VERSION and not isinstance(version, bool):
         validate(data, CurrentManifest, source)
-        return data
+        return _with_groups(data, source)
     if version is None and "scheme" in data and "layer_sensitivity" in data:
-        return from_legacy(data, source)
+        return _with_groups(from_legacy(data, source), source)
     if version is None:
         missing = [k for k in ("scheme", "layer_sensitivity") if k not in data]
         raise UserError(

@@ -67,7 +67,20 @@ def checkpoint_dir(cfg: ModelConfig) -> Path:
         )
     _check_config_json(cfg, path)
     check_weights(path)
+    _check_tokenizer_files(path)
     return path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    """Without a tokenizer the captions become zero tokens and scoring fails deep inside."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"The checkpoint in '{path}' has no tokenizer ({' / '.join(TOKENIZER_FILES)} missing). "
+            "Copy the tokenizer files that came with the checkpoint next to its config.json."
+        )
 
 
 # Checkpoint model types this project analyses (transformers' names for Qwen3-VL and its MoE).
@@ -362,6 +375,11 @@ def check_loader_options(cfg: ModelConfig) -> None:
             "model.device_map is not supported with model.init=random (the random model is built "
             "on model.device). Drop model.device_map, or use a checkpoint (model.init=pretrained)."
         )
+
+
+def check_placement(cfg: ModelConfig, device: str) -> None:
+    """model.device_map / max_memory fit the device (checked before anything is logged)."""
+    _loader_kwargs(cfg, device)
 
 
 def _loader_kwargs(cfg: ModelConfig, device: str) -> dict[str, Any]:

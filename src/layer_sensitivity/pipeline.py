@@ -108,6 +108,9 @@ def plan(cfg: SensitivityConfig) -> Plan:
         if value is not None and value <= 0:
             raise UserError(f"{name}={value} must be a positive integer. Set it to 1 or more.")
     device = model.resolve_device(cfg.model.device)
+    model.check_placement(cfg.model, device)
+    if aq.reuse_scores:
+        _check_cache_dir(Path(aq.score_cache_dir))
     frozen = [*model.FROZEN_PATTERNS[aq.coverage], *([] if aq.lm_head else [LM_HEAD_PATTERN])]
     # Pair and overlay: preset available, overlay meaningful, runnable on this device.
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
@@ -121,6 +124,13 @@ def plan(cfg: SensitivityConfig) -> Plan:
     return Plan(cfg, checkpoint, model.fingerprint(checkpoint), device, captions, quant_cfg,
                 catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
                 score_samples, frozen)
+
+
+def _check_cache_dir(path: Path) -> None:
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"autoquant.score_cache_dir={path} cannot be a directory: '{blocker}' is a "
+                        "file. Point it at a directory, or set autoquant.reuse_scores=false.")
 
 
 def checked_targets(value: Any, fmt_bits: float, pair: QuantPairConfig) -> list[float]:

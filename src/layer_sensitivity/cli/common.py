@@ -11,6 +11,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,34 @@ from ..errors import UserError
 from ..redact import RedactingFilter, redact_text
 
 log = logging.getLogger(__name__)
+
+
+def check_out_dir(path: Path, option: str) -> None:
+    """An output directory that can be made: no file on its way, its nearest existing directory
+    writable (checked before any run or folder exists)."""
+    path = Path(path).absolute()
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{option}={path} cannot be created: '{blocker}' is a file, not a "
+                        f"directory. Set {option} to a directory path, or move the file away.")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option}={path} cannot be written: '{existing}' is not writable by this "
+                        f"user. Set {option} to a writable directory.")
+
+
+def check_input_file(path: Path, option: str) -> None:
+    """A file the command reads: present, a file, readable."""
+    path = Path(path)
+    what = ("does not exist" if not path.exists() else "is a directory" if path.is_dir()
+            else "is not readable" if not os.access(path, os.R_OK) else "")
+    if what:
+        raise UserError(f"{option}={path} {what}. Set {option} to a readable UTF-8 text file.")
+
+
+def check_positive(value: int | None, option: str) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{option}={value} must be a positive integer (or left out for all).")
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import tracking
 from ..compare_runs import compare_runs
 from ..schema import TrackingConfig
-from .common import install_signal_handlers, setup_plain_logging, user_errors
+from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_plain_logging()
     with user_errors():
+        if args.out:
+            check_out_dir(Path(args.out), "--out")
         store = tracking.run_store(args.tracking_uri)
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False,
                                                  experiment=args.experiment or

@@ -75,3 +75,38 @@ def load_listing() -> catalogue.Listing:
 
 
 register()
+
+
+def check_known_keys(cfg: Any) -> None:
+    """Keys a ``+key=value`` override added that no schema has: refused, with the closest match.
+
+    Hydra's ``+`` adds a key even to a typed (struct) config, so ``+autoquant.methd=kl_div`` would
+    run with the default method and log the junk as a parameter.
+    """
+    import dataclasses
+    import difflib
+
+    from omegaconf import DictConfig
+
+    def walk(node: DictConfig, prefix: str) -> Iterator[tuple[str, list[str]]]:
+        kind = OmegaConf.get_type(node)
+        if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+            return  # free-form dicts (model.max_memory, size_samples, ...)
+        known = [f.name for f in dataclasses.fields(kind)]
+        for key in map(str, node.keys()):
+            name = f"{prefix}{key}"
+            if key not in known:
+                if name != "hydra":
+                    yield name, [f"{prefix}{m}" for m in difflib.get_close_matches(str(key), known)]
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                yield from walk(child, f"{name}.")
+
+    unknown = list(walk(cfg, ""))
+    if unknown:
+        shown = "; ".join(f"'{k}'" + (f" (did you mean '{m[0]}'?)" if m else "")
+                          for k, m in unknown)
+        raise UserError(f"Unknown config key {shown}: no config group defines it, so it would be "
+                        "ignored. Fix the name (`python -m layer_sensitivity --cfg job` lists "
+                        "every key) and drop the leading '+'.")

@@ -15,7 +15,14 @@ from ..equal_bits import wide
 from ..errors import UserError
 from ..evaluate_runs import evaluate_run
 from ..schema import TrackingConfig
-from .common import install_signal_handlers, setup_plain_logging, user_errors
+from .common import (
+    check_input_file,
+    check_out_dir,
+    check_positive,
+    install_signal_handlers,
+    setup_plain_logging,
+    user_errors,
+)
 
 
 def parse_fractions(text: str) -> list[float]:
@@ -64,6 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         truth, subset = parse_truth(args.ground_truth)
         if args.draws < 1:
             raise UserError(f"--draws {args.draws} must be at least 1 (20 or more to trust).")
+        check_positive(args.max_eval_samples, "--max-eval-samples")
+        if args.eval_captions:
+            check_input_file(Path(args.eval_captions), "--eval-captions")
+        if args.out:
+            check_out_dir(Path(args.out), "--out")
         store = tracking.run_store(args.tracking_uri)
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
         out = Path(args.out or tempfile.mkdtemp(prefix="evaluation-"))

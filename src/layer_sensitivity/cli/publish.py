@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import publish, tracking
 from ..errors import UserError
 from ..schema import TrackingConfig
-from .common import install_signal_handlers, setup_plain_logging, user_errors
+from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
@@ -49,12 +49,18 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         force = parse_bool(args.force, "force")
         models = parse_bool(args.models, "models")
+        root = Path(args.root)
+        if root.absolute() == Path(root.absolute().anchor):
+            raise UserError(f"--root={args.root} is the file system's root; publishing writes "
+                            "<model>/layer-analysis/... under it. Set --root to a directory of "
+                            "its own, e.g. models.")
+        check_out_dir(root, "--root")
         store = tracking.run_store(args.tracking_uri)
-        store.get(args.run_id)
+        store.finished(args.run_id)
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
         with tracker.run("publish", parent_id=args.run_id) as run:
-            result = publish.publish_run(store, args.run_id, Path(args.root), force, models)
+            result = publish.publish_run(store, args.run_id, root, force, models)
             run.log_params({"publish.path": str(result.path), "publish.status": result.status,
                             "publish.force": force, "publish.models": models})
     if result.status == "unchanged":

@@ -30,8 +30,14 @@ from .. import autoquant_recipes, catalogue, mixed, paths, tracking
 from ..errors import UserError
 from ..schema import SensitivityConfig
 from ..tracking.credentials import scrub_process
-from .common import expand_packed_overrides, install_signal_handlers, setup_plain_logging, user_errors
-from .config_store import CONF_DIR, PRIMARY_CONFIG, load_listing
+from .common import (
+    check_out_dir,
+    expand_packed_overrides,
+    install_signal_handlers,
+    setup_plain_logging,
+    user_errors,
+)
+from .config_store import CONF_DIR, PRIMARY_CONFIG, check_known_keys, load_listing
 
 DEFAULT_FORMATS = "fp8,int4"
 
@@ -63,6 +69,7 @@ def compose_configs(formats: list[str], overrides: list[str]) -> tuple[list[Sens
                                 f"conf/quant_pair: {', '.join(pairs)}.")
             try:
                 cfg = compose(PRIMARY_CONFIG, overrides=[*overrides, f"quant_pair={fmt}"])
+                check_known_keys(cfg)
                 cfgs.append(OmegaConf.to_object(cfg))
             except (HydraException, OmegaConfBaseException, ValueError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -117,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_plain_logging()
     with user_errors():
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        if args.formats.strip() and not formats:  # (empty: the default formats)
+            raise UserError(f"--formats={args.formats!r} names no format. Give two or more pairs "
+                            "or aliases, comma-separated, e.g. --formats fp8,int4.")
         named = {"model": args.model, "dataset.size": args.dataset_size,
                  "autoquant.method": args.method}
         overrides = [f"{k}={v}" for k, v in named.items() if v] + [
@@ -132,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         out_dir = Path(out) if out else (paths.project_root() / "outputs" / "recipe"
                                          / "+".join(formats) / stamp)
+        check_out_dir(out_dir, "hydra.run.dir")
         # No Hydra run here: the output directory the configs interpolate is this one.
         cfgs, config_yaml = compose_configs(formats, [*overrides, f"output_layout.dir={out_dir}"])
         req = mixed.MixedRequest(cfgs, budgets, out_dir,

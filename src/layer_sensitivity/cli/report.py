@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_plain_logging()
     with user_errors():
         store = tracking.run_store(args.tracking_uri)
-        store.get(args.run_id)
+        store.finished(args.run_id)
         store.manifest_name(args.run_id)  # refused before anything is recorded
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))

@@ -25,7 +25,7 @@ from ..reuse import Resources
 from ..schema import SensitivityConfig
 from . import config_store  # noqa: F401 - registers the schemas and resolvers
 from .common import fail, flatten, install_signal_handlers, redact_logging, user_errors
-from .config_store import CONF_DIR
+from .config_store import CONF_DIR, check_known_keys
 from .sweep_callback import finish_active, jobs_started
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,13 @@ def run_task(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     _redact_hydra_files(out_dir)
-    try:  # the typed schema checks values too (e.g. recipes.keep)
+    try:  # unknown `+keys`; the typed schema checks values too (e.g. recipes.keep)
+        check_known_keys(cfg)
         spec: SensitivityConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except UserError as e:
         _remove_if_empty(out_dir)
+        if hc.mode == RunMode.MULTIRUN:
+            raise JobFailed(str(e)) from None
         fail(str(e))
     if spec.runner.report_only or spec.runner.dry_run:
         try:
@@ -97,7 +100,7 @@ def run_task(cfg: DictConfig) -> None:
             fail(str(e))
         return
     multirun = hc.mode == RunMode.MULTIRUN
-    name = job.default_run_name(spec)
+    name = spec.tracking.run_name or job.default_run_name(spec)
     if multirun:
         swept = set(filter(None, os.environ.get(sweep.SWEPT_ENV, "").split(",")))
         name = sweep.job_name(name, list(hc.overrides.task), swept)

@@ -20,8 +20,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .. import sweep, tracking
+from ..errors import UserError
 from ..schema import TrackingConfig
+from . import common
 from .common import fail
+from .config_store import check_known_keys
 
 log = logging.getLogger(__name__)
 _ACTIVE: list[sweep.Sweep] = []  # the multirun of this process, if any
@@ -55,10 +58,10 @@ def planned_overrides(cfg: DictConfig) -> tuple[list[list[str]], set[str], list[
 
 def check_output_dir(path: Path, key: str) -> None:
     """Hydra would print a traceback for an output directory it cannot create: one paragraph."""
-    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        fail(f"{key}={path} cannot be created: '{blocker}' is a file, not a directory. Set {key} "
-             "to a directory path, or move the file away.")
+    try:
+        common.check_out_dir(path, key)
+    except UserError as e:
+        fail(str(e))
 
 
 class SweepRuns(Callback):
@@ -74,6 +77,10 @@ class SweepRuns(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_output_dir(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+        try:
+            check_known_keys(config)  # a typo'd `+key` would fail every job alike: refuse it now
+        except UserError as e:
+            fail(str(e))
         jobs, swept, args = planned_overrides(config)
         planned = [sweep.overrides_key(j) for j in jobs]
         os.environ[sweep.SWEPT_ENV] = ",".join(sorted(swept))

@@ -31,6 +31,8 @@ def create(cfg: TrackingConfig) -> Tracker:
 def run_store(uri: str | None = None):  # type: ignore[no-untyped-def]
     """Finished runs of a store (``MLFLOW_TRACKING_URI`` or the project's default when None)."""
     from .runs import RunStore
-    from .store import resolve_uri
+    from .store import check_existing_store, resolve_uri
 
-    return RunStore(resolve_uri(uri))
+    resolved = resolve_uri(uri)
+    check_existing_store(resolved)  # before MLflow's client, which would create or retry
+    return RunStore(resolved)

@@ -58,6 +58,15 @@ class RunStore:
                          run.info.experiment_id, experiment.name if experiment else "",
                          dict(run.data.params), dict(run.data.tags))
 
+    def finished(self, run_id: str) -> RunRecord:
+        """The run, refused unless it FINISHED (a FAILED or KILLED run's outputs are partial)."""
+        record = self.get(run_id)
+        if record.status != "FINISHED":
+            raise UserError(f"Run {run_id} ({record.run_name}) is {record.status}; only FINISHED "
+                            "runs hold complete results. Re-run the job, or pick a FINISHED run "
+                            "(mlflow ui lists them).")
+        return record
+
     def artifact_files(self, run_id: str) -> list[str]:
         """Every artifact file of the run (relative paths, folders walked), sorted."""
         found: list[str] = []

@@ -193,6 +193,32 @@ def prepare_store(uri: str) -> None:
         ) from None
 
 
+def check_existing_store(uri: str) -> None:
+    """For commands that read runs (report, publish, compare, evaluate): the store must exist
+    and be an MLflow store; nothing is created (a typo'd path must not become an empty store)."""
+    scheme = _check_uri(uri)
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    path = sqlite_path(uri) if scheme == "sqlite" else None
+    if path is None:
+        return
+    _check_sqlite_location(path, uri)
+    if not path.is_file():
+        raise UserError(
+            f"The tracking store {redact_uri(uri)} does not exist ({path}). Point --tracking-uri "
+            "(or MLFLOW_TRACKING_URI) at the store that holds the run, e.g. "
+            f"sqlite:///{paths.project_root() / DEFAULT_STORE}."
+        )
+    _check_is_sqlite(path, uri)
+    with _read_only(path) as db:
+        tables = _tables(db)
+    if not {"runs", "experiments"} <= tables:
+        raise UserError(
+            f"tracking.uri={redact_uri(uri)!r}: {path} is an SQLite database but not an MLflow "
+            "tracking store (no runs table). Point it at the store that holds the run."
+        )
+
+
 def _check_server(uri: str) -> None:
     """A tracking server that does not answer fails now, not after minutes of MLflow's retries."""
     import base64
