@@ -236,3 +236,36 @@ def test_deleted_experiment_is_a_user_error(store_copy: Path) -> None:
     client.delete_experiment(client.create_experiment("gone"))
     with pytest.raises(UserError, match="deleted"):
         get_or_create_experiment("gone", tracking_uri=uri)
+
+
+def test_a_half_created_store_is_created_again(tmp_path: Path) -> None:
+    """An interrupted creation (tables and indexes half made, no run) does not break later opens."""
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table experiments (experiment_id integer, name text)")
+        con.execute("create index index_params_run_uuid on experiments(experiment_id)")
+    prepare_store(f"sqlite:///{db}")
+    assert {"runs", "params", "alembic_version"} <= _tables(db)
+    assert not list(tmp_path.glob(".mlflow.db.creating-*"))
+
+
+def test_a_text_file_is_refused_without_a_lock_beside_it(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    assert "not a readable SQLite database" in _user_error(f"sqlite:///{text}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+
+def test_reading_commands_never_create_a_store(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(UserError, match="does not exist"):
+        tracking_store.check_existing_store(f"sqlite:///{missing}")
+    assert not missing.exists()
+    for uri in ("bogus://x", str(tmp_path), f"file://{tmp_path}"):
+        with pytest.raises(UserError):
+            tracking_store.check_existing_store(uri)
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("create table t (x)")
+    with pytest.raises(UserError, match="not an MLflow tracking store"):
+        tracking_store.check_existing_store(f"sqlite:///{other}")

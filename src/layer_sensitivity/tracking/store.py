@@ -180,6 +180,8 @@ def prepare_store(uri: str) -> None:
     head = _head_revision()
     if _is_ready(path, head):
         return
+    if path.is_file() and path.stat().st_size > 0:
+        _check_is_sqlite(path, uri)  # before the lock: a text file gets no <file>.lock beside it
     _make_parent(path, uri)
     try:
         with FileLock(f"{path}.lock", timeout=_LOCK_TIMEOUT_S):
@@ -320,6 +322,9 @@ def _create_or_upgrade(path: Path, uri: str, head: str) -> None:
         _check_is_sqlite(path, uri)
         interrupted = _drop_leftover_tmp_tables(path)
     logger.info("Preparing the MLflow tracking store %s", path)
+    if not path.is_file() or path.stat().st_size == 0 or _never_used(path):
+        _create_new(path, uri, head)
+        return
     try:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -342,6 +347,52 @@ def _create_or_upgrade(path: Path, uri: str, head: str) -> None:
     if not _is_ready(path, head):
         raise UserError(f"The tracking store {path} is still not at MLflow's schema {head} after "
                         "migrating it. Move the file aside and start a new store.")
+
+
+def _never_used(path: Path) -> bool:
+    """A store whose creation was interrupted (tables half made, no run and no experiment but
+    "Default" in it): safe to create again from scratch."""
+    try:
+        with _read_only(path) as db:
+            tables = _tables(db)
+            if "runs" in tables and db.execute("select 1 from runs limit 1").fetchone():
+                return False
+            if "experiments" in tables and db.execute(
+                    "select 1 from experiments where experiment_id != ? limit 1",
+                    (_DEFAULT_EXPERIMENT_ID,)).fetchone():
+                return False
+    except sqlite3.DatabaseError:
+        return False  # not SQLite, or unreadable: the caller's checks say so
+    return True
+
+
+def _create_new(path: Path, uri: str, head: str) -> None:
+    """A new store is built in a temporary file beside ``path`` and renamed into place, so an
+    interruption never leaves a half-created store behind (MLflow would then fail every later
+    open with e.g. "index index_params_run_uuid already exists")."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        store = SqlAlchemyStore(f"{SQLITE_PREFIX}{tmp}", str(path.parent / ARTIFACTS_DIR))
+        store.engine.dispose()
+        if not _is_ready(tmp, head):
+            raise UserError(f"Creating the tracking store {path} left it short of MLflow's schema "
+                            f"{head}. Remove {tmp} and try again.")
+        os.replace(tmp, path)
+    except UserError:
+        raise
+    except Exception as e:  # MlflowException, SQLAlchemy and alembic errors alike
+        raise UserError(
+            f"The tracking store {path} could not be created ({_first_line(e)}). Check that its "
+            "directory is writable and has space."
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        for leftover in (tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal"),
+                         tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
 
 
 def _check_is_sqlite(path: Path, uri: str) -> None:
