@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from .. import signals
-from ..errors import UserError
+from ..errors import ReportedError, UserError
 from ..redact import RedactingFilter, redact_text
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as e:
         fail(str(e))
+    except ReportedError as e:  # e.g. the tracking server went away: its message says it all
+        fail(str(e), 1)
     except KeyboardInterrupt as e:
         if signals.is_main_thread():  # a second Ctrl-C must not cut the exit short (exit -2)
             for sig in signals.STOP_SIGNALS:

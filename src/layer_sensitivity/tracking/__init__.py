@@ -23,16 +23,18 @@ def create(cfg: TrackingConfig) -> Tracker:
     if not cfg.enabled:
         return NoopTracker()
     from .mlflow_tracker import MlflowTracker
-    from .store import resolve_uri
+    from .store import bound_http_retries, resolve_uri
 
+    bound_http_retries()
     return MlflowTracker(resolve_uri(cfg.uri), cfg.experiment, cfg.system_metrics)
 
 
 def run_store(uri: str | None = None):  # type: ignore[no-untyped-def]
     """Finished runs of a store (``MLFLOW_TRACKING_URI`` or the project's default when None)."""
     from .runs import RunStore
-    from .store import check_existing_store, resolve_uri
+    from .store import bound_http_retries, check_existing_store, resolve_uri
 
+    bound_http_retries()
     resolved = resolve_uri(uri)
     check_existing_store(resolved)  # before MLflow's client, which would create or retry
     return RunStore(resolved)

@@ -21,8 +21,9 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from .. import signals
+from ..errors import ReportedError
 from ..redact import redact_text
-from . import store
+from . import stale, store
 from .base import ERROR_ARTIFACT, Interrupted, end_status, error_text
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ NOTE_TAG = "mlflow.note.content"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 PARAM_VALUE_LIMIT = 6000
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default": where `mlflow run` puts runs unless told
+
+
+class TrackingServerGone(ReportedError):
+    """The tracking server stopped answering mid-run: one paragraph, exit 1."""
 
 
 class MlflowRun:
@@ -194,15 +199,25 @@ class MlflowTracker:
     @contextmanager
     def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
             description: str | None = None) -> Iterator[MlflowRun]:
-        all_tags = dict(tags or {}) | ({NOTE_TAG: description} if description else {})
+        all_tags = (dict(tags or {}) | ({NOTE_TAG: description} if description else {})
+                    | stale.process_tags())
         name = redact_text(name)  # names are built from overrides, which may hold a URI
         run = MlflowRun(self.client, self._start(name, parent_id, all_tags))
+        self._end_stale_runs(run)
         monitor = self._monitor(run.run_id)
         error: BaseException | None = None
         try:
             yield run
         except BaseException as e:
             error = e
+            if store.server_gone(self.uri, e):
+                error = TrackingServerGone(
+                    f"The tracking server {self.where} stopped answering while run "
+                    f"{run.run_id} was logging ({redact_text(str(e)).splitlines()[0][:300]}). "
+                    "Outputs written so far stay in the job's output directory; the run stays "
+                    "RUNNING on the server until the next job in its experiment ends it KILLED. "
+                    "Restart the server and run the job again.")
+                raise error from None
             raise
         finally:
             # A signal while the run ends is held until it has ended (KILLED if it came before
@@ -229,6 +244,14 @@ class MlflowTracker:
         else:
             with suppress(Exception):
                 self.client.set_terminated(run.run_id, status)
+
+    def _end_stale_runs(self, run: MlflowRun) -> None:
+        """Runs of this host left RUNNING by a killed process end KILLED (see ``stale``)."""
+        try:
+            experiment_id = self.client.get_run(run.run_id).info.experiment_id
+            stale.end_stale_runs(self.client, experiment_id, run.run_id)
+        except Exception as e:  # noqa: BLE001 - housekeeping never fails a job
+            log.info("could not look for stale runs: %s", e)
 
     def _monitor(self, run_id: str) -> Any:
         if not self.system_metrics:

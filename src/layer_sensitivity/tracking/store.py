@@ -54,6 +54,35 @@ _KNOWN_SCHEMES = {"http", "https", "databricks", "databricks-uc", "uc", "postgre
 _EXPERIMENT_ATTEMPTS = 8
 
 
+# --- HTTP -----------------------------------------------------------------------------------------
+
+# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) keep a job whose tracking server
+# died retrying for minutes per request. A user's own settings win.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def bound_http_retries() -> None:
+    """At most about 10 s of retries and 30 s per request against a server that is gone."""
+    for var, value in HTTP_LIMITS.items():
+        os.environ.setdefault(var, value)
+
+
+def server_gone(uri: str, e: BaseException) -> bool:
+    """Whether ``e`` is MLflow giving up on an HTTP tracking server that does not answer."""
+    if _scheme(uri) not in ("http", "https"):
+        return False
+    try:
+        import requests
+
+        if isinstance(e, requests.exceptions.RequestException):
+            return True
+    except ImportError:
+        pass
+    return isinstance(e, MlflowException) and "API request to" in (e.message or "") and any(
+        s in e.message for s in ("Max retries exceeded", "Connection", "timed out"))
+
+
 # --- URIs -----------------------------------------------------------------------------------------
 
 DEFAULT_STORE = "mlflow.db"
