@@ -497,7 +497,9 @@ def _shard_check(shard: Path, memo_dir: Path | None) -> tuple[str, list[str]]:
     if _shard_identity(shard) != identity:  # changed while read: do not remember it
         return h.hexdigest(), bad
     if memo is not None:
-        memo_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        assert memo_dir is not None
+        memo_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the private score cache
+        memo_dir.mkdir(mode=0o700, exist_ok=True)
         tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"identity": identity, "sha256": h.hexdigest(),
                                    "non_finite": bad}))

@@ -60,6 +60,7 @@ class Plan:
     targets: list[float]  # requested averages over the language model's quantizable weights
     score_samples: int
     frozen_patterns: list[str]
+    weights_sha256: str | None = None  # the weights' bytes, for the score key (reuse on)
 
     @property
     def target_bits(self) -> float:
@@ -121,9 +122,13 @@ def plan(cfg: SensitivityConfig) -> Plan:
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
     targets = checked_targets(aq.effective_bits, fmt_bits, pair)
     score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
+    # Read once per checkpoint (remembered by file identity); refuses NaN / inf weights here,
+    # before any run exists. With reuse off, the loaded model is checked instead.
+    weights = (model.weights_digest(checkpoint, Path(aq.score_cache_dir) / WEIGHT_DIGESTS)
+               if aq.reuse_scores else None)
     return Plan(cfg, checkpoint, model.fingerprint(checkpoint), device, captions, quant_cfg,
                 catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
-                score_samples, frozen)
+                score_samples, frozen, weights)
 
 
 def _check_cache_dir(path: Path) -> None:
@@ -256,10 +261,7 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
     cache = key = None
     if c.autoquant.reuse_scores:
         cache = scorecache.ScoreCache(Path(c.autoquant.score_cache_dir))
-        # Read once per checkpoint (remembered by file identity); refuses NaN / inf weights.
-        weights = model.weights_digest(p.checkpoint, Path(c.autoquant.score_cache_dir)
-                                       / WEIGHT_DIGESTS)
-        key = cache.key(score_key_ingredients(p, dtype, batches, weights))
+        key = cache.key(score_key_ingredients(p, dtype, batches, p.weights_sha256))
         state = cache.load(key)
         if state is not None:
             log.info("scores reused from %s", cache.path(key))

@@ -144,10 +144,10 @@ def test_a_checkpoint_with_nan_weights_is_refused_before_scoring(tmp_path: Path)
     nan = _edited_checkpoint(tmp_path, "nan")
     for reuse in ("true", "false"):
         resources = Resources()
-        plan = pipeline.plan(_job(tmp_path / "cache", f"model.path={nan}",
-                                  f"autoquant.reuse_scores={reuse}"))
-        with pytest.raises(UserError, match="non-finite weights"):
-            pipeline.run(plan, tmp_path / f"out-{reuse}", resources)
+        job = _job(tmp_path / "cache", f"model.path={nan}", f"autoquant.reuse_scores={reuse}")
+        with pytest.raises(UserError, match="non-finite weights"):  # reuse on: in plan, unloaded
+            pipeline.run(pipeline.plan(job), tmp_path / f"out-{reuse}", resources)
+        assert resources.loads == (0 if reuse == "true" else 1)
         assert not list((tmp_path / "cache").glob("*.pth"))
 
 
