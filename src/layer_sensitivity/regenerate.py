@@ -60,6 +60,13 @@ def report_only(output_dir: str | None) -> list[Path]:
     return files
 
 
+def check_run(store: RunStore, run_id: str) -> None:
+    """A FINISHED run with a readable manifest of at least one group (before anything is logged)."""
+    store.finished(run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest.load(store.fetch_manifest(run_id, Path(tmp)))
+
+
 def regenerate_run(store: RunStore, run_id: str) -> list[str]:
     """Download a run's manifest, regenerate its reports and log them back to the same run,
     replacing the old report artifacts; returns their artifact paths."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .. import tracking
-from ..regenerate import regenerate_run
+from ..regenerate import check_run, regenerate_run
 from ..schema import TrackingConfig
 from .common import install_signal_handlers, setup_plain_logging, user_errors
 
@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_plain_logging()
     with user_errors():
         store = tracking.run_store(args.tracking_uri)
-        store.finished(args.run_id)
-        store.manifest_name(args.run_id)  # refused before anything is recorded
+        check_run(store, args.run_id)  # refused before anything is recorded
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
         with tracker.run("report", parent_id=args.run_id) as run:
