@@ -439,6 +439,56 @@ def test_sigterm_to_evaluate_ends_its_nested_run_killed(
     assert [r.info.status for r in nested] == ["KILLED"]
 
 
+def test_sigint_while_a_new_store_is_created_then_the_next_job_works(tmp_path: Path) -> None:
+    store = tmp_path / "new.db"
+    env = _env(store)
+    log = tmp_path / "job.out"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "layer_sensitivity", *FAST, f"hydra.run.dir={tmp_path / 'a'}"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for_line(log, job, "Preparing the MLflow tracking store")
+            time.sleep(0.5)  # into MLflow's table creation and migrations
+            job.send_signal(signal.SIGINT)
+            code = job.wait(timeout=TIMEOUT)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    assert code == 130, log.read_text()[-3000:]
+    assert not list(tmp_path.glob(".new.db.creating-*"))
+    again = _run([*FAST, f"hydra.run.dir={tmp_path / 'b'}"], env, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(finished_runs(store)) == 1
+
+
+def test_a_sigkilled_run_is_ended_killed_by_the_next_job(fault_store: Path, tmp_path: Path) -> None:
+    experiment = "sigkill"
+    env = _env(fault_store, LAYER_SENSITIVITY_CACHE_DIR=str(tmp_path / "cache"))
+    log = tmp_path / "job.out"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "layer_sensitivity", *SCORING, f"tracking.experiment={experiment}",
+             f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path, env=env, stdout=out,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for_line(log, job, "phase autoquant")
+            job.send_signal(signal.SIGKILL)
+            job.wait(timeout=TIMEOUT)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    (left,) = _experiment_runs(fault_store, experiment)
+    assert left.info.status == "RUNNING"  # nothing could end it: the process had no say
+    nxt = _run([*FAST, f"tracking.experiment={experiment}", f"hydra.run.dir={tmp_path / 'b'}"],
+               env, tmp_path)
+    assert nxt.returncode == 0, nxt.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{fault_store}")
+    ended = client.get_run(left.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert f"pid {left.data.tags['process.pid']}" in ended.data.tags["mlflow.note.content"]
+
+
 # --- Leftovers of interrupted publishes ----------------------------------------------------------
 
 
@@ -591,3 +641,33 @@ def test_credentials_in_the_tracking_uri_are_never_written(
     hits = [name for name, data in outputs.items() if SECRET.encode() in data]
     print(f"credential grep: {len(outputs)} outputs searched, {len(hits)} hits")
     assert hits == []
+
+
+def test_tracking_server_death_mid_job_ends_in_seconds(
+        mlflow_server: tuple[int, Path], tmp_path: Path) -> None:
+    """Scoring goes on, then the first request to the dead server gives up after a few retries:
+    one paragraph, exit 1, no traceback, not MLflow's default minutes of retries."""
+    port, _ = mlflow_server
+    env = _env(tmp_path / "unused.db", LAYER_SENSITIVITY_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("MLFLOW_TRACKING_URI")
+    log = tmp_path / "job.out"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "layer_sensitivity", *SCORING, "tracking.system_metrics=false",
+             f"tracking.uri=http://127.0.0.1:{port}", f"hydra.run.dir={tmp_path / 'out'}"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for_line(log, job, "phase autoquant")
+            for proc in __import__("psutil").net_connections("tcp"):
+                if proc.laddr and proc.laddr.port == port and proc.status == "LISTEN" and proc.pid:
+                    os.kill(proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            code = job.wait(timeout=TIMEOUT)
+            seconds = time.monotonic() - killed
+        finally:
+            if job.poll() is None:
+                job.kill()
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    assert "stopped answering" in text and "Traceback" not in text, text[-3000:]
+    assert seconds < 150, seconds

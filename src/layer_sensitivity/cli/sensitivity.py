@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .. import job, paths, sweep, tracking
-from ..errors import UserError
+from ..errors import ReportedError, UserError
 from ..redact import redact_text
 from ..reuse import Resources
 from ..schema import SensitivityConfig
@@ -116,6 +116,8 @@ def run_task(cfg: DictConfig) -> None:
         except UserError as e:
             _remove_if_empty(out_dir)
             fail(str(e))
+        except ReportedError as e:  # e.g. the tracking server went away: no traceback either
+            fail(str(e), 1)
         return
     run_id, status, error = None, "FINISHED", None
     manifest: dict[str, Any] = {"quantization": {"pair": spec.quant_pair.name,  # the real one later
@@ -127,7 +129,7 @@ def run_task(cfg: DictConfig) -> None:
     except BaseException as e:
         status, error = tracking.end_status(e), tracking.error_text(e)
         run_id = getattr(e, "run_id", None)
-        if isinstance(e, UserError):
+        if isinstance(e, ReportedError):
             raise JobFailed(f"{name}: {e}") from None
         raise
     finally:

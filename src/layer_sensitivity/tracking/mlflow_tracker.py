@@ -36,6 +36,12 @@ PARAM_VALUE_LIMIT = 6000
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default": where `mlflow run` puts runs unless told
 
 
+def _first_words(e: BaseException) -> str:
+    """``API request to <url> failed`` without urllib3's nested exception reprs."""
+    text = redact_text(str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.split(" with exception")[0][:200]
+
+
 class TrackingServerGone(ReportedError):
     """The tracking server stopped answering mid-run: one paragraph, exit 1."""
 
@@ -213,7 +219,7 @@ class MlflowTracker:
             if store.server_gone(self.uri, e):
                 error = TrackingServerGone(
                     f"The tracking server {self.where} stopped answering while run "
-                    f"{run.run_id} was logging ({redact_text(str(e)).splitlines()[0][:300]}). "
+                    f"{run.run_id} was logging ({_first_words(e)}). "
                     "Outputs written so far stay in the job's output directory; the run stays "
                     "RUNNING on the server until the next job in its experiment ends it KILLED. "
                     "Restart the server and run the job again.")
