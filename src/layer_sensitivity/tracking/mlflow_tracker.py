@@ -168,6 +168,12 @@ class MlflowTracker:
         pointer). An experiment chosen with --experiment-name is kept, with a warning.
         """
         run = self.client.get_run(run_id)
+        leaked = [k for k, v in run.data.params.items() if redact_text(v) != v]
+        if leaked:  # MLflow logged the -P values itself, before this process could move them
+            log.warning("`mlflow run` recorded the -P value(s) %s with a credential in it on run "
+                        "%s. Pass credentials as MLFLOW_TRACKING_USERNAME / "
+                        "MLFLOW_TRACKING_PASSWORD (servers) or PGPASSWORD (PostgreSQL) in the "
+                        "environment instead, and delete that run.", ", ".join(leaked), run_id)
         wanted = (self.client.get_run(parent_id).info.experiment_id if parent_id
                   else self._experiment_id())
         if run.info.experiment_id != wanted and run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
