@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalogue, pipeline, profiles
+from .errors import out_of_space
 from .redact import redact_text
 from .reuse import Resources
 from .schema import OutputLayout, SensitivityConfig
@@ -134,7 +135,13 @@ def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = Non
     with tracker.run(name, parent_id=req.parent_id, tags=tags) as run:
         try:
             run.log_params(config_params(req))  # also for a sweep job that fails to validate
-            result = _run_and_log(req, plan or pipeline.plan(cfg), run, resources)
+            try:
+                result = _run_and_log(req, plan or pipeline.plan(cfg), run, resources)
+            except OSError as e:  # a full disk or read-only target: one paragraph, no traceback
+                clean = out_of_space(e, "the job's outputs")
+                if clean is None:
+                    raise
+                raise clean from None
         except BaseException as e:
             e.run_id = run.run_id  # type: ignore[attr-defined]  # for the sweep's summary
             raise

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from . import manifest, paths
-from .errors import UserError
+from .errors import UserError, out_of_space
 from .manifest import MANIFEST_SUFFIX
 from .redact import redact_text
 from .schema import SensitivityConfig
@@ -260,10 +260,12 @@ def publish_files(files: dict[str, Path], dest: Path, provenance: dict[str, Any]
     existing = check_existing(dest, run_id, force)
     if existing:
         return existing
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-",
-                                  dir=dest.parent))
+    created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
+    stage: Path | None = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-",
+                                      dir=dest.parent))
         digests = {}
         for rel, src in sorted(files.items()):
             if rel == PROVENANCE or is_binary_state(rel):
@@ -279,8 +281,17 @@ def publish_files(files: dict[str, Path], dest: Path, provenance: dict[str, Any]
         _make_readable(stage)
         replaced = dest.exists()
         _commit(stage, dest)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+    except BaseException as e:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for made in created:  # the directory chain this publish made, deepest first, if empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        clean = out_of_space(e, f"'{dest}'") if isinstance(e, OSError) else None
+        if clean is not None:
+            raise clean from None
         raise
     return Published(dest, "replaced" if replaced else "published", digests)
 

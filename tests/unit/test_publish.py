@@ -129,7 +129,7 @@ def test_interrupted_publish_leaves_nothing(tmp_path: Path) -> None:
     files["missing.md"] = tmp_path / "does-not-exist.md"  # the copy fails half way
     with pytest.raises(FileNotFoundError):
         publish.publish_files(files, dest, _prov("run-a"))
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    assert not (tmp_path / "models").exists()  # nor the directories made for it
 
 
 def test_directory_not_published_from_a_run_is_refused(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_published_paths_never_leave_the_directory(tmp_path: Path, rel: str) -> 
     (tmp_path / "f").write_text("f")
     with pytest.raises(UserError):
         publish.publish_files({rel: tmp_path / "f"}, tmp_path / "out" / "d", _prov("r"))
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 SECRET = "s3cr3t-Pa55"
@@ -194,3 +194,21 @@ def test_select_publishes_the_recipes_but_nothing_else_under_recipes() -> None:
                                       "recipes/state.pth", "other/keep_top_25.json"])
     assert chosen == ["recipes/frontier_6bits.json", "recipes/keep_top_25.json"]
     assert skipped == ["other/keep_top_25.json", "recipes/state.pth"]
+
+
+def test_a_full_disk_leaves_no_directory_chain_and_one_paragraph(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+
+    from layer_sensitivity.errors import OutOfSpace
+
+    def full(src: Any, dst: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    root = tmp_path / "models"
+    dest = root / "m" / "layer-analysis" / "weight-fp8-act-fp8" / "default" / "scheme"
+    with pytest.raises(OutOfSpace, match="no space left on the device"):
+        publish.publish_files(_files(tmp_path), dest, _prov("run-a"))
+    assert not root.exists()
