@@ -617,7 +617,8 @@ def test_credentials_in_the_tracking_uri_are_never_written(
                             "layer_sensitivity.cli.publish")
     procs["compare"] = _run(["--parent-run-id", parent, "--out", str(out / "compare"), *tool],
                             env, tmp_path, "layer_sensitivity.cli.compare")
-    procs["evaluate"] = _run(["--run-id", run_id, "--keep", "0,0.5", "--max-eval-samples", "4",
+    procs["evaluate"] = _run(["--run-id", run_id, "--keep", "0.5", "--draws", "2",
+                              "--ground-truth", "none", "--max-eval-samples", "4",
                               "--out", str(out / "evaluate"), *tool], env, tmp_path,
                              "layer_sensitivity.cli.evaluate")
     procs["recipe"] = _run(["--formats", "fp8,int4", "--effective-bits", "6", *FAST,
