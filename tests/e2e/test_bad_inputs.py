@@ -157,7 +157,7 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Row]:
         "evaluate: FAILED run": Row(EVALUATE, ["--run-id", failed, "--out", str(out / "eval")],
                                     [failed, "FAILED"], [out / "eval"]),
         # recipe
-        "recipe --formats ''": Row(RECIPE, ["--formats", ""], ["--formats"]),
+        "recipe --formats ,": Row(RECIPE, ["--formats", ","], ["--formats", "names no format"]),
         "recipe hydra.run.dir=<file>/x": Row(RECIPE, ["--formats", "fp8,int4",
                                                       f"hydra.run.dir={a_file}/x"],
                                              [str(a_file), "is a file"]),
@@ -194,7 +194,7 @@ ROWS = [
     "publish --root <file>", "publish: FAILED run", "compare --out <file>",
     "compare: bogus scheme", "evaluate --max-eval-samples 0", "evaluate --max-eval-samples -1",
     "evaluate --out <file>", "evaluate --eval-captions <missing>", "evaluate: FAILED run",
-    "recipe --formats ''", "recipe hydra.run.dir=<file>/x", "recipe +foo=bar",
+    "recipe --formats ,", "recipe hydra.run.dir=<file>/x", "recipe +foo=bar",
 ]
 
 
