@@ -227,13 +227,13 @@ def calibration_data(p: Plan, resources: Resources) -> list[calibration.Batch]:
     return batches
 
 
-def score_key_ingredients(p: Plan, dtype: torch.dtype, batches: list[calibration.Batch],
-                          weights_sha256: str | None = None) -> dict[str, Any]:
+def score_key_ingredients(p: Plan, dtype: torch.dtype, batches: list[calibration.Batch]
+                          ) -> dict[str, Any]:
     """Everything stored scores depend on (ModelOpt itself checks only the formats)."""
     c = p.cfg
     return {
         "model_fingerprint": p.fingerprint,
-        "weights_sha256": weights_sha256,  # the weights' bytes, not only their shapes
+        "weights_sha256": p.weights_sha256,  # the weights' bytes, not only their shapes
         "dtype": str(dtype),
         "device_type": torch.device(p.device).type,
         "captions_sha256": p.captions.sha256,
@@ -261,7 +261,7 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
     cache = key = None
     if c.autoquant.reuse_scores:
         cache = scorecache.ScoreCache(Path(c.autoquant.score_cache_dir))
-        key = cache.key(score_key_ingredients(p, dtype, batches, p.weights_sha256))
+        key = cache.key(score_key_ingredients(p, dtype, batches))
         state = cache.load(key)
         if state is not None:
             log.info("scores reused from %s", cache.path(key))
