@@ -46,6 +46,7 @@ MAX_PNG_BYTES = 400_000
 WORKFLOW = "workflowType=machine_learning"
 SWEEP_ARGS = ["-m", "quant_pair=fp8,int4", "dataset.max_calib_samples=8"]
 FRONTIER_ARGS = ["quant_pair=int4", "autoquant.effective_bits=[4.5,6,8]", "dataset.max_calib_samples=8"]
+DEPTH_PREFIX = "depth_profile"  # per-kind step series: step = decoder layer
 CHART_METRIC = "share"  # normalised per run, so runs of different pairs share one y axis
 JOB_TIMEOUT_S = 900
 SERVER_START_TIMEOUT_S = 180
@@ -113,11 +114,12 @@ def find_runs(uri: str, frontier: bool) -> StoreRuns:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     if len(children) < 2:
         raise RuntimeError(f"the sweep parent has {len(children)} child runs, expected 2")
-    profiles = [k.split("/", 1)[1] for k in children[0].data.metrics if k.startswith("profile/")]
+    prefix = f"{DEPTH_PREFIX}/{CHART_METRIC}/"
+    profiles = [k.removeprefix(prefix) for k in children[0].data.metrics if k.startswith(prefix)]
     kinds = sorted(k for k in profiles
-                   if len(client.get_metric_history(children[0].info.run_id, f"profile/{k}")) > 1)
+                   if len(client.get_metric_history(children[0].info.run_id, prefix + k)) > 1)
     if not kinds:
-        raise RuntimeError("the sweep children log no profile/<kind> step series")
+        raise RuntimeError(f"the sweep children log no {prefix}<kind> step series")
     sweep = {parent.info.run_id, *(r.info.run_id for r in children)}
     others = [r for r in runs if r.info.run_id not in sweep and "mlflow.parentRunId" not in r.data.tags]
     return StoreRuns(uri=uri, experiment_id=parent.info.experiment_id, sweep_parent=parent.info.run_id,
@@ -285,7 +287,7 @@ def chart_view(driver: Any, base: str, runs: StoreRuns) -> None:
         drag(driver, handles[0], 80)
     kinds = "|".join(re.escape(k) for k in runs.decoder_kinds)
     search = css(driver, 'input[placeholder="Search metric charts"]')[0]
-    search.send_keys(f"{CHART_METRIC}/({kinds})$")
+    search.send_keys(f"{DEPTH_PREFIX}/{CHART_METRIC}/({kinds})$")
     count = len(runs.decoder_kinds)
     wait_for(driver, lambda d: len(css(d, '[data-testid="experiment-view-compare-runs-card"]')) == count,
              f"{count} {CHART_METRIC}/* charts")

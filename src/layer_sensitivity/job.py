@@ -107,14 +107,20 @@ def resolved_params(plan: pipeline.Plan) -> dict[str, Any]:
 
 
 def describe(m: dict[str, Any]) -> str:
-    """The run's description (MLflow shows it on the run page): what ran and what came out."""
+    """The run's description (MLflow shows its first lines on the run page): the verdict first,
+    then what ran. Shares match the run's ``top1_share`` / ``sensitivity/<group>`` metrics."""
     s, aq, d = m["scheme"], m["autoquant"], m["dataset"]
-    ranked = sorted(profiles.group_profiles(m), key=lambda g: g.rank)[:3]
-    top = "\n".join(f"{g.rank}. `{g.name}` ({g.share:.1%} of the total score)" for g in ranked)
-    return (f"**{m['quantization']['pair']}** ({m['quantization']['granularity']}) on "
-            f"{m['model']['name']}, {s['method']} scores over {d['samples_used']} captions "
-            f"({d['size']}).\n\nLM bits requested {s['effective_bits_requested']:g}, achieved "
-            f"{aq['effective_bits_achieved']:.3f}.\n\nMost sensitive groups:\n{top}\n")
+    ranked = profiles.group_profiles(m)
+    top = ranked[0] if ranked else None
+    verdict = (f"Most sensitive: **`{top.name}`** ({top.share:.1%} of the total score); the top "
+               f"{profiles.TOP_CONCENTRATION} groups hold {profiles.top_share(ranked):.1%}."
+               if top else "No layer group in scope.")
+    lines = "\n".join(f"{g.rank}. `{g.name}` {g.share:.1%} ({', '.join(g.modules)})"
+                      for g in ranked[:3])
+    return (f"{verdict}\n\n**{m['quantization']['pair']}** ({m['quantization']['granularity']}) "
+            f"on {m['model']['name']}, {s['method']} scores over {d['samples_used']} captions "
+            f"({d['size']}); LM bits requested {s['effective_bits_requested']:g}, achieved "
+            f"{aq['effective_bits_achieved']:.3f}.\n\nMost sensitive groups:\n{lines}\n")
 
 
 def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = None
@@ -182,7 +188,7 @@ def _run_and_log(req: JobRequest, plan: pipeline.Plan, run: Run, resources: Reso
     run.log_metrics([*profiles.run_metrics(m),
                      *((f"seconds/{k}", v, None) for k, v in result.seconds.items())])
     run.log_table(profiles.key_table(m), KEY_TABLE)
-    run.set_tags({f"version.{k}": v for k, v in m["versions"].items()} | {
+    run.set_tags({f"version.{k}": v for k, v in m["versions"].items()} | profiles.headline_tags(m) | {
         "score_cache": ("off" if m["score_cache"] is None
                         else "hit" if m["score_cache"]["hit"] else "miss"),
         "mlflow.note.content": describe(m),

@@ -168,56 +168,82 @@ def key_table(manifest: dict[str, Any]) -> pd.DataFrame:
     return df.astype({"Layer": "Int64"})
 
 
+DEPTH_PROFILE = "depth_profile"  # prefix of the per-kind step series (step = decoder layer)
+PERCENT = 100.0  # shares are logged in percent, as the descriptions and reports print them
+
+
 def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
     """Every metric of one job's manifest, as (key, value, step).
 
-    Decoder groups form step series per kind with step = layer index: ``profile/<kind>`` (raw
-    importance), ``per_sample/<kind>``, ``share/<kind>`` and ``rank/<kind>``. Groups outside the
-    decoder give single values under their own name (``lm_head/share``, ``lm_head/rank``, ...),
-    so the UI's per-kind sections hold step series only. Every group also keeps its raw
-    ``sensitivity/<name>`` value. Then summary values and the frontier series (step = target
-    bits x 100). Non-finite or missing values are left out.
+    What MLflow shows first must mean what its name says. MLflow's Overview, runs table and
+    Compare page show a step series' *last* step, so:
+
+    - the run's headline numbers are single values (``summary_values``: ``top1_share``,
+      ``top10_share``, ``lm_head_share``, ``total_score``, bits requested and achieved, ...);
+    - per-layer step series (step = decoder layer index) are named as depth profiles,
+      ``depth_profile/share/<kind>``, ``depth_profile/rank/<kind>`` and
+      ``depth_profile/per_sample/<kind>``, so their last step (the last decoder layer) cannot be
+      read as the run's value;
+    - every group also logs ``sensitivity/<group>``: its share of the run's total score in percent
+      (raw scores are sums over score batches, 1e-6 on small models: MLflow's bar charts label
+      values with two decimals and would print 0.00).
+
+    Shares are in percent everywhere in the metrics. Then the frontier series (step = target bits
+    x 100). Non-finite or missing values are left out.
     """
     profiles = group_profiles(manifest)
-    metrics: list[Metric] = []
-    for p in depth_order(profiles):
-        metrics.append((p.key, p.importance, None))
-        values = {"profile": p.importance, "per_sample": p.per_sample, "share": p.share,
-                  "rank": float(p.rank)}
-        for view, value in values.items():
-            if value is None:
-                continue
-            if p.layer is not None:  # a step series per kind
-                metrics.append((f"{view}/{safe_key(p.kind)[:200]}", value, p.layer))
-            else:  # one value under the group's own name
-                metrics.append((f"{safe_key(p.name)[:200]}/{view}", value, None))
-    metrics += [(k, v, None) for k, v in summary_values(manifest, profiles).items()]
+    # MLflow lists a run's metrics in the order they were logged (Overview; the Compare page's
+    # first plotted metric): the headline first, then the groups, then the depth profiles.
+    metrics: list[Metric] = [(k, v, None) for k, v in summary_values(manifest, profiles).items()]
+    ordered = depth_order(profiles)
+    metrics += [(p.key, p.share * PERCENT, None) for p in ordered]
+    for p in ordered:
+        if p.layer is None:  # outside the decoder stack: no depth to profile over
+            continue
+        kind = safe_key(p.kind)[:200]
+        values = {"share": p.share * PERCENT, "rank": float(p.rank), "per_sample": p.per_sample}
+        metrics += [(f"{DEPTH_PROFILE}/{view}/{kind}", value, p.layer)
+                    for view, value in values.items() if value is not None]
     metrics += frontier_metrics(manifest)
     return [(k, float(v), s) for k, v, s in metrics if math.isfinite(v)]
 
 
 def summary_values(manifest: dict[str, Any],
                    profiles: Sequence[GroupProfile] | None = None) -> dict[str, float]:
-    """One number per run: the solver's result, the scale of its scores and their concentration."""
+    """One number per run (MLflow's headline metrics): concentration of the scores, the solver's
+    result and the scale of its scores. Shares in percent."""
     profiles = group_profiles(manifest) if profiles is None else profiles
     aq = manifest.get("autoquant") or {}
+    scheme = manifest.get("scheme") or {}
     samples = score_samples(manifest)
-    values: dict[str, float] = {"num_layer_groups": float(len(profiles))}
-    if _is_number(aq.get("total_score")):
-        values["total_score"] = float(aq["total_score"])
-        if samples:
-            values["score_per_sample_total"] = float(aq["total_score"]) / samples
+    values: dict[str, float] = {}
+    if profiles:
+        values["top1_share"] = profiles[0].share * PERCENT
+        values[f"top{TOP_CONCENTRATION}_share"] = top_share(profiles) * PERCENT
+    head = next((p for p in profiles if p.layer is None and p.kind == LM_HEAD), None)
+    if head is not None:
+        values["lm_head_share"] = head.share * PERCENT
+        values["lm_head_rank"] = float(head.rank)
+    if _is_number(scheme.get("effective_bits_requested")):
+        values["effective_bits_requested"] = float(scheme["effective_bits_requested"])
     if _is_number(aq.get("effective_bits_achieved")):
         values["effective_bits_achieved"] = float(aq["effective_bits_achieved"])
     if isinstance(aq.get("satisfied"), bool):
         values["constraint_satisfied"] = float(aq["satisfied"])
+    if _is_number(aq.get("total_score")):
+        values["total_score"] = float(aq["total_score"])
+        if samples:
+            values["total_score_per_sample"] = float(aq["total_score"]) / samples
     if samples:
         values["score_samples"] = float(samples)
-    values["importance_sum"] = sum(p.importance for p in profiles)
-    if profiles:
-        values["top1_share"] = profiles[0].share
-        values[f"top{TOP_CONCENTRATION}_share"] = top_share(profiles)
+    values["num_layer_groups"] = float(len(profiles))
     return values
+
+
+def headline_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    """Headline values that are names, not numbers: ``top1_group`` (the most sensitive group)."""
+    ranked = group_profiles(manifest)
+    return {"top1_group": ranked[0].name} if ranked else {}
 
 
 def frontier_metrics(manifest: dict[str, Any]) -> list[Metric]:

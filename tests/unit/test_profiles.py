@@ -123,8 +123,8 @@ def test_unknown_sample_count_gives_no_per_sample_values() -> None:
     m = synthetic(2, samples=None)
     assert all(p.per_sample is None for p in profiles.group_profiles(m))
     keys = {k for k, _, _ in profiles.run_metrics(m)}
-    assert not any(k.startswith("per_sample/") for k in keys)
-    assert "score_per_sample_total" not in keys and "score_samples" not in keys
+    assert not any("/per_sample/" in k for k in keys)
+    assert "total_score_per_sample" not in keys and "score_samples" not in keys
     assert profiles.key_table(m)["Per-sample score"].isna().all()
 
 
@@ -176,23 +176,31 @@ def test_run_metrics_of_large_models(num_layers: int, tmp_path: Path) -> None:
     for k, v, s in metrics:
         series.setdefault(k, {})[s] = v
     for kind in KIND_ORDER:  # one step per decoder layer for every kind and view
-        for view in ("profile", "per_sample", "share", "rank"):
-            assert sorted(series[f"{view}/{kind}"]) == list(range(num_layers)), (view, kind)
-    for view in ("profile", "per_sample", "share", "rank"):
-        assert list(series[f"lm_head/{view}"]) == [None]
-        assert f"{view}/lm_head" not in series  # the per-kind sections hold step series only
-    shares = [v for k, steps in series.items() if k.startswith("share/") or k.endswith("/share")
-              for v in steps.values()]
-    assert len(shares) == groups and sum(shares) == pytest.approx(1.0)
-    ranks = [v for k, steps in series.items() if k.startswith("rank/") or k.endswith("/rank")
-             for v in steps.values()]
+        for view in ("per_sample", "share", "rank"):
+            key = f"depth_profile/{view}/{kind}"
+            assert sorted(series[key]) == list(range(num_layers)), (view, kind)
+    assert not any(k.startswith("depth_profile/") and k.endswith("lm_head") for k in series)
+    # a table shows a series' last step: every step series is named as a depth profile
+    steps = {k for k, v in series.items() if list(v) != [None]}
+    assert all(k.startswith(("depth_profile/", "frontier/")) for k in steps)
+    shares = [v for k, steps_ in series.items() if k.startswith("depth_profile/share/")
+              for v in steps_.values()] + [series["lm_head_share"][None]]
+    assert len(shares) == groups and sum(shares) == pytest.approx(100.0)
+    ranks = [v for k, steps_ in series.items() if k.startswith("depth_profile/rank/")
+             for v in steps_.values()] + [series["lm_head_rank"][None]]
     assert sorted(ranks) == [float(r) for r in range(1, groups + 1)]
     per_group = {k: v[None] for k, v in series.items() if k.startswith("sensitivity/")}
     assert len(per_group) == groups
-    assert per_group == {profiles.metric_key(h, num_layers): s["importance"]
-                         for h, s in m["layer_sensitivity"].items()}
-    assert series["profile/mlp.down"][5] == per_group["sensitivity/L05.mlp.down"]
-    assert series["per_sample/attn.o"][7] == pytest.approx(per_group["sensitivity/L07.attn.o"] / 16)
+    total = sum(s["importance"] for s in m["layer_sensitivity"].values())
+    assert per_group == pytest.approx({profiles.metric_key(h, num_layers): 100 * s["importance"] / total
+                                       for h, s in m["layer_sensitivity"].items()})
+    assert series["depth_profile/share/mlp.down"][5] == per_group["sensitivity/L05.mlp.down"]
+    importance = {profiles.metric_key(h, num_layers): s["importance"]
+                  for h, s in m["layer_sensitivity"].items()}
+    assert series["depth_profile/per_sample/attn.o"][7] == pytest.approx(
+        importance["sensitivity/L07.attn.o"] / 16)
+    # the headline comes first (MLflow lists metrics in logged order)
+    assert [k for k, _, _ in metrics[:2]] == ["top1_share", "top10_share"]
     # MLflow takes at most 1000 metrics per batch
     chunks = profiles.batches(metrics)
     assert all(0 < len(c) <= profiles.MAX_METRICS_PER_BATCH for c in chunks)
@@ -212,12 +220,13 @@ def test_summary_and_frontier_metrics_keep_todays_keys() -> None:
     assert single["constraint_satisfied"] == float(aq["satisfied"])
     assert single["num_layer_groups"] == len(m["layer_sensitivity"])
     assert single["score_samples"] == 16
-    assert single["score_per_sample_total"] == pytest.approx(aq["total_score"] / 16)
-    assert single["importance_sum"] == pytest.approx(
-        sum(s["importance"] for s in m["layer_sensitivity"].values()))
+    assert single["total_score_per_sample"] == pytest.approx(aq["total_score"] / 16)
+    assert "importance_sum" not in single  # it duplicated total_score
+    assert single["effective_bits_requested"] == m["scheme"]["effective_bits_requested"]
     ranked = profiles.group_profiles(m)
-    assert single["top1_share"] == ranked[0].share
-    assert single["top10_share"] == pytest.approx(sum(p.share for p in ranked[:10]))
+    assert single["top1_share"] == pytest.approx(100 * ranked[0].share)
+    assert single["top10_share"] == pytest.approx(100 * sum(p.share for p in ranked[:10]))
+    assert profiles.headline_tags(m) == {"top1_group": ranked[0].name}
     frontier: dict[str, dict[int, float]] = {}
     for k, v, s in metrics:
         if k.startswith("frontier/"):
