@@ -32,6 +32,7 @@ from scipy import stats
 from . import manifest as manifest_mod
 from .errors import UserError
 from .groups import depth_key, layer_and_kind, module_of
+from .html_report import write_html
 from .profiles import group_name
 
 log = logging.getLogger(__name__)
@@ -580,6 +581,7 @@ def write_comparison(cmp: Comparison, out_dir: Path) -> list[Path]:
     figures = out_dir / FIGURES_DIR
     written.append(shares_figure(cmp, figures / SHARES_FIGURE))
     written.append(spearman_figure(cmp, figures / SPEARMAN_FIGURE))
+    written.insert(1, write_html(md, f"Comparison of {len(cmp.labels)} runs"))
     log.info("Comparison of %d runs over %d shared groups written to %s", len(cmp.labels),
              len(cmp.shared_groups), out_dir)
     return written

@@ -40,6 +40,7 @@ from . import autoquant, calibration, catalogue, figures, manifest, model, pipel
 from . import recipe_files as recipe_file_io
 from .errors import UserError
 from .groups import GroupStats, depth_key, format_bits, layer_and_kind, min_scope_bits
+from .html_report import write_html
 from .redact import redact_text
 from .reuse import Resources
 from .schema import Coverage, QuantPairConfig, SensitivityConfig
@@ -504,8 +505,8 @@ def _report(doc: dict[str, Any], recipe_files: list[Path]) -> str:
               "`cfg = layer_sensitivity.recipe_files.load_recipe(path)`, then "
               "`mtq.quantize(model, cfg, forward_loop)`):", ""]
     lines += [f"- `{pipeline.RECIPES_DIR}/{f.name}`" for f in recipe_files]
-    lines += ["", "Figures: " + ", ".join(f"`{figures.FIGURES_DIR}/{n}`"
-                                          for n in figures.mixed_figure_names(doc)), ""]
+    lines += ["", "## Figures", ""]
+    lines += [f"![{n}]({figures.FIGURES_DIR}/{n})\n" for n in figures.mixed_figure_names(doc)]
     return "\n".join(lines)
 
 
@@ -518,8 +519,9 @@ def write_outputs(mp: MixedPlan, doc: dict[str, Any], out_dir: Path) -> tuple[li
     choices_frame(doc).to_csv(table, index=False)
     report = out_dir / REPORT_NAME
     report.write_text(_report(doc, recipe_files) + "\n")
-    files = [manifest.write(doc, out_dir), table, report,
-             *figures.write_mixed_figures(doc, out_dir), *recipe_files]
+    pngs = figures.write_mixed_figures(doc, out_dir)
+    page = write_html(report, f"Mixed recipe: {' + '.join(doc['scheme']['formats'])}")
+    files = [manifest.write(doc, out_dir), table, report, page, *pngs, *recipe_files]
     return files, recipe_files
 
 

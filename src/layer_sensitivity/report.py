@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import figures
 from .groups import RECIPE_SUFFIX, format_bits
+from .html_report import write_html
 from .profiles import (
     LM_HEAD,
     TOP_CONCENTRATION,
@@ -26,8 +27,10 @@ from .profiles import (
 )
 
 MARKDOWN_NAME = "layer-sensitivity-report.md"
+HTML_NAME = "layer-sensitivity-report.html"  # the Markdown with figures inlined: MLflow renders it
 JSON_NAME = "layer-sensitivity-report.json"
-LAYER_COLUMNS = ["Layer", "Num Bits", "Sensitivity", "Size Cost"]
+# Groups are named as in the metrics (``sensitivity/L00.attn.qkv``), their modules beside them.
+LAYER_COLUMNS = ["Group", "Modules", "Num Bits", "Sensitivity", "Size Cost"]
 PER_SAMPLE_COLUMN, SHARE_COLUMN = "Per-sample score", "Share (%)"
 FIGURE_TITLES = {
     figures.DEPTH_PROFILE: "Sensitivity across depth (share of run total per layer, log scale)",
@@ -38,16 +41,20 @@ FIGURE_TITLES = {
 
 
 def layer_rows(manifest: dict[str, Any]) -> pd.DataFrame:
-    """One row per (layer group, quantized format), most sensitive first."""
+    """One row per (layer group, quantized format), most sensitive first; groups by their short
+    name (``L00.attn.qkv``, as in the metrics) with their modules beside them."""
+    named = {p.handle: p for p in group_profiles(manifest)}
     rows = []
     for handle, s in manifest["layer_sensitivity"].items():
+        p = named[handle]
         for fmt, score, cost in zip(s["formats"], s["scores"], s["costs"], strict=True):
             if fmt.startswith("NONE"):
                 continue
-            rows.append([handle.removesuffix(RECIPE_SUFFIX), format_bits(fmt), float(score), float(cost)])
+            rows.append([p.name, ", ".join(p.modules) or handle.removesuffix(RECIPE_SUFFIX),
+                         format_bits(fmt), float(score), float(cost)])
     df = pd.DataFrame(rows, columns=LAYER_COLUMNS)
     # Stable sort on (sensitivity desc, name) so equal scores keep a reproducible order.
-    return df.sort_values(["Sensitivity", "Layer"], ascending=[False, True], kind="stable",
+    return df.sort_values(["Sensitivity", "Group"], ascending=[False, True], kind="stable",
                           ignore_index=True)
 
 
@@ -58,8 +65,8 @@ def layer_table(manifest: dict[str, Any]) -> pd.DataFrame:
     samples = score_samples(manifest)
     total = sum(float(s["importance"]) for s in manifest["layer_sensitivity"].values())
     # None (not NaN) when the sample count is unknown: a blank cell, null in JSON
-    df.insert(3, PER_SAMPLE_COLUMN, df["Sensitivity"] / samples if samples else None)
-    df.insert(4, SHARE_COLUMN, 100.0 * df["Sensitivity"] / total if total > 0 else 0.0)
+    df.insert(4, PER_SAMPLE_COLUMN, df["Sensitivity"] / samples if samples else None)
+    df.insert(5, SHARE_COLUMN, 100.0 * df["Sensitivity"] / total if total > 0 else 0.0)
     return df
 
 
@@ -246,11 +253,14 @@ def render_json(manifest: dict[str, Any]) -> str:
 
 
 def write_reports(manifest: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write the Markdown and JSON reports and the figures (under ``figures/``) into ``out_dir``;
-    returns every file written. The same manifest gives byte-identical files."""
+    """Write the Markdown, HTML (figures inlined) and JSON reports and the figures (under
+    ``figures/``) into ``out_dir``; returns every file written. The same manifest gives
+    byte-identical files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / MARKDOWN_NAME, out_dir / JSON_NAME
     md.write_text(render_markdown(manifest), encoding="utf-8")
     js.write_text(render_json(manifest), encoding="utf-8")
-    return [md, js, *figures.write_figures(manifest, out_dir)]
+    pngs = figures.write_figures(manifest, out_dir)
+    page = write_html(md, f"Layer sensitivity: {manifest['scheme'].get('name')}")
+    return [md, js, page, *pngs]

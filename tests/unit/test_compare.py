@@ -296,7 +296,7 @@ def test_thirty_runs_of_a_145_group_model(tmp_path: Path) -> None:
     assert "The 20 least agreeing of 435 pairs" in md
     shares_csv = (tmp_path / "comparison-shares.csv").read_text().splitlines()
     assert len(shares_csv) == 146 and shares_csv[0].startswith("group,name,layer,kind,run00,")
-    assert len(paths) == 2 + len(cmp_mod.CSV_NAMES) + 2
+    assert len(paths) == 3 + len(cmp_mod.CSV_NAMES) + 2  # md, html, json, CSVs, figures
 
 
 def test_compare_imports_neither_torch_nor_tracking() -> None:

@@ -104,11 +104,11 @@ def test_bad_manifests_are_clear_errors(tmp_path: Path, content: str, needle: st
 def test_a_built_manifest_reports_sorted_descending_and_reproducibly(tmp_path: Path) -> None:
     m = _manifest()
     rows = report.layer_rows(m)
-    assert list(rows.columns) == ["Layer", "Num Bits", "Sensitivity", "Size Cost"]
+    assert list(rows.columns) == ["Group", "Modules", "Num Bits", "Sensitivity", "Size Cost"]
     assert rows["Sensitivity"].is_monotonic_decreasing
-    assert rows["Layer"].tolist() == ["model.language_model.layers.0.mlp.down_proj", "lm_head",
-                                      "model.language_model.layers.0.self_attn.q_proj"]
-    assert not rows["Layer"].str.endswith(".quant_recipe").any()
+    assert rows["Group"].tolist() == ["L00.mlp.down", "lm_head", "L00.attn.qkv"]
+    assert rows["Modules"].tolist() == ["m", "m", "m"]  # the modules the manifest lists
+    assert not rows["Modules"].str.contains(".quant_recipe").any()
     files = report.write_reports(m, tmp_path)
     md, js = files[:2]
     first = {f: f.read_bytes() for f in files}
@@ -118,9 +118,9 @@ def test_a_built_manifest_reports_sorted_descending_and_reproducibly(tmp_path: P
     for heading in ("## Summary", "## Dataset", "## Quantization", "## Per-layer sensitivity"):
         assert heading in text
     table = text.split("## Per-layer sensitivity")[1]
-    assert table.index("mlp.down_proj") < table.index("| lm_head") < table.index("q_proj")
+    assert table.index("L00.mlp.down") < table.index("| lm_head") < table.index("L00.attn.qkv")
     doc = json.loads(js.read_text())
-    assert [r["Layer"] for r in doc["layers"]] == rows["Layer"].tolist()
+    assert [r["Group"] for r in doc["layers"]] == rows["Group"].tolist()
     assert doc["summary"]["Total score"] == 1.5
 
 
@@ -157,9 +157,8 @@ def test_legacy_report_orders_layers_exactly_like_a_new_manifest(tmp_path: Path)
     assert rows.equals(report.layer_rows(new))
     assert rows["Sensitivity"].is_monotonic_decreasing
     # the tie (0.0512) is broken by name, as for a new manifest
-    assert rows["Layer"].tolist()[:4] == [
-        "model.language_model.layers.0.mlp.down_proj", "model.language_model.layers.0.mlp.gate_proj",
-        "model.language_model.layers.1.mlp.down_proj", "model.language_model.layers.1.mlp.gate_proj"]
+    assert rows["Group"].tolist()[:4] == [
+        "L00.mlp.down", "L00.mlp.gate_up", "L01.mlp.down", "L01.mlp.gate_up"]
     assert list(legacy["layer_sensitivity"]) == list(new["layer_sensitivity"])
     assert [s["rank"] for s in legacy["layer_sensitivity"].values()] == \
         [s["rank"] for s in new["layer_sensitivity"].values()]

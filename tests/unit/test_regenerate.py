@@ -11,7 +11,7 @@ from layer_sensitivity import figures, manifest, regenerate, report
 from layer_sensitivity.errors import UserError
 from tests.helpers.manifests import legacy_doc, new_schema_equivalent, write_legacy
 
-REPORTS = [report.MARKDOWN_NAME, report.JSON_NAME]
+REPORTS = [report.MARKDOWN_NAME, report.JSON_NAME, report.HTML_NAME]
 
 
 def _contents(directory: Path) -> dict[str, bytes]:
@@ -35,8 +35,8 @@ def test_report_only_regenerates_a_legacy_manifest(tmp_path: Path) -> None:
     first = _contents(out)
     assert source.read_bytes() == original  # the manifest is never rewritten
     md, js = out / report.MARKDOWN_NAME, out / report.JSON_NAME
-    layers = [r["Layer"] for r in json.loads(js.read_text())["layers"]]
-    assert layers == report.layer_rows(new_schema_equivalent())["Layer"].tolist()
+    layers = [r["Group"] for r in json.loads(js.read_text())["layers"]]
+    assert layers == report.layer_rows(new_schema_equivalent())["Group"].tolist()
     assert "visual" not in md.read_text()
     # only the manifest, the reports and the figures: no staging directory left behind
     assert sorted(first) == sorted([source.name, *_expected_files(out)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import importlib.util
 import json
 import re
@@ -80,10 +81,10 @@ def strict_json(text: str) -> Any:
 def test_every_file_is_written_returned_and_byte_identical_again(tmp_path: Path) -> None:
     m = manifest.load(INT4_RUN)
     files = report.write_reports(m, tmp_path / "a")
-    assert [f.name for f in files[:2]] == [report.MARKDOWN_NAME, report.JSON_NAME]
-    assert [f.relative_to(tmp_path / "a").as_posix() for f in files[2:]] == [
+    assert [f.name for f in files[:3]] == [report.MARKDOWN_NAME, report.JSON_NAME, report.HTML_NAME]
+    assert [f.relative_to(tmp_path / "a").as_posix() for f in files[3:]] == [
         f"{figures.FIGURES_DIR}/{n}" for n in figures.figure_names(m)]
-    assert len(files) == 6 and all(f.is_file() for f in files)
+    assert len(files) == 7 and all(f.is_file() for f in files)
     first = contents(files)
     assert contents(report.write_reports(m, tmp_path / "a")) == first
     assert contents(report.write_reports(manifest.load(INT4_RUN), tmp_path / "b")) == first
@@ -93,9 +94,24 @@ def test_markdown_embeds_every_figure_with_a_relative_link(tmp_path: Path) -> No
     files = report.write_reports(manifest.load(INT4_RUN), tmp_path)
     text = files[0].read_text()
     links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", text)
-    assert links == [f.relative_to(tmp_path).as_posix() for f in files[2:]]
+    assert links == [f.relative_to(tmp_path).as_posix() for f in files[3:]]
     assert all((tmp_path / link).is_file() for link in links)
     assert json.loads(files[1].read_text())["figures"] == links
+
+
+def test_html_report_inlines_every_figure_and_names_groups_as_the_metrics_do(tmp_path: Path) -> None:
+    """MLflow's artifact viewer renders HTML but not a Markdown file's relative images."""
+    m = manifest.load(INT4_RUN)
+    files = report.write_reports(m, tmp_path)
+    page = files[2].read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(figures.figure_names(m)) >= 3
+    for src, png in zip(sources, files[3:], strict=True):
+        assert src == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    assert "](figures/" not in page and "<table>" in page
+    top = profiles.group_profiles(m)[0]
+    row = re.search(rf">{re.escape(top.name)}</td>\s*<td[^>]*>([^<]+)</td>", page)
+    assert row is not None and row.group(1) == ", ".join(top.modules)
 
 
 def test_sections_keep_their_order() -> None:
@@ -122,13 +138,13 @@ def test_per_layer_table_has_per_sample_scores_and_shares() -> None:
     m = manifest.load(INT4_RUN)
     doc = strict_json(report.render_json(m))
     rows = doc["layers"]
-    assert [r["Layer"] for r in rows] == report.layer_rows(m)["Layer"].tolist()
+    assert [r["Group"] for r in rows] == report.layer_rows(m)["Group"].tolist()
     for r in rows:
         assert r["Per-sample score"] == pytest.approx(r["Sensitivity"] / 16)
     assert sum(r["Share (%)"] for r in rows) == pytest.approx(100.0)  # one format per group
     header = report.render_markdown(m).split("## Per-layer sensitivity")[1].splitlines()[1]
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Layer", "Num Bits", "Sensitivity", "Per-sample score", "Share (%)", "Size Cost"]
+        "Group", "Modules", "Num Bits", "Sensitivity", "Per-sample score", "Share (%)", "Size Cost"]
     # the summary gives the per-sample total and the concentration
     summary = doc["summary"]
     assert summary["Score samples"] == 16
@@ -182,7 +198,7 @@ def test_legacy_manifest_reports_with_figures(tmp_path: Path) -> None:
     assert contents(report.write_reports(legacy(tmp_path / "again"), tmp_path / "out")) == first
     text = files[0].read_text()
     assert "Qwen3-VL-4B" in text and "visual" not in text
-    assert "![" in text and len(files) == 5  # md, json and three figures (no frontier)
+    assert "![" in text and len(files) == 6  # md, json, html and three figures (no frontier)
     doc = strict_json(files[1].read_text())
     assert doc["score_samples"] == 128
     assert [g["name"] for g in doc["groups"]] == ["L00.mlp.down", "lm_head", "L01.attn.qkv"]
@@ -196,7 +212,7 @@ def test_a_145_group_report_is_fast(tmp_path: Path) -> None:
     start = time.process_time()
     files = report.write_reports(m, tmp_path / "big")
     seconds = time.process_time() - start
-    assert len(files) == 5
+    assert len(files) == 6
     assert seconds < 2.0, f"write_reports of 145 groups took {seconds:.2f} s of CPU"
 
 
