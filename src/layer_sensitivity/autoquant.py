@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -13,9 +14,12 @@ from typing import Any
 import torch
 
 from .calibration import Batch
+from .console import prints_to_log
 from .errors import UserError
 from .groups import GroupStats
 from .schema import Method
+
+log = logging.getLogger(__name__)
 
 
 def _forward(model: torch.nn.Module, batch: Batch) -> Any:
@@ -54,23 +58,25 @@ def run_formats(model: torch.nn.Module, batches: list[Batch], quant_cfgs: Sequen
         if method == Method.gradient
         else {"forward_step": _logits_of_real_tokens}
     )
-    try:
-        _, state = mtq.auto_quantize(
-            model,
-            constraints={"effective_bits": modelopt_bits},
-            quantization_formats=list(quant_cfgs),
-            data_loader=batches,
-            disabled_layers=frozen_patterns or None,
-            num_calib_steps=len(batches),
-            num_score_steps=num_score_steps,
-            method=method.value,
-            checkpoint=checkpoint,
-            **step_kwargs,
-        )
-    except ValueError as e:
-        if "infeasible" in str(e):
-            raise InfeasibleTarget(str(e)) from None
-        raise
+    # ModelOpt prints "Inserted N quantizers" and "Registered <class> ...": to the log, not stdout
+    with prints_to_log(log):
+        try:
+            _, state = mtq.auto_quantize(
+                model,
+                constraints={"effective_bits": modelopt_bits},
+                quantization_formats=list(quant_cfgs),
+                data_loader=batches,
+                disabled_layers=frozen_patterns or None,
+                num_calib_steps=len(batches),
+                num_score_steps=num_score_steps,
+                method=method.value,
+                checkpoint=checkpoint,
+                **step_kwargs,
+            )
+        except ValueError as e:
+            if "infeasible" in str(e):
+                raise InfeasibleTarget(str(e)) from None
+            raise
     return state
 
 

@@ -28,10 +28,10 @@ class Captions:
         return hashlib.sha256("".join(f"{line}\n" for line in self.lines).encode()).hexdigest()
 
 
-def read_captions(path: str | Path, max_samples: int) -> Captions:
-    """The first ``max_samples`` non-blank lines of a UTF-8 captions file."""
+def read_captions(path: str | Path, max_samples: int | None) -> Captions:
+    """The first ``max_samples`` non-blank lines of a UTF-8 captions file (None: all of them)."""
     path = Path(path)
-    if max_samples <= 0:
+    if max_samples is not None and max_samples <= 0:
         raise UserError(
             f"The number of calibration samples must be positive, got {max_samples}. Set "
             "dataset.size to small, medium or large, or dataset.max_calib_samples to a positive "
@@ -60,7 +60,9 @@ def read_captions(path: str | Path, max_samples: int) -> Captions:
             f"Captions file '{path}' has no captions (it is empty or only blank lines). Put one "
             "caption per line in it, or point dataset.captions_path at another file."
         )
-    if len(lines) < max_samples:
+    if max_samples is None:
+        max_samples = len(lines)
+    elif len(lines) < max_samples:
         log.warning("captions file %s has %d caption(s) but %d were asked for; the job uses %d. "
                     "Add captions or lower dataset.size / dataset.max_calib_samples.", path,
                     len(lines), max_samples, len(lines))

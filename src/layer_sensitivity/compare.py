@@ -38,6 +38,7 @@ from .profiles import group_name
 log = logging.getLogger(__name__)
 
 MARKDOWN_NAME = "comparison.md"
+HTML_NAME = "comparison.html"  # the Markdown with figures inlined (MLflow renders HTML)
 JSON_NAME = "comparison.json"
 FIGURES_DIR = "figures"
 SHARES_FIGURE = "comparison-shares.png"
@@ -499,6 +500,35 @@ def _movers_markdown(cmp: Comparison) -> str:
     return _table(pd.DataFrame({"Group": m["name"], "Best rank": m["min_rank"],
                                 "Worst rank": m["max_rank"], "Range": m["rank_range"],
                                 "Best in": m["most_sensitive_in"], "Worst in": m["least_sensitive_in"]}))
+
+
+def headline(cmp: Comparison, top_groups: int = 6) -> list[str]:
+    """The comparison in a few plain lines (Markdown): how well the rankings agree (the best and
+    worst agreeing pair of runs) and each run's most sensitive group with its share. Used for the
+    comparison's and a sweep parent's description and the command's last lines."""
+    lines = []
+    pairs = cmp.pairs.dropna(subset=["spearman"]) if not cmp.pairs.empty else cmp.pairs
+    if len(pairs) == 1:
+        p = pairs.iloc[0]
+        lines.append(f"Rankings agree at Spearman **{p['spearman']:.2f}** over "
+                     f"{len(cmp.shared_groups)} groups ({p['run_a']} vs {p['run_b']}).")
+    elif len(pairs) > 1:
+        best, worst = pairs.loc[pairs["spearman"].idxmax()], pairs.loc[pairs["spearman"].idxmin()]
+        lines.append(f"Rankings agree at Spearman {pairs['spearman'].mean():.2f} on average over "
+                     f"{len(cmp.shared_groups)} groups: most {best['spearman']:.2f} "
+                     f"({best['run_a']} vs {best['run_b']}), least **{worst['spearman']:.2f}** "
+                     f"({worst['run_a']} vs {worst['run_b']}).")
+    tops = []
+    for label in cmp.labels[:top_groups]:
+        shares = cmp.shares[label].dropna()
+        if not shares.empty:
+            handle = shares.idxmax()
+            tops.append(f"{label}: `{cmp.groups.loc[handle, 'name']}` {shares[handle]:.0%}")
+    if tops:
+        more = len(cmp.labels) - top_groups
+        lines.append("Most sensitive group: " + "; ".join(tops)
+                     + (f"; and {more} more runs." if more > 0 else "."))
+    return lines
 
 
 def render_markdown(cmp: Comparison) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,18 @@ def load_manifests(store: RunStore, records: list[RunRecord], tmp: Path) -> dict
     return docs
 
 
+@dataclass(frozen=True)
+class Compared:
+    """What ``compare_runs`` wrote and logged: its files, its headline lines, the run id."""
+
+    files: list[Path]
+    headline: list[str]
+    run_id: str | None
+
+
 def compare_runs(store: RunStore, tracker: Tracker, out_dir: Path, *,
                  run_ids: list[str] | None = None, parent_run_id: str | None = None,
-                 experiment: str | None = None, filter_string: str = "") -> list[Path]:
+                 experiment: str | None = None, filter_string: str = "") -> Compared:
     """Compare the selected runs into ``out_dir`` and log it (nested under ``parent_run_id``)."""
     records = select_runs(store, run_ids=run_ids, parent_run_id=parent_run_id,
                           experiment=experiment, filter_string=filter_string)
@@ -73,16 +83,20 @@ def compare_runs(store: RunStore, tracker: Tracker, out_dir: Path, *,
         docs = load_manifests(store, records, Path(tmp))
     result = compare.compare(docs)
     files = compare.write_comparison(result, out_dir)
+    headline = compare.headline(result)
     name = f"compare {len(records)} runs"
-    with tracker.run(name, parent_id=parent_run_id, tags={"compare.runs": ",".join(
-            r.run_id for r in records)[:5000]}) as run:
+    description = (f"Comparison of {len(records)} runs ({', '.join(result.labels[:6])}"
+                   f"{', ...' if len(records) > 6 else ''}).\n\n" + "\n\n".join(headline)
+                   + f"\n\nReport: `{compare.HTML_NAME}`.\n")
+    with tracker.run(name, parent_id=parent_run_id, description=description, tags={
+            "compare.runs": ",".join(r.run_id for r in records)[:5000]}) as run:
         run.log_params({"compare.num_runs": len(records), "compare.experiment": experiment,
                         "compare.filter": filter_string, "compare.parent_run_id": parent_run_id})
-        run.log_files({f.relative_to(out_dir).as_posix(): f for f in files})
         pairs = result.pairs
         run.log_metrics([(k, float(v), None) for k, v in {
             "spearman_min": pairs["spearman"].min(), "spearman_mean": pairs["spearman"].mean(),
             "kendall_min": pairs["kendall"].min(), "shared_groups": len(result.shared_groups),
         }.items() if v == v])  # NaN when undefined: not logged
+        run.log_files({f.relative_to(out_dir).as_posix(): f for f in files})
     log.info("compared %d runs -> %s", len(records), out_dir)
-    return files
+    return Compared(files, headline, run.run_id)

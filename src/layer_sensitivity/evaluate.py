@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import budgets, calibration, model, recipes
+from .console import prints_to_log
 from .errors import UserError
 from .recipes import Recipe
 from .schema import ModelConfig
@@ -52,7 +53,7 @@ COLUMNS = ["name", "kind", "headroom", "target_bits", "seed", "lm_bits", "kept",
 
 
 def _lines(path: Path) -> list[str]:
-    return list(calibration.read_captions(path, 10**9).lines)
+    return list(calibration.read_captions(path, None).lines)
 
 
 def _sha256(path: Path) -> str:
@@ -230,7 +231,8 @@ def quantize_copy(base: torch.nn.Module, config: Mapping[str, Any],
         for b in calib_batches:
             _forward(m, b)
 
-    return mtq.quantize(copy.deepcopy(base), copy.deepcopy(dict(config)), forward_loop)
+    with prints_to_log(log):  # ModelOpt prints "Inserted N quantizers" per copy
+        return mtq.quantize(copy.deepcopy(base), copy.deepcopy(dict(config)), forward_loop)
 
 
 def _row(r: Recipe) -> dict[str, Any]:
@@ -276,7 +278,7 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
     test_ref = _reference(loaded.model, tests) if tests else None
     log.info("reference loss %.4f over %d held-out tokens", ref.loss, ref.tokens)
     rows, measured = [], {}
-    for r in tqdm(recipe_list, desc="evaluating recipes", unit="recipe", disable=not progress):
+    for r in tqdm(recipe_list, desc="evaluating recipes", unit="recipe", disable=None if progress else True):  # None: bar only on a terminal
         key = json.dumps(recipes.jsonable(r.config), sort_keys=True)
         t = time.perf_counter()
         if key not in measured:

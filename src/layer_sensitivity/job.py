@@ -123,6 +123,17 @@ def describe(m: dict[str, Any]) -> str:
             f"{aq['effective_bits_achieved']:.3f}.\n\nMost sensitive groups:\n{lines}\n")
 
 
+def summary_lines(m: dict[str, Any], run_id: str | None, out_dir: Path) -> list[str]:
+    """The job's last lines on the command line: the verdict, the bits, where it went."""
+    ranked = profiles.group_profiles(m)
+    top = ", ".join(f"{g.name} {g.share:.1%}" for g in ranked[:3])
+    return [f"{m['quantization']['pair']}: most sensitive {top} "
+            f"(top {profiles.TOP_CONCENTRATION}: {profiles.top_share(ranked):.1%})",
+            f"LM bits requested {m['scheme']['effective_bits_requested']:g}, achieved "
+            f"{m['autoquant']['effective_bits_achieved']:.3f}; outputs in {out_dir}",
+            f"run {run_id}" if run_id else "not tracked (tracking=none)"]
+
+
 def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = None
             ) -> pipeline.Result:
     """Validate, then run and log into one run.

@@ -123,6 +123,7 @@ class Sweep:
     planned: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     run: Run | None = None
+    verdict: list[str] = field(default_factory=list)  # the parent's description, in lines
     _stack: ExitStack = field(default_factory=ExitStack)
     _done: bool = False
 
@@ -168,7 +169,9 @@ class Sweep:
         try:
             self.run.log_table(table, SUMMARY)
             self.run.log_metrics([(k, v, None) for k, v in n.items()])
-            self._log_comparison(table)
+            headline = self._log_comparison(table)
+            self.verdict = verdict(n, headline)
+            self.run.set_tags({"mlflow.note.content": "\n\n".join(self.verdict) + "\n"})
         finally:
             exc = error if isinstance(error, BaseException) else None
             self._stack.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
@@ -180,8 +183,9 @@ class Sweep:
                  self.sweep_dir / f"{SUMMARY}.csv")
         return table
 
-    def _log_comparison(self, table: pd.DataFrame) -> None:
-        """The finished children compared (ranks, overlaps, share heatmaps), on the parent."""
+    def _log_comparison(self, table: pd.DataFrame) -> list[str]:
+        """The finished children compared (ranks, overlaps, share heatmaps), on the parent; returns
+        the comparison's headline lines."""
         from . import compare, manifest
 
         docs = {}
@@ -192,10 +196,24 @@ class Sweep:
                 except Exception as e:  # noqa: BLE001 - a comparison is not worth failing a sweep
                     log.warning("%s is left out of the comparison: %s", row.name, e)
         if not docs or self.run is None:
-            return
+            return []
         out = self.sweep_dir / "comparison"
         files = compare.sweep_figures(docs, out)
+        headline = []
         if len(docs) > 1:  # the comparison has its own Spearman figure: keep one copy
             files = [f for f in files if f.name != compare.SWEEP_SPEARMAN_FIGURE]
-            files += compare.write_comparison(compare.compare(docs), out)
+            result = compare.compare(docs)
+            files += compare.write_comparison(result, out)
+            headline = compare.headline(result)
         self.run.log_files({f"comparison/{f.relative_to(out).as_posix()}": f for f in files})
+        return headline
+
+
+def verdict(n: dict[str, float], headline: list[str]) -> list[str]:
+    """A sweep parent's description: how many jobs finished, then the comparison's headline."""
+    jobs = (f"**{int(n['jobs_finished'])} of {int(n['jobs'])} jobs finished**"
+            + "".join(f", {int(n[k])} {k.removeprefix('jobs_').replace('_', ' ')}"
+                      for k in ("jobs_failed", "jobs_killed", "jobs_not_started") if n[k]) + ".")
+    where = ("Children compared in `comparison/comparison.html`; per-job table `"
+             f"{SUMMARY}.json`.")
+    return [jobs, *headline, where]

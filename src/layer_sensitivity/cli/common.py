@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from .. import signals
+from ..console import quiet_third_party
 from ..errors import ReportedError, UserError
 from ..redact import RedactingFilter, redact_text
 
@@ -121,9 +122,11 @@ def redact_logging() -> None:
 
 
 def setup_plain_logging() -> None:
-    """For entry points without Hydra: INFO lines on stderr, secrets redacted."""
+    """For entry points without Hydra: INFO lines on stderr, secrets redacted, known third-party
+    noise filtered (``console.quiet_third_party``)."""
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     redact_logging()
+    quiet_third_party()
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:

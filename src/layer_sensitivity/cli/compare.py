@@ -11,7 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .. import tracking
+from .. import console, tracking
 from ..compare_runs import compare_runs
 from ..schema import TrackingConfig
 from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
@@ -30,19 +30,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="default: MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     args = parser.parse_args(argv)
     setup_plain_logging()
-    with user_errors():
+    with user_errors(), tempfile.TemporaryDirectory(prefix="comparison-") as tmp:
         if args.out:
             check_out_dir(Path(args.out), "--out")
         store = tracking.run_store(args.tracking_uri)
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False,
                                                  experiment=args.experiment or
                                                  TrackingConfig.experiment))
-        out = Path(args.out or tempfile.mkdtemp(prefix="comparison-"))
-        files = compare_runs(store, tracker, out,
+        out = Path(args.out or tmp)  # without --out the files live in the logged run only
+        done = compare_runs(store, tracker, out,
                              run_ids=[r for r in args.run_ids.split(",") if r.strip()] or None,
                              parent_run_id=args.parent_run_id or None,
                              experiment=args.experiment or None, filter_string=args.filter)
-    print(f"comparison written to {files[0].parent} and logged to {store.where}")
+    console.summary([*(line.replace("**", "").replace("`", "") for line in done.headline),
+                     f"comparison run {done.run_id}" + (f"; files in {args.out}" if args.out else ""),
+                     console.ui_hint(store.where)])
 
 
 if __name__ == "__main__":

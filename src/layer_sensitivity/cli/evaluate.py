@@ -10,10 +10,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .. import tracking
+from .. import console, tracking
 from ..equal_bits import wide
 from ..errors import UserError
-from ..evaluate_runs import evaluate_run
+from ..evaluate_runs import evaluate_run, headline
 from ..schema import TrackingConfig
 from .common import (
     check_input_file,
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="default: MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     args = parser.parse_args(argv)
     setup_plain_logging()
-    with user_errors():
+    with user_errors(), tempfile.TemporaryDirectory(prefix="evaluation-") as tmp:
         keep = parse_fractions(args.keep)
         truth, subset = parse_truth(args.ground_truth)
         if args.draws < 1:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             check_out_dir(Path(args.out), "--out")
         store = tracking.run_store(args.tracking_uri)
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
-        out = Path(args.out or tempfile.mkdtemp(prefix="evaluation-"))
+        out = Path(args.out or tmp)  # without --out the files live in the logged run only
         ev = evaluate_run(store, tracker, args.run_id, out, keep=keep,
                           eval_captions=args.eval_captions or None,
                           max_eval_samples=args.max_eval_samples, draws=args.draws,
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
               .to_string(index=False))
     if ev.correlations is not None:
         print(ev.correlations.to_string(index=False, float_format="%.3f"))
-    print(f"evaluation written to {out} and logged under run {args.run_id} in {store.where}")
+    console.summary([headline(ev)[1].replace("**", ""),
+                     f"{len(ev.results)} recipes evaluated, logged under run {args.run_id}"
+                     + (f"; files in {args.out}" if args.out else ""), console.ui_hint(store.where)])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import publish, tracking
+from .. import console, publish, tracking
 from ..errors import UserError
 from ..schema import TrackingConfig
 from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
@@ -63,11 +63,15 @@ def main(argv: list[str] | None = None) -> None:
             result = publish.publish_run(store, args.run_id, root, force, models)
             run.log_params({"publish.path": str(result.path), "publish.status": result.status,
                             "publish.force": force, "publish.models": models})
+            run.set_tags({"mlflow.note.content": f"Run {args.run_id} {result.status} at "
+                          f"`{result.path}`."})
     if result.status == "unchanged":
-        print(f"run {args.run_id} is already published at {result.path}; nothing to do")
+        done = f"run {args.run_id} is already published at {result.path}; nothing to do"
     else:
-        print(f"{result.status} run {args.run_id} at {result.path} "
-              f"({len(result.files)} files + {publish.PROVENANCE})")
+        done = (f"{result.status} run {args.run_id} at {result.path} "
+                f"({len(result.files)} files + {publish.PROVENANCE})")
+    console.summary([done, f"report: {result.path}/layer-sensitivity-report.html",
+                     console.ui_hint(store.where)])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import tracking
+from .. import console, tracking
 from ..regenerate import check_run, regenerate_run
 from ..schema import TrackingConfig
 from .common import install_signal_handlers, setup_plain_logging, user_errors
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> None:
         with tracker.run("report", parent_id=args.run_id) as run:
             names = regenerate_run(store, args.run_id)
             run.log_params({"report.files": ", ".join(names)})
-    print(f"regenerated {', '.join(names)} of run {args.run_id} in {store.where}")
+            run.set_tags({"mlflow.note.content": f"Regenerated {len(names)} files of run "
+                          f"{args.run_id} from its manifest (the manifest is never replaced)."})
+    console.summary([f"regenerated {', '.join(names)}", f"into run {args.run_id} (record: run "
+                     f"{run.run_id})" if run.run_id else f"into run {args.run_id}",
+                     console.ui_hint(store.where)])
 
 
 if __name__ == "__main__":

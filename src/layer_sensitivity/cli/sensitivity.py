@@ -18,7 +18,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .. import job, paths, sweep, tracking
+from .. import console, job, paths, sweep, tracking
 from ..errors import ReportedError, UserError
 from ..redact import redact_text
 from ..reuse import Resources
@@ -111,13 +111,16 @@ def run_task(cfg: DictConfig) -> None:
         tags={"sweep.job": str(hc.job.num)} if multirun else {},
         log_file=out_dir / f"{hc.job.name}.log")
     if not multirun:
+        tracker = tracking.create(spec.tracking)
         try:
-            job.run_job(req, tracking.create(spec.tracking))
+            result = job.run_job(req, tracker)
         except UserError as e:
             _remove_if_empty(out_dir)
             fail(str(e))
         except ReportedError as e:  # e.g. the tracking server went away: no traceback either
             fail(str(e), 1)
+        console.summary(job.summary_lines(result.manifest, result.run_id, out_dir)
+                        + [console.ui_hint(tracker.where) if result.run_id else ""])
         return
     run_id, status, error = None, "FINISHED", None
     manifest: dict[str, Any] = {"quantization": {"pair": spec.quant_pair.name,  # the real one later
@@ -148,6 +151,7 @@ def main() -> None:
     """Hydra's app with the project's failure policy around it (exit 2 for bad input, 1 when a
     sweep job failed, 128 + signal when interrupted; sweeps always end their parent run)."""
     install_signal_handlers()
+    console.quiet_third_party()
     with user_errors():
         try:
             _hydra_main()

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(scrub_process(expand_packed_overrides(
         list(sys.argv[1:] if argv is None else argv))))
     sys.argv = [sys.argv[0], *multirun_argv(args.quant_pairs, args.dataset_sizes, args.overrides)]
+    from ..console import quiet_third_party
+
+    quiet_third_party()  # before tqdm is imported: it reads TQDM_DISABLE once
     from .sensitivity import main as sensitivity
 
     sensitivity()

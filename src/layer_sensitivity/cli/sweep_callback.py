@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .. import sweep, tracking
+from .. import console, sweep, tracking
 from ..errors import UserError
 from ..schema import TrackingConfig
 from . import common
@@ -128,7 +128,13 @@ def finish_active(error: BaseException | None) -> bool:
     """End this process's sweep (if any) once; True when it had failed or interrupted jobs."""
     if not _ACTIVE:
         return False
-    table = _ACTIVE.pop().finish(error)
+    active = _ACTIVE.pop()
+    table = active.finish(error)
+    if table is not None:
+        run_id = active.run.run_id if active.run is not None else None
+        console.summary([*(line.replace("**", "").replace("`", "") for line in active.verdict),
+                         f"sweep parent run {run_id}" if run_id else "",
+                         console.ui_hint(active.tracker.where) if run_id else ""])
     return table is not None and bool((table["status"] != "FINISHED").any())
 
 

@@ -21,10 +21,13 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from .. import signals
+from ..console import quiet_loggers
 from ..errors import ReportedError
 from ..redact import redact_text
 from . import stale, store
 from .base import ERROR_ARTIFACT, Interrupted, end_status, error_text
+
+quiet_loggers()  # after MLflow set up its loggers
 
 log = logging.getLogger(__name__)
 
