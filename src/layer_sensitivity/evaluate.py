@@ -278,7 +278,9 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
     test_ref = _reference(loaded.model, tests) if tests else None
     log.info("reference loss %.4f over %d held-out tokens", ref.loss, ref.tokens)
     rows, measured = [], {}
-    for r in tqdm(recipe_list, desc="evaluating recipes", unit="recipe", disable=None if progress else True):  # None: bar only on a terminal
+    # disable=None: a bar on a terminal only (a log file gets no redraws)
+    for r in tqdm(recipe_list, desc="evaluating recipes", unit="recipe",
+                  disable=None if progress else True):
         key = json.dumps(recipes.jsonable(r.config), sort_keys=True)
         t = time.perf_counter()
         if key not in measured:
