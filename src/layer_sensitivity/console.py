@@ -75,6 +75,8 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(value, list(choices), n=2, cutoff=0.6)
     if not close:
         return ""
+    ratio = [difflib.SequenceMatcher(None, value, c).ratio() for c in close]
+    close = [c for c, r in zip(close, ratio, strict=True) if r >= ratio[0] - 0.05]
     return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
 
 

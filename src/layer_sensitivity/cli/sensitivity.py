@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from . import config_store  # noqa: F401 - registers the schemas and resolvers
 from .common import fail, flatten, install_signal_handlers, redact_logging, user_errors
 from .config_store import CONF_DIR, check_known_keys
 from .sweep_callback import finish_active, jobs_started
+from .typos import check_overrides
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,7 @@ def main() -> None:
     install_signal_handlers()
     console.quiet_third_party()
     with user_errors():
+        check_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
         try:
             _hydra_main()
         except SystemExit as e:
