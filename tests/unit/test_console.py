@@ -54,8 +54,9 @@ def test_known_warnings_are_filtered_by_name_only(monkeypatch: pytest.MonkeyPatc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         console.quiet_third_party()
-        warnings.warn("transformers 9.9 is not tested with current version of modelopt", UserWarning)
-        warnings.warn("something else entirely", UserWarning)
+        warnings.warn("transformers 9.9 is not tested with current version of modelopt", UserWarning,
+                      stacklevel=1)
+        warnings.warn("something else entirely", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else entirely"]
     assert logging.getLogger("mlflow.system_metrics").level == logging.WARNING
 
