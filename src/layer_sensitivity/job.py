@@ -81,7 +81,9 @@ def config_params(req: JobRequest) -> dict[str, Any]:
     """The analysis' parameters as configured: short names first, then the other config keys."""
     flat = req.flat_config
     bits = flat.get("autoquant.effective_bits")
-    short = {"quant_pair": req.choices.get("quant_pair", flat.get("quant_pair.name")),
+    # The pair's canonical name (``wfp8_afp8``), however it was typed: `params.quant_pair =
+    # "wfp8_afp8"` finds every run of the pair; the alias as typed is the ``quant_pair.alias`` tag.
+    short = {"quant_pair": flat.get("quant_pair.name"),
              "dataset_size": flat.get("dataset.size"),
              "model": req.choices.get("model", flat.get("model.name")),
              "method": flat.get("autoquant.method"),
@@ -147,6 +149,7 @@ def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = Non
         output_dir(cfg, plan, req.out_dir)  # e.g. a publish root on a file: refused before any run
     name = req.run_name or cfg.tracking.run_name or default_run_name(cfg)
     tags = req.tags | {"quant_pair": cfg.quant_pair.name,
+                       "quant_pair.alias": req.choices.get("quant_pair", cfg.quant_pair.name),
                        "experimental": str(cfg.quant_pair.experimental).lower(),
                        "host.platform": platform.platform()}
     with tracker.run(name, parent_id=req.parent_id, tags=tags) as run:

@@ -33,13 +33,9 @@ def _only_run(store: Path) -> mlflow.entities.Run:
 
 
 def _tracked_run(store: Path) -> mlflow.entities.Run:
-    """The one run in the project's experiment; ``mlflow run`` (no --experiment-name) leaves only a
-    FINISHED pointer to it in MLflow's Default experiment."""
-    runs = all_runs(f"sqlite:///{store}")
-    (run,) = [r for r in runs if r.info.experiment_id != DEFAULT_EXPERIMENT_ID]
-    (pointer,) = [r for r in runs if r.info.experiment_id == DEFAULT_EXPERIMENT_ID]
-    assert pointer.info.run_name == f"moved: {run.info.run_name}"
-    assert run.info.run_id in pointer.data.tags["mlflow.note.content"]
+    """The one run in the store: the run ``mlflow run --experiment-name <project's>`` created
+    (no pointer or empty run anywhere else)."""
+    (run,) = all_runs(f"sqlite:///{store}")
     experiment = mlflow.MlflowClient(f"sqlite:///{store}").get_experiment(run.info.experiment_id)
     assert experiment.name == TrackingConfig().experiment
     return run
@@ -72,7 +68,7 @@ def _importances(manifest: dict[str, Any]) -> list[float]:
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     base = tmp_path_factory.mktemp("mlflow-run-sensitivity")
-    proc = mlflow_run("sensitivity", {"quant_pair": "fp8",
+    proc = mlflow_run("sensitivity", {"pair": "fp8",
                                       "overrides": f"hydra.run.dir={base}/out {FAST}"},
                       base / "mlflow.db", base)
     return base, proc
@@ -87,8 +83,11 @@ def test_mlflow_run_sensitivity_logs_one_complete_run(
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "wfp8_afp8/default/small"
     p = run.data.params
-    assert (p["quant_pair"], p["dataset_size"]) == ("fp8", "small")  # logged by `mlflow run` itself
-    assert p["resolved.quant_pair"] == "wfp8_afp8"
+    assert (p["pair"], p["dataset_size"]) == ("fp8", "small")  # logged by `mlflow run` itself
+    assert p["quant_pair"] == p["resolved.quant_pair"] == "wfp8_afp8"  # the canonical name
+    assert run.data.tags["quant_pair.alias"] == "fp8"
+    # the run id `mlflow run` prints is the run that holds the work
+    assert f"Run (ID '{run.info.run_id}') succeeded" in proc.stderr
     assert (p["quant_pair.weight"], p["quant_pair.activation"]) == ("fp8", "fp8")
     assert p["resolved.samples"] == "4" and float(p["resolved.effective_bits_requested"]) == 8.0
     for key in ("method", "effective_bits", "model", "autoquant.score_size", "autoquant.batch_size",
@@ -123,8 +122,13 @@ def test_mlflow_run_sensitivity_logs_one_complete_run(
     assert manifest["quantization"]["pair"] == "wfp8_afp8"
     assert manifest["model"]["fingerprint"] == tags["model.fingerprint"]
     assert manifest["scheme"]["effective_bits_modelopt"] > 8.0  # vision weights count at 16 bits
-    for group in profiles.group_profiles(manifest):
-        assert m[group.key] == pytest.approx(group.importance), group.key
+    ranked = profiles.group_profiles(manifest)
+    for group in ranked:  # per-group metrics are shares in percent (never 0.00 in a bar chart)
+        assert m[group.key] == pytest.approx(100 * group.share), group.key
+    # the headline agrees with the description: top group, its share, the bits
+    assert tags["top1_group"] == ranked[0].name and m["top1_share"] == pytest.approx(100 * ranked[0].share)
+    assert f"**`{ranked[0].name}`** ({ranked[0].share:.1%}" in tags["mlflow.note.content"]
+    assert "importance_sum" not in m
     out = base / "out"
     assert (out / ".hydra" / "config.yaml").is_file() and tags["output_dir"] == str(out)
     assert len(list(out.glob("*_quant_manifest.json"))) == 1
@@ -138,8 +142,7 @@ def test_bad_input_through_mlflow_run_fails_the_run(tmp_path: Path) -> None:
     assert "autoquant.effective_bits=3 is out of reach" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert finished_runs(store) == []
-    run = _only_run(store)  # the run `mlflow run` started, never moved: nothing was logged
-    assert run.info.status == "FAILED" and run.info.experiment_id == DEFAULT_EXPERIMENT_ID
+    assert all_runs(f"sqlite:///{store}") == []  # the run `mlflow run` made is deleted: no run
     assert not (tmp_path / "out").exists()
 
 

@@ -23,6 +23,7 @@ CAPTIONS = ASSETS / "captions" / "captions.txt"
 # Tiny jobs: four captions in batches of two (Hydra overrides, space-separated).
 FAST = "dataset.max_calib_samples=4 autoquant.batch_size=2"
 SUBPROCESS_TIMEOUT = 600
+EXPERIMENT = "qwen3-vl-layer-sensitivity"  # tracking.experiment; what the README passes to `mlflow run`
 
 
 def tool_env(store: Path) -> dict[str, str]:
@@ -46,8 +47,10 @@ def run_cli(args: list[str], store: Path, cwd: Path | None = None, timeout: int 
 
 def mlflow_run(entry: str, params: dict[str, str], store: Path,
                cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``mlflow run <repo> -e <entry> --env-manager local -P k=v ...`` against ``store``."""
-    args = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local"]
+    """``mlflow run <repo> -e <entry> --env-manager local --experiment-name <the project's> -P k=v
+    ...`` against ``store``, as the README runs it."""
+    args = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local",
+            "--experiment-name", EXPERIMENT]
     for k, v in params.items():
         args += ["-P", f"{k}={v}"]
     return subprocess.run(args, env=tool_env(store), capture_output=True, text=True,
@@ -71,9 +74,8 @@ def all_runs(uri: str) -> list[mlflow.entities.Run]:
 
 
 def top_level_runs(uri: str) -> list[mlflow.entities.Run]:
-    """Runs without a parent, leaving out the pointers `mlflow run` leaves in "Default"."""
-    return [r for r in all_runs(uri) if "mlflow.parentRunId" not in r.data.tags
-            and not (r.info.experiment_id == "0" and (r.info.run_name or "").startswith("moved: "))]
+    """Runs without a parent."""
+    return [r for r in all_runs(uri) if "mlflow.parentRunId" not in r.data.tags]
 
 
 def artifact_text(uri: str, run_id: str, path: str, dst: Path) -> str:
@@ -104,8 +106,7 @@ def run_sweep(base: Path) -> SweepRun:
                                 "overrides": f"{FAST} hydra.sweep.dir={base}/multi"}, store, base)
     assert proc.returncode == 0, proc.stderr[-4000:]
     uri = f"sqlite:///{store}"
-    # `mlflow run` without --experiment-name leaves a pointer run in MLflow's Default experiment.
-    runs = [r for r in all_runs(uri) if r.info.experiment_id != "0"]
+    runs = all_runs(uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in runs]
     children = {r.info.run_name: r for r in runs if r.info.run_id != parents[0].info.run_id}

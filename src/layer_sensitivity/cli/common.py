@@ -54,8 +54,12 @@ def check_positive(value: int | None, option: str) -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One paragraph on stderr, no traceback."""
+    """One paragraph on stderr, no traceback; under ``mlflow run`` its still-empty run is deleted
+    (bad input leaves no run)."""
     print(f"error: {redact_text(message)}", file=sys.stderr, flush=True)
+    from ..tracking import discard_launched_run
+
+    discard_launched_run()
     sys.exit(code)
 
 

@@ -15,7 +15,7 @@ from .base import (
 )
 
 __all__ = ["ERROR_ARTIFACT", "Interrupted", "NoopTracker", "Run", "Tracker",
-           "create", "end_status", "error_text", "run_store"]
+           "create", "discard_launched_run", "end_status", "error_text", "run_store"]
 
 
 def create(cfg: TrackingConfig) -> Tracker:
@@ -27,6 +27,17 @@ def create(cfg: TrackingConfig) -> Tracker:
 
     bound_http_retries()
     return MlflowTracker(resolve_uri(cfg.uri), cfg.experiment, cfg.system_metrics)
+
+
+def discard_launched_run() -> bool:
+    """Under ``mlflow run``: delete its still-empty run after bad input (nothing else to record)."""
+    import os
+
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        return False
+    from .mlflow_tracker import discard_launched_run as discard
+
+    return discard()
 
 
 def run_store(uri: str | None = None):  # type: ignore[no-untyped-def]

@@ -36,7 +36,6 @@ NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 PARAM_VALUE_LIMIT = 6000
-DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default": where `mlflow run` puts runs unless told
 
 
 def _first_words(e: BaseException) -> str:
@@ -131,6 +130,7 @@ class MlflowTracker:
 
     - ``parent_id``: a new child nested under that run, in the parent's experiment.
     - Else the run ``mlflow run`` created (``MLFLOW_RUN_ID``), renamed to ``name``; used once.
+      It stays in the experiment ``mlflow run`` chose (``--experiment-name``).
     - Else a new run in the experiment: ``MLFLOW_EXPERIMENT_NAME`` when set, else ``experiment``.
     """
 
@@ -163,12 +163,10 @@ class MlflowTracker:
         return self.client.create_run(self._experiment_id(), run_name=name, tags=tags).info.run_id
 
     def _adopt(self, run_id: str, name: str, parent_id: str | None, tags: dict[str, str]) -> str:
-        """The run ``mlflow run`` created, renamed to ``name`` (and nested under ``parent_id``).
-
-        One rule for experiments: runs land in ``tracking.experiment`` (or the parent's). A run
-        that ``mlflow run`` put in MLflow's "Default" experiment (no --experiment-name) moves
-        there: a new run with its parameters and source tags (the launcher's run stays behind as a
-        pointer). An experiment chosen with --experiment-name is kept, with a warning.
+        """The run ``mlflow run`` created, renamed to ``name`` (and nested under ``parent_id``),
+        where ``mlflow run`` put it: the run id it prints is the run that holds the work (no
+        pointer runs). Without ``--experiment-name`` that is MLflow's "Default" experiment: a
+        warning says how to keep runs together.
         """
         run = self.client.get_run(run_id)
         leaked = [k for k, v in run.data.params.items() if redact_text(v) != v]
@@ -179,37 +177,17 @@ class MlflowTracker:
                         "environment instead, and delete that run.", ", ".join(leaked), run_id)
         wanted = (self.client.get_run(parent_id).info.experiment_id if parent_id
                   else self._experiment_id())
-        if run.info.experiment_id != wanted and run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
-            return self._relocate(run, wanted, name, parent_id, tags)
         if run.info.experiment_id != wanted:
             chosen = self.client.get_experiment(run.info.experiment_id).name
-            log.warning("this run stays in experiment '%s' (chosen with `mlflow run "
-                        "--experiment-name`), not '%s'%s.", chosen, self.experiment,
-                        ", so it cannot nest under its parent" if parent_id else "")
+            log.warning("`mlflow run` put this run in experiment '%s', not '%s'%s; pass "
+                        "--experiment-name %s to `mlflow run` to keep runs together.", chosen,
+                        self.experiment, ", so it cannot nest under its parent" if parent_id else "",
+                        self.experiment)
         elif parent_id:
             tags = tags | {PARENT_TAG: parent_id}
         self.client.update_run(run_id, name=name)
         MlflowRun(self.client, run_id).set_tags(tags)
         return run_id
-
-    def _relocate(self, launched: mlflow.entities.Run, experiment_id: str, name: str,
-                  parent_id: str | None, tags: dict[str, str]) -> str:
-        source = {k: v for k, v in launched.data.tags.items()
-                  if k.startswith(("mlflow.source.", "mlflow.project.", "mlflow.user",
-                                   "mlflow.gitRepoURL"))}
-        new = self.client.create_run(experiment_id, run_name=name, tags=source | tags | (
-            {PARENT_TAG: parent_id} if parent_id else {}))
-        MlflowRun(self.client, new.info.run_id).log_params(dict(launched.data.params))
-        # `mlflow run` ends its own run when the command exits (it must stay active for that):
-        # it remains in "Default" as a pointer to where the work went.
-        where = self.client.get_experiment(experiment_id).name
-        self.client.update_run(launched.info.run_id, name=f"moved: {name}")
-        self.client.set_tag(launched.info.run_id, NOTE_TAG,
-                            f"Logged in experiment '{where}' as run {new.info.run_id}. Pass "
-                            f"--experiment-name {where} to `mlflow run` to skip this pointer.")
-        log.info("`mlflow run` put this run in MLflow's Default experiment; it is logged in "
-                 "'%s' as run %s instead", where, new.info.run_id)
-        return new.info.run_id
 
     @contextmanager
     def run(self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
@@ -281,3 +259,23 @@ class MlflowTracker:
         except Exception as e:  # noqa: BLE001 - system metrics are optional
             log.info("system metrics off: %s", e)
             return None
+
+
+def discard_launched_run() -> bool:
+    """The run ``mlflow run`` created for a command that refused its input before logging anything:
+    ended FAILED (so ``mlflow run`` leaves it alone) and deleted, so no empty run stays in the
+    store. True when one was discarded; only an untouched run (no metrics, no artifacts) is."""
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if not run_id:
+        return False
+    try:
+        client = MlflowClient()
+        run = client.get_run(run_id)
+        if run.data.metrics or run.info.status != "RUNNING" or client.list_artifacts(run_id):
+            return False
+        client.set_terminated(run_id, "FAILED")
+        client.delete_run(run_id)
+        return True
+    except Exception as e:  # noqa: BLE001 - the user's error message matters more than cleanup
+        log.debug("could not discard the launched run %s: %s", run_id, e)
+        return False
