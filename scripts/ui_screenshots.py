@@ -4,15 +4,25 @@
     python scripts/ui_screenshots.py                      # write docs/images/ui-*.png
     python scripts/ui_screenshots.py --out /tmp/shots --keep-store --frontier --dump-page
 
-Populates a temporary SQLite store with a two-job sweep (quant_pair=fp8,int4 on the embedded tiny
-model; optionally an int4 frontier run), starts ``mlflow ui`` on 127.0.0.1 and drives headless
-Chromium through selenium (Debian packages ``chromium`` and ``chromium-driver``; PyPI ``selenium``):
+Populates a temporary SQLite store as a user's session would: a two-job sweep (quant_pair=fp8,int4
+on the embedded tiny model), a comparison of its children, an evaluation of one child and a mixed
+fp8+int4 recipe (optionally an int4 frontier run); starts ``mlflow ui`` on 127.0.0.1 and drives
+headless Chromium through selenium (Debian packages ``chromium`` and ``chromium-driver``; PyPI
+``selenium``):
 
-- ``ui-chart-profiles.png``: the experiment's chart view, ``share/<kind>`` depth profiles (step =
+- ``ui-run-overview.png``: a sweep child's Overview: its description (the verdict) and its
+  metrics, headline first;
+- ``ui-chart-profiles.png``: the experiment's chart view, ``depth_profile/share/<kind>`` (step =
   decoder layer) of the two sweep children overlaid, one chart per kind;
-- ``ui-run-figure.png``: a child run's artifact view showing ``figures/depth_profile.png``;
+- ``ui-run-report.png``: the child's ``layer-sensitivity-report.html`` in the artifact viewer
+  (figures inlined);
 - ``ui-sweep-heatmap.png``: the sweep parent's ``comparison/sweep-shares.png`` artifact;
 - ``ui-run-frontier.png`` (with ``--frontier``): the frontier run's ``figures/frontier.png``.
+
+With ``--dump-page`` each page's text (``.txt``) and DOM (``.html``) are written beside its PNG,
+plus ``runs.json`` (the store's runs: names, descriptions, headline metrics) for checks that the
+pages agree with the runs. Pages are read once they stop changing (MLflow re-renders as data
+arrives), and layout-only gestures (dragging a resize handle) are retried on a stale element.
 
 The server (its whole process group) and the browser are stopped on every exit, and the temporary
 store is removed unless ``--keep-store`` is given.
@@ -46,6 +56,10 @@ MAX_PNG_BYTES = 400_000
 WORKFLOW = "workflowType=machine_learning"
 SWEEP_ARGS = ["-m", "quant_pair=fp8,int4", "dataset.max_calib_samples=8"]
 FRONTIER_ARGS = ["quant_pair=int4", "autoquant.effective_bits=[4.5,6,8]", "dataset.max_calib_samples=8"]
+EVALUATE_ARGS = ["--keep", "0,0.25", "--max-eval-samples", "64"]
+# The sweep's data settings: the recipe composes the stored fp8 and int4 scores (no new search).
+RECIPE_ARGS = ["--formats", "fp8,int4", "--effective-bits", "6", "dataset.max_calib_samples=8"]
+REPORT = "layer-sensitivity-report.html"
 DEPTH_PREFIX = "depth_profile"  # per-kind step series: step = decoder layer
 CHART_METRIC = "share"  # normalised per run, so runs of different pairs share one y axis
 JOB_TIMEOUT_S = 900
@@ -91,10 +105,31 @@ def run_job(args: list[str], workdir: Path, uri: str, name: str) -> None:
         raise RuntimeError(f"{name} job failed (exit {done.returncode}):\n{tail}")
 
 
+def run_tool(module: str, args: list[str], workdir: Path, uri: str, name: str) -> str:
+    """``python -m layer_sensitivity.cli.<module> <args>`` (compare, evaluate, recipe); its stdout."""
+    log.info("populating the store: %s %s", module, " ".join(args))
+    done = subprocess.run([sys.executable, "-m", f"layer_sensitivity.cli.{module}", *args], cwd=workdir,
+                          env=job_env(uri), capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    (workdir / f"{name}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    return done.stdout
+
+
 def populate(workdir: Path, frontier: bool) -> str:
-    """Fill ``workdir/mlflow.db`` (artifacts beside it) and return its tracking URI."""
+    """Fill ``workdir/mlflow.db`` (artifacts beside it) as a session would and return its URI: a
+    sweep, a comparison of its children, an evaluation of one child, a mixed recipe."""
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     run_job([*SWEEP_ARGS, f"hydra.sweep.dir={workdir / 'multi'}"], workdir, uri, "sweep")
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
+    child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    run_tool("compare", ["--parent-run-id", parent.info.run_id], workdir, uri, "compare")
+    run_tool("evaluate", ["--run-id", child.info.run_id, *EVALUATE_ARGS], workdir, uri, "evaluate")
+    run_tool("recipe", [*RECIPE_ARGS, f"hydra.run.dir={workdir / 'recipe'}"], workdir, uri, "recipe")
     if frontier:
         run_job([*FRONTIER_ARGS, f"hydra.run.dir={workdir / 'frontier'}"], workdir, uri, "frontier")
     return uri
@@ -111,7 +146,8 @@ def find_runs(uri: str, frontier: bool) -> StoreRuns:
     if len(parents) != 1:
         raise RuntimeError(f"expected one sweep parent run in {uri}, found {len(parents)}")
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                and "sweep.job" in r.data.tags]
     if len(children) < 2:
         raise RuntimeError(f"the sweep parent has {len(children)} child runs, expected 2")
     prefix = f"{DEPTH_PREFIX}/{CHART_METRIC}/"
@@ -120,11 +156,29 @@ def find_runs(uri: str, frontier: bool) -> StoreRuns:
                    if len(client.get_metric_history(children[0].info.run_id, prefix + k)) > 1)
     if not kinds:
         raise RuntimeError(f"the sweep children log no {prefix}<kind> step series")
-    sweep = {parent.info.run_id, *(r.info.run_id for r in children)}
-    others = [r for r in runs if r.info.run_id not in sweep and "mlflow.parentRunId" not in r.data.tags]
+    frontiers = [r for r in runs if r.info.run_name.endswith("bits") and "frontier/total_score"
+                 in r.data.metrics and "mlflow.parentRunId" not in r.data.tags]
     return StoreRuns(uri=uri, experiment_id=parent.info.experiment_id, sweep_parent=parent.info.run_id,
                      children={r.info.run_name: r.info.run_id for r in children}, decoder_kinds=kinds,
-                     frontier=others[-1].info.run_id if frontier and others else None)
+                     frontier=frontiers[-1].info.run_id if frontier and frontiers else None)
+
+
+def dump_runs(uri: str, target: Path) -> Path:
+    """Every run of the store as JSON (name, parent, description, tags, single-value metrics), for
+    checks that what the pages show agrees with the runs."""
+    import json
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    doc = [{"run_id": r.info.run_id, "name": r.info.run_name, "experiment_id": r.info.experiment_id,
+            "status": r.info.status, "parent": r.data.tags.get("mlflow.parentRunId"),
+            "description": r.data.tags.get("mlflow.note.content", ""),
+            "tags": {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")},
+            "metrics": r.data.metrics, "params": r.data.params} for r in runs]
+    target.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+    return target
 
 
 # ---------------------------------------------------------------- server
@@ -247,6 +301,47 @@ def hide_plot_toolbars(driver: Any) -> None:
                           "document.head.appendChild(s);")
 
 
+def wait_stable(driver: Any, selector: str, what: str, minimum: int = 1, quiet_s: float = 1.0) -> list[Any]:
+    """The elements matching ``selector`` once the page stops re-rendering them: at least
+    ``minimum`` of them, with the same count and boxes for ``quiet_s`` (MLflow re-renders as runs,
+    metrics and layout arrive; an element found mid-render goes stale)."""
+    script = ("return Array.from(document.querySelectorAll(arguments[0])).map(e => {"
+              "const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].join(',');});")
+    last: list[Any] = []
+    since = [time.monotonic()]
+
+    def settled(d: Any) -> bool:
+        boxes = d.execute_script(script, selector)
+        if boxes != last or len(boxes) < minimum:
+            last[:] = boxes
+            since[0] = time.monotonic()
+            return False
+        return time.monotonic() - since[0] >= quiet_s
+
+    wait_for(driver, settled, f"{what} to stop changing")
+    return css(driver, selector)
+
+
+def retry_gesture(gesture: Any, what: str, attempts: int = 3) -> None:
+    """A layout-only gesture (a drag that resizes), retried when a re-render made its element stale
+    in between finding and using it; ``gesture`` finds its elements afresh on every attempt."""
+    from selenium.common.exceptions import (
+        ElementNotInteractableException,
+        MoveTargetOutOfBoundsException,
+        StaleElementReferenceException,
+    )
+
+    for attempt in range(1, attempts + 1):
+        try:
+            gesture()
+            return
+        except (StaleElementReferenceException, MoveTargetOutOfBoundsException,
+                ElementNotInteractableException) as e:
+            log.info("%s: %s (attempt %d of %d)", what, type(e).__name__, attempt, attempts)
+            time.sleep(1)
+    log.warning("%s gave up after %d attempts; the screenshot keeps the default layout", what, attempts)
+
+
 def drag(driver: Any, element: Any, dx: int, dy: int = 0) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -268,50 +363,88 @@ def row_run_ids(driver: Any) -> dict[str, Any]:
     return toggles
 
 
+CARD = '[data-testid="experiment-view-compare-runs-card"]'
+
+
 def chart_view(driver: Any, base: str, runs: StoreRuns) -> None:
     """Runs page, chart mode: the sweep children's depth profiles, the other runs hidden."""
     driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs?{WORKFLOW}&compareRunsMode=CHART")
-    wait_for(driver, lambda d: css(d, 'button[data-component-id*="runnamecellrenderer"]'),
-             "the sweep parent's row")
+    wait_stable(driver, 'button[data-component-id*="runnamecellrenderer"]', "the runs table rows")
     close_assistant(driver)
     shown = set(runs.children.values())
     if not shown <= set(row_run_ids(driver)):
-        css(driver, 'button[data-component-id*="runnamecellrenderer"]')[0].click()  # expand the sweep
+        parent_row = f'[row-id="{runs.sweep_parent}"] button[data-component-id*="runnamecellrenderer"]'
+        expanders = css(driver, parent_row) or css(driver, 'button[data-component-id*="runnamecellrenderer"]')
+        expanders[0].click()  # expand the sweep
         wait_for(driver, lambda d: shown <= set(row_run_ids(d)), "the sweep's child rows")
+    wait_stable(driver, "input.is-visibility-toggle-checkbox", "the run rows")
     for run_id, toggle in row_run_ids(driver).items():
         if run_id not in shown:
             driver.execute_script("arguments[0].closest('label').click();", toggle)
     # Widen the runs table so the run names are not cut.
-    handles = css(driver, 'div[handleaxis="e"]')
-    if handles:
-        drag(driver, handles[0], 80)
+    retry_gesture(lambda: [drag(driver, h, 80) for h in css(driver, 'div[handleaxis="e"]')[:1]],
+                  "widening the runs table")
     kinds = "|".join(re.escape(k) for k in runs.decoder_kinds)
-    search = css(driver, 'input[placeholder="Search metric charts"]')[0]
+    search = wait_stable(driver, 'input[placeholder="Search metric charts"]', "the chart search box")[0]
     search.send_keys(f"{DEPTH_PREFIX}/{CHART_METRIC}/({kinds})$")
     count = len(runs.decoder_kinds)
-    wait_for(driver, lambda d: len(css(d, '[data-testid="experiment-view-compare-runs-card"]')) == count,
-             f"{count} {CHART_METRIC}/* charts")
-    # Two charts per row: widening one card sets the section's column count.
-    grid = css(driver, '[data-testid="draggable-chart-cards-grid"]')[0]
-    card = css(driver, '[data-testid="experiment-view-compare-runs-card"]')[0]
-    drag(driver, css(driver, '[data-testid="draggable-card-resize-handle"]')[0],
-         grid.size["width"] // 2 - card.size["width"])
+    wait_for(driver, lambda d: len(css(d, CARD)) == count, f"{count} {CHART_METRIC} charts")
+    wait_stable(driver, CARD, "the chart cards", minimum=count)
+
+    def two_per_row() -> None:  # widening one card sets the section's column count
+        grid = css(driver, '[data-testid="draggable-chart-cards-grid"]')[0]
+        card = css(driver, CARD)[0]
+        drag(driver, css(driver, '[data-testid="draggable-card-resize-handle"]')[0],
+             grid.size["width"] // 2 - card.size["width"])
+
+    retry_gesture(two_per_row, "two charts per row")
     wait_for(driver, lambda d: len(css(d, ".js-plotly-plot g.trace.scatter")) >= 2 * count,
              "one line per run in every chart")
+    wait_stable(driver, ".js-plotly-plot", "the plots (relayout after the resize)", minimum=count)
     hide_plot_toolbars(driver)
     driver.find_element("tag name", "body").click()  # move focus off the search box
-    time.sleep(1.5)  # plotly relayouts after the resize
+
+
+def run_overview(driver: Any, base: str, runs: StoreRuns, run_id: str) -> None:
+    """A run's Overview: description (expanded) and metrics table."""
+    driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}?{WORKFLOW}")
+    wait_for(driver, lambda d: "Metrics (" in d.find_element("tag name", "body").text, "the metrics table")
+    close_assistant(driver)
+    for link in css(driver, "button, a, span"):
+        with contextlib.suppress(Exception):
+            if link.text.strip() == "Show more":
+                link.click()
+                break
+    wait_stable(driver, "table tr, [role=row]", "the metrics table rows")
 
 
 def artifact_view(driver: Any, base: str, runs: StoreRuns, run_id: str, path: str) -> Any:
     """A run's Artifacts tab with ``path`` previewed; returns the preview image element."""
     driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}/artifacts/{path}?{WORKFLOW}")
     selector = f'img[alt="{path}"]'
-    image = wait_for(driver, lambda d: [i for i in css(d, selector) if d.execute_script(
-        "return arguments[0].complete && arguments[0].naturalWidth > 0;", i)], f"the preview of {path}")[0]
+    wait_for(driver, lambda d: [i for i in css(d, selector) if d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0;", i)], f"the preview of {path}")
     close_assistant(driver)
-    time.sleep(0.5)
-    return image
+    return wait_stable(driver, selector, f"the preview of {path}")[0]
+
+
+def html_artifact_view(driver: Any, base: str, runs: StoreRuns, run_id: str, path: str) -> dict[str, Any]:
+    """A run's Artifacts tab with the HTML file ``path`` rendered in MLflow's iframe; returns what
+    the frame shows: its text and how many of its images loaded."""
+    driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}/artifacts/{path}?{WORKFLOW}")
+    frame = wait_for(driver, lambda d: css(d, "iframe"), f"the HTML preview of {path}")[0]
+    close_assistant(driver)
+    driver.switch_to.frame(frame)
+    try:
+        wait_for(driver, lambda d: d.execute_script(
+            "const i = Array.from(document.images); return i.length > 0 && "
+            "i.every(x => x.complete && x.naturalWidth > 0);"), f"the figures inside {path}")
+        shown = {"text": driver.find_element("tag name", "body").text,
+                 "images": driver.execute_script("return document.images.length;")}
+    finally:
+        driver.switch_to.default_content()
+    wait_stable(driver, "iframe", f"the preview frame of {path}")
+    return shown
 
 
 # ---------------------------------------------------------------- images
@@ -348,12 +481,19 @@ def take_screenshots(base: str, runs: StoreRuns, out: Path, dump_page: bool) -> 
     child = next(iter(runs.children.values()))
     written = []
     with chromium(1400, 1100) as driver:
+        set_viewport(driver, 1400, 1000)
+        run_overview(driver, base, runs, child)
+        written.append(save_png(driver, out / "ui-run-overview.png", dump_page=dump_page))
         set_viewport(driver, 1400, 1060)
         chart_view(driver, base, runs)
         written.append(save_png(driver, out / "ui-chart-profiles.png", dump_page=dump_page))
+        set_viewport(driver, 1400, 1000)
+        shown = html_artifact_view(driver, base, runs, child, REPORT)
+        written.append(save_png(driver, out / "ui-run-report.png", dump_page=dump_page))
+        if dump_page:
+            (out / "ui-run-report.frame.txt").write_text(
+                f"images: {shown['images']}\n{shown['text']}", encoding="utf-8")
         set_viewport(driver, 1400, 900)
-        figure = artifact_view(driver, base, runs, child, "figures/depth_profile.png")
-        written.append(save_png(driver, out / "ui-run-figure.png", below(figure), dump_page))
         heatmap = artifact_view(driver, base, runs, runs.sweep_parent, "comparison/sweep-shares.png")
         written.append(save_png(driver, out / "ui-sweep-heatmap.png", below(heatmap), dump_page))
         if runs.frontier:
@@ -384,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = populate(workdir, args.frontier)
         runs = find_runs(uri, args.frontier)
+        if args.dump_page:
+            dump_runs(uri, args.out / "runs.json")
         with mlflow_ui(uri, workdir, args.port) as base:
             take_screenshots(base, runs, args.out, args.dump_page)
     except RuntimeError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,11 @@ def test_bad_input_through_mlflow_run_fails_the_run(tmp_path: Path) -> None:
     assert "autoquant.effective_bits=3 is out of reach" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert finished_runs(store) == []
-    assert all_runs(f"sqlite:///{store}") == []  # the run `mlflow run` made is deleted: no run
+    # The run `mlflow run` made is named by the refusal, then deleted once `mlflow run` exited.
+    deadline = time.monotonic() + 60
+    while all_runs(f"sqlite:///{store}") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert all_runs(f"sqlite:///{store}") == []
     assert not (tmp_path / "out").exists()
 
 

@@ -59,7 +59,7 @@ def fail(message: str, code: int = 2) -> None:
     print(f"error: {redact_text(message)}", file=sys.stderr, flush=True)
     from ..tracking import discard_launched_run
 
-    discard_launched_run()
+    discard_launched_run(message)
     sys.exit(code)
 
 

@@ -163,7 +163,7 @@ def main() -> None:
                 # Hydra's compose error (no job ran here nor in a launcher's worker): exit 2
                 finish_active(UserError("The sweep's configuration does not compose (see the "
                                         "message above); no job ran."))
-                tracking.discard_launched_run()  # a single job's: nothing was logged
+                tracking.discard_launched_run("The configuration does not compose.")
                 raise SystemExit(2) from None
             finish_active(None)  # a failed job: the sweep's summary says how many
             raise

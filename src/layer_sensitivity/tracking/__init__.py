@@ -29,15 +29,15 @@ def create(cfg: TrackingConfig) -> Tracker:
     return MlflowTracker(resolve_uri(cfg.uri), cfg.experiment, cfg.system_metrics)
 
 
-def discard_launched_run() -> bool:
-    """Under ``mlflow run``: delete its still-empty run after bad input (nothing else to record)."""
+def discard_launched_run(message: str) -> bool:
+    """Under ``mlflow run``: its still-empty run is deleted after bad input (nothing to record)."""
     import os
 
     if not os.environ.get("MLFLOW_RUN_ID"):
         return False
     from .mlflow_tracker import discard_launched_run as discard
 
-    return discard()
+    return discard(message)
 
 
 def run_store(uri: str | None = None):  # type: ignore[no-untyped-def]

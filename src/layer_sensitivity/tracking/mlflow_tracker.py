@@ -261,10 +261,28 @@ class MlflowTracker:
             return None
 
 
-def discard_launched_run() -> bool:
-    """The run ``mlflow run`` created for a command that refused its input before logging anything:
-    ended FAILED (so ``mlflow run`` leaves it alone) and deleted, so no empty run stays in the
-    store. True when one was discarded; only an untouched run (no metrics, no artifacts) is."""
+# Run by a detached interpreter: wait for the `mlflow run` launcher to exit (it ends its run
+# FAILED first), then delete that run. Deleting it earlier makes the launcher fail with a
+# traceback (MLflow 3.17 re-terminates a run it finds terminated, and a deleted run refuses that).
+_DELETE_AFTER_LAUNCHER = """
+import sys, psutil, mlflow
+pid, run_id = int(sys.argv[1]), sys.argv[2]
+try:
+    psutil.Process(pid).wait(timeout=120)
+except psutil.NoSuchProcess:
+    pass
+mlflow.MlflowClient().delete_run(run_id)
+"""
+
+
+def discard_launched_run(message: str) -> bool:
+    """The run ``mlflow run`` created for a command that refused its input before logging
+    anything: named and described by the refusal (never an empty run), then deleted once the
+    launcher has exited, so bad input leaves no run. True when a deletion was arranged; only an
+    untouched run (RUNNING, no metrics, no artifacts) is touched."""
+    import subprocess
+    import sys
+
     run_id = os.environ.pop("MLFLOW_RUN_ID", None)
     if not run_id:
         return False
@@ -273,8 +291,17 @@ def discard_launched_run() -> bool:
         run = client.get_run(run_id)
         if run.data.metrics or run.info.status != "RUNNING" or client.list_artifacts(run_id):
             return False
-        client.set_terminated(run_id, "FAILED")
-        client.delete_run(run_id)
+        client.update_run(run_id, name="refused: bad input")
+        client.set_tag(run_id, NOTE_TAG, redact_text(message))
+        import psutil
+
+        launcher = next((p for p in psutil.Process().parents()
+                         if "mlflow" in " ".join(p.cmdline()) and "run" in p.cmdline()), None)
+        if launcher is None:
+            return False
+        subprocess.Popen([sys.executable, "-c", _DELETE_AFTER_LAUNCHER, str(launcher.pid), run_id],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
         return True
     except Exception as e:  # noqa: BLE001 - the user's error message matters more than cleanup
         log.debug("could not discard the launched run %s: %s", run_id, e)
