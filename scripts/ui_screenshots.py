@@ -368,7 +368,7 @@ CARD = '[data-testid="experiment-view-compare-runs-card"]'
 
 def chart_view(driver: Any, base: str, runs: StoreRuns) -> None:
     """Runs page, chart mode: the sweep children's depth profiles, the other runs hidden."""
-    driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs?{WORKFLOW}&compareRunsMode=CHART")
+    open_page(driver, f"{base}/#/experiments/{runs.experiment_id}/runs?{WORKFLOW}&compareRunsMode=CHART")
     wait_stable(driver, 'button[data-component-id*="runnamecellrenderer"]', "the runs table rows")
     close_assistant(driver)
     shown = set(runs.children.values())
@@ -407,7 +407,7 @@ def chart_view(driver: Any, base: str, runs: StoreRuns) -> None:
 
 def run_overview(driver: Any, base: str, runs: StoreRuns, run_id: str) -> None:
     """A run's Overview: description (expanded) and metrics table."""
-    driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}?{WORKFLOW}")
+    open_page(driver, f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}?{WORKFLOW}")
     wait_for(driver, lambda d: "Metrics (" in d.find_element("tag name", "body").text, "the metrics table")
     close_assistant(driver)
     for link in css(driver, "button, a, span"):
@@ -418,9 +418,16 @@ def run_overview(driver: Any, base: str, runs: StoreRuns, run_id: str) -> None:
     wait_stable(driver, "table tr, [role=row]", "the metrics table rows")
 
 
+def open_page(driver: Any, url: str) -> None:
+    """Load ``url`` afresh: a URL that differs only after ``#`` would be a same-document
+    navigation, which the MLflow app does not always follow (a preview left from the last page)."""
+    driver.get("about:blank")
+    driver.get(url)
+
+
 def artifact_view(driver: Any, base: str, runs: StoreRuns, run_id: str, path: str) -> Any:
     """A run's Artifacts tab with ``path`` previewed; returns the preview image element."""
-    driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}/artifacts/{path}?{WORKFLOW}")
+    open_page(driver, f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}/artifacts/{path}?{WORKFLOW}")
     selector = f'img[alt="{path}"]'
     wait_for(driver, lambda d: [i for i in css(d, selector) if d.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth > 0;", i)], f"the preview of {path}")
@@ -431,7 +438,7 @@ def artifact_view(driver: Any, base: str, runs: StoreRuns, run_id: str, path: st
 def html_artifact_view(driver: Any, base: str, runs: StoreRuns, run_id: str, path: str) -> dict[str, Any]:
     """A run's Artifacts tab with the HTML file ``path`` rendered in MLflow's iframe; returns what
     the frame shows: its text and how many of its images loaded."""
-    driver.get(f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}/artifacts/{path}?{WORKFLOW}")
+    open_page(driver, f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}/artifacts/{path}?{WORKFLOW}")
     frame = wait_for(driver, lambda d: css(d, "iframe"), f"the HTML preview of {path}")[0]
     close_assistant(driver)
     driver.switch_to.frame(frame)
@@ -441,6 +448,10 @@ def html_artifact_view(driver: Any, base: str, runs: StoreRuns, run_id: str, pat
             "i.every(x => x.complete && x.naturalWidth > 0);"), f"the figures inside {path}")
         shown = {"text": driver.find_element("tag name", "body").text,
                  "images": driver.execute_script("return document.images.length;")}
+        # Show the first figure in the still image, its section heading on top.
+        driver.execute_script("const h = Array.from(document.querySelectorAll('h2'))"
+                              ".find(x => x.textContent.trim() === 'Figures');"
+                              "(h || document.images[0]).scrollIntoView();")
     finally:
         driver.switch_to.default_content()
     wait_stable(driver, "iframe", f"the preview frame of {path}")

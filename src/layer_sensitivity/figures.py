@@ -279,6 +279,15 @@ def _mixed_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(manifest.get("frontier") or [], key=lambda p: float(p["target_bits"]))
 
 
+def pair_names(manifest: dict[str, Any]) -> dict[str, str]:
+    """ModelOpt format name -> the project's pair name (``FP8_DEFAULT_CFG`` -> ``wfp8_afp8``), as
+    the mixed manifest records them; 16 bits as ``16 bits (kept)``."""
+    formats = (manifest.get("quantization") or {}).get("formats") or []
+    names = {f["name"]: f.get("pair") or f["name"] for f in formats
+             if isinstance(f, dict) and "name" in f}
+    return names | {_NONE: "16 bits (kept)"}
+
+
 def mixed_format_order(manifest: dict[str, Any]) -> list[str]:
     """The run's formats from most to least compressed, then NONE (16 bits): colour order."""
     bits: dict[str, float] = {}
@@ -361,11 +370,10 @@ def draw_mixed_formats(fig: Figure, manifest: dict[str, Any]) -> None:
                                        f"(got {float(p['achieved_bits']):.2f})" for p in points])
     ax.grid(False)
     ax.set_xlabel("layer groups in depth order (q/k/v, o, gate/up, down per layer)")
-    legend = [Patch(color=c, label="16 bits (kept)" if n == _NONE else n)
-              for n, c in zip(order, colors, strict=True)]
-    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.0, -0.28 if len(positions) > 12
-                                                                 else -0.18),
-              ncol=min(3, len(legend)), borderaxespad=0.0, fontsize=9)
+    names = pair_names(manifest)
+    legend = [Patch(color=c, label=names.get(n, n)) for n, c in zip(order, colors, strict=True)]
+    # Below the figure, outside the axes: constrained layout keeps the x label clear of it.
+    fig.legend(handles=legend, loc="outside lower center", ncol=min(4, len(legend)), fontsize=9)
     ax.set_title(f"Chosen format per layer group across depth\n{_subtitle(manifest)}")
 
 
@@ -381,7 +389,7 @@ def draw_mixed_frontier(fig: Figure, manifest: dict[str, Any]) -> None:
         if points:
             ax.plot([float(p["achieved_bits"]) for p in points],
                     [float(p["total_score"]) for p in points], "s--", color=colors[name],
-                    linewidth=1.2, markersize=5, label=f"{name} only")
+                    linewidth=1.2, markersize=5, label=f"{pair_names(manifest).get(name, name)} only")
     mixed = sorted(_mixed_points(manifest), key=lambda p: float(p["achieved_bits"]))
     x = [float(p["achieved_bits"]) for p in mixed]
     y = [float(p["total_score"]) for p in mixed]

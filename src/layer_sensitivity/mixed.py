@@ -618,13 +618,25 @@ def run_metrics(doc: dict[str, Any]) -> list[Metric]:
 
 
 def describe(doc: dict[str, Any]) -> str:
-    """The run's description: the mix at the main budget and where the scores came from."""
+    """The run's description: the verdict at the main budget (the mix's estimated damage against
+    each single format at the same bits), then the mix and where the scores came from."""
     p = doc["frontier"][0]
-    mix = ", ".join(f"{'16 bits' if n == NONE else n} {int(v['groups'])} groups "
+    names = figures.pair_names(doc)
+    mix = ", ".join(f"{names.get(n, n)} {int(v['groups'])} groups "
                     f"({v['weights_share']:.0%} of weights)" for n, v in p["mix"].items())
-    return (f"**Mixed recipe** over {' + '.join(doc['scheme']['formats'])} on "
-            f"{doc['model']['name']}: {p['target_bits']:g} LM bits requested, "
-            f"{p['achieved_bits']:.3f} achieved.\n\n{mix}.\n\nScores: {doc['mixed']['reason']}.\n")
+    singles = []
+    for name, points in (doc["mixed"].get("single_frontiers") or {}).items():
+        same = [q for q in points if math.isclose(float(q["target_bits"]), float(p["target_bits"]))]
+        if same and same[0].get("satisfied"):
+            singles.append(f"{names.get(name, name)} alone {float(same[0]['total_score']):.4g}")
+        elif same:
+            singles.append(f"{names.get(name, name)} alone cannot reach it")
+    versus = f" vs {'; '.join(singles)}" if singles else ""
+    return (f"**{p['target_bits']:g} LM bits** ({p['achieved_bits']:.3f} achieved) mixing "
+            f"{' + '.join(doc['mixed']['pairs'])}: total score **{float(p['total_score']):.4g}**"
+            f"{versus} (AutoQuantize's estimate of the damage, lower is better; measure held-out "
+            f"quality with `evaluate`).\n\n{mix}.\n\nModel {doc['model']['name']}; scores: "
+            f"{doc['mixed']['reason']}. Report: `{REPORT_NAME.replace('.md', '.html')}`.\n")
 
 
 def run_and_log(req: MixedRequest, tracker: Tracker, resources: Resources | None = None
