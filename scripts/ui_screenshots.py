@@ -12,6 +12,8 @@ headless Chromium through selenium (Debian packages ``chromium`` and ``chromium-
 
 - ``ui-run-overview.png``: a sweep child's Overview: its description (the verdict) and its
   metrics, headline first;
+- ``ui-runs-table.png``: the experiment's runs table with its default columns, the sweep expanded;
+- ``ui-compare.png``: MLflow's Compare page for the sweep's two children;
 - ``ui-chart-profiles.png``: the experiment's chart view, ``depth_profile/share/<kind>`` (step =
   decoder layer) of the two sweep children overlaid, one chart per kind;
 - ``ui-run-report.png``: the child's ``layer-sensitivity-report.html`` in the artifact viewer
@@ -425,6 +427,32 @@ def open_page(driver: Any, url: str) -> None:
     driver.get(url)
 
 
+def runs_table(driver: Any, base: str, runs: StoreRuns) -> None:
+    """The experiment's runs table as a fresh store shows it (default columns), sweep expanded."""
+    open_page(driver, f"{base}/#/experiments/{runs.experiment_id}/runs?{WORKFLOW}")
+    wait_stable(driver, 'button[data-component-id*="runnamecellrenderer"]', "the runs table rows")
+    close_assistant(driver)
+    expanders = css(driver, f'[row-id="{runs.sweep_parent}"] button')
+    if expanders and not set(runs.children.values()) <= set(row_ids(driver)):
+        with contextlib.suppress(Exception):
+            expanders[0].click()
+    wait_stable(driver, "[row-id]", "the run rows")
+
+
+def row_ids(driver: Any) -> list[str]:
+    return [r.get_attribute("row-id") for r in css(driver, "[row-id]")]
+
+
+def compare_page(driver: Any, base: str, runs: StoreRuns) -> None:
+    """MLflow's Compare page for the sweep's children."""
+    ids = ",".join(f'"{r}"' for r in runs.children.values())
+    open_page(driver, f'{base}/#/compare-runs?runs=[{ids}]&experiments=["{runs.experiment_id}"]')
+    wait_for(driver, lambda d: "top1_share" in d.find_element("tag name", "body").text,
+             "the compared metrics")
+    close_assistant(driver)
+    wait_stable(driver, "table tr, [role=row]", "the compare tables")
+
+
 def artifact_view(driver: Any, base: str, runs: StoreRuns, run_id: str, path: str) -> Any:
     """A run's Artifacts tab with ``path`` previewed; returns the preview image element."""
     open_page(driver, f"{base}/#/experiments/{runs.experiment_id}/runs/{run_id}/artifacts/{path}?{WORKFLOW}")
@@ -495,6 +523,10 @@ def take_screenshots(base: str, runs: StoreRuns, out: Path, dump_page: bool) -> 
         set_viewport(driver, 1400, 1000)
         run_overview(driver, base, runs, child)
         written.append(save_png(driver, out / "ui-run-overview.png", dump_page=dump_page))
+        runs_table(driver, base, runs)
+        written.append(save_png(driver, out / "ui-runs-table.png", bottom=420, dump_page=dump_page))
+        compare_page(driver, base, runs)
+        written.append(save_png(driver, out / "ui-compare.png", dump_page=dump_page))
         set_viewport(driver, 1400, 1060)
         chart_view(driver, base, runs)
         written.append(save_png(driver, out / "ui-chart-profiles.png", dump_page=dump_page))

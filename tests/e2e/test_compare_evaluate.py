@@ -43,7 +43,7 @@ def test_compare_by_experiment_and_filter(swept: SweepRun) -> None:
                                   "filter": f"tags.`{PARENT_TAG}` = '{parent}'"},
                       swept.store, swept.base)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "comparison written" in proc.stdout
+    assert "Rankings agree at Spearman" in proc.stdout and "comparison run " in proc.stdout
 
 
 def test_compare_refuses_a_single_run_clearly(swept: SweepRun) -> None:
@@ -75,7 +75,11 @@ def test_evaluate_logs_equal_bits_curves_with_steps_in_bits(swept: SweepRun,
         assert sorted(m.step for m in client.get_metric_history(rid, key)) == steps, key
     for m in budgets_:  # each recipe at or just below its budget (step / 100)
         assert m.value <= m.step / 100 + 0.01
+    assert run.info.run_name == "evaluate wint8_aint8/default/small"  # named after its target
     data = client.get_run(rid).data
+    # the headline: single values at the middle budget, and the description says the same
+    assert data.metrics["eval/budget_bits"] * 100 in steps
+    assert f"guided **{data.metrics['eval/guided_kl_test']:.4g}**" in data.tags["mlflow.note.content"]
     assert data.params["evaluate.random_draws"] == "20"
     assert -1 <= data.metrics["eval/truth_spearman_kl_ranking"] <= 1
     assert data.metrics["eval/truth_groups_measured"] == 5
