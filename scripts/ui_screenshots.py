@@ -383,9 +383,11 @@ def chart_view(driver: Any, base: str, runs: StoreRuns) -> None:
     for run_id, toggle in row_run_ids(driver).items():
         if run_id not in shown:
             driver.execute_script("arguments[0].closest('label').click();", toggle)
-    # Widen the runs table so the run names are not cut.
-    retry_gesture(lambda: [drag(driver, h, 80) for h in css(driver, 'div[handleaxis="e"]')[:1]],
-                  "widening the runs table")
+    def widen_table() -> None:  # so the run names are not cut
+        for handle in css(driver, 'div[handleaxis="e"]')[:1]:
+            drag(driver, handle, 80)
+
+    retry_gesture(widen_table, "widening the runs table")
     kinds = "|".join(re.escape(k) for k in runs.decoder_kinds)
     search = wait_stable(driver, 'input[placeholder="Search metric charts"]', "the chart search box")[0]
     search.send_keys(f"{DEPTH_PREFIX}/{CHART_METRIC}/({kinds})$")
