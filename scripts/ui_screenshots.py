@@ -449,7 +449,7 @@ def compare_page(driver: Any, base: str, runs: StoreRuns) -> None:
     """MLflow's Compare page for the sweep's children."""
     ids = ",".join(f'"{r}"' for r in runs.children.values())
     open_page(driver, f'{base}/#/compare-runs?runs=[{ids}]&experiments=["{runs.experiment_id}"]')
-    wait_for(driver, lambda d: "top1_share" in d.find_element("tag name", "body").text,
+    wait_for(driver, lambda d: "run/top1_share" in d.find_element("tag name", "body").text,
              "the compared metrics")
     close_assistant(driver)
     wait_stable(driver, "table tr, [role=row]", "the compare tables")

@@ -110,7 +110,7 @@ def resolved_params(plan: pipeline.Plan) -> dict[str, Any]:
 
 def describe(m: dict[str, Any]) -> str:
     """The run's description (MLflow shows its first lines on the run page): the verdict first,
-    then what ran. Shares match the run's ``top1_share`` / ``sensitivity/<group>`` metrics."""
+    then what ran. Shares match the run's ``run/top1_share`` / ``sensitivity/<group>`` metrics."""
     s, aq, d = m["scheme"], m["autoquant"], m["dataset"]
     ranked = profiles.group_profiles(m)
     top = ranked[0] if ranked else None

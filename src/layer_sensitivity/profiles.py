@@ -169,6 +169,9 @@ def key_table(manifest: dict[str, Any]) -> pd.DataFrame:
 
 
 DEPTH_PROFILE = "depth_profile"  # prefix of the per-kind step series (step = decoder layer)
+# Prefix of the run's headline values. MLflow's chart view orders sections by name (unprefixed keys
+# last, under "Model metrics"): `run/` puts the headline before `seconds/` and `sensitivity/`.
+HEADLINE = "run"
 PERCENT = 100.0  # shares are logged in percent, as the descriptions and reports print them
 
 
@@ -178,12 +181,13 @@ def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
     What MLflow shows first must mean what its name says. MLflow's Overview, runs table and
     Compare page show a step series' *last* step, so:
 
-    - the run's headline numbers are single values (``summary_values``: ``top1_share``,
-      ``top10_share``, ``lm_head_share``, ``total_score``, bits requested and achieved, ...);
+    - the run's headline numbers are single values, ``run/<name>`` (``summary_values``:
+      ``run/top1_share``, ``run/top10_share``, ``run/lm_head_share``, ``run/total_score``, bits
+      requested and achieved, ...);
     - per-layer step series (step = decoder layer index) are named as depth profiles,
-      ``depth_profile/share/<kind>``, ``depth_profile/rank/<kind>`` and
-      ``depth_profile/per_sample/<kind>``, so their last step (the last decoder layer) cannot be
-      read as the run's value;
+      ``depth_profile/share/<kind>`` and ``depth_profile/rank/<kind>``, so their last step (the
+      last decoder layer) cannot be read as the run's value (per-sample scores, 1e-8-sized, stay
+      in the reports and the key table: a chart's axis would read 0);
     - every group also logs ``sensitivity/<group>``: its share of the run's total score in percent
       (raw scores are sums over score batches, 1e-6 on small models: MLflow's bar charts label
       values with two decimals and would print 0.00).
@@ -194,16 +198,16 @@ def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
     profiles = group_profiles(manifest)
     # MLflow lists a run's metrics in the order they were logged (Overview; the Compare page's
     # first plotted metric): the headline first, then the groups, then the depth profiles.
-    metrics: list[Metric] = [(k, v, None) for k, v in summary_values(manifest, profiles).items()]
+    metrics: list[Metric] = [(f"{HEADLINE}/{k}", v, None)
+                             for k, v in summary_values(manifest, profiles).items()]
     ordered = depth_order(profiles)
     metrics += [(p.key, p.share * PERCENT, None) for p in ordered]
     for p in ordered:
         if p.layer is None:  # outside the decoder stack: no depth to profile over
             continue
         kind = safe_key(p.kind)[:200]
-        values = {"share": p.share * PERCENT, "rank": float(p.rank), "per_sample": p.per_sample}
-        metrics += [(f"{DEPTH_PROFILE}/{view}/{kind}", value, p.layer)
-                    for view, value in values.items() if value is not None]
+        metrics += [(f"{DEPTH_PROFILE}/share/{kind}", p.share * PERCENT, p.layer),
+                    (f"{DEPTH_PROFILE}/rank/{kind}", float(p.rank), p.layer)]
     metrics += frontier_metrics(manifest)
     return [(k, float(v), s) for k, v, s in metrics if math.isfinite(v)]
 

@@ -82,7 +82,7 @@ def _assert_complete(uri: str, run: mlflow.entities.Run, dst: Path) -> None:
     for key, value, step in expected:
         if step is None:
             assert math.isclose(run.data.metrics[key], value, rel_tol=1e-6), key
-    assert run.data.metrics["total_score"] == pytest.approx(manifest["autoquant"]["total_score"])
+    assert run.data.metrics["run/total_score"] == pytest.approx(manifest["autoquant"]["total_score"])
 
 
 def _error_text(uri: str, run: mlflow.entities.Run, dst: Path) -> str:

@@ -101,10 +101,10 @@ def test_mlflow_run_sensitivity_logs_one_complete_run(
     sens = {k: v for k, v in m.items() if k.startswith("sensitivity/")}
     assert len(sens) == LM_GROUPS and "sensitivity/lm_head" in sens
     assert not any("visual" in k for k in sens)
-    for key in ("total_score", "effective_bits_achieved", "constraint_satisfied",
-                "num_layer_groups", *(f"seconds/{phase}" for phase in PHASES)):
+    for key in ("run/total_score", "run/effective_bits_achieved", "run/constraint_satisfied",
+                "run/num_layer_groups", *(f"seconds/{phase}" for phase in PHASES)):
         assert key in m, key
-    assert m["num_layer_groups"] == LM_GROUPS and m["constraint_satisfied"] == 1.0
+    assert m["run/num_layer_groups"] == LM_GROUPS and m["run/constraint_satisfied"] == 1.0
     tags = run.data.tags
     for key in ("version.torch", "version.transformers", "version.modelopt", "device",
                 "model.fingerprint", "score_cache"):
@@ -127,7 +127,8 @@ def test_mlflow_run_sensitivity_logs_one_complete_run(
     for group in ranked:  # per-group metrics are shares in percent (never 0.00 in a bar chart)
         assert m[group.key] == pytest.approx(100 * group.share), group.key
     # the headline agrees with the description: top group, its share, the bits
-    assert tags["top1_group"] == ranked[0].name and m["top1_share"] == pytest.approx(100 * ranked[0].share)
+    assert tags["top1_group"] == ranked[0].name and m["run/top1_share"] == pytest.approx(
+        100 * ranked[0].share)
     assert f"**`{ranked[0].name}`** ({ranked[0].share:.1%}" in tags["mlflow.note.content"]
     assert "importance_sum" not in m
     out = base / "out"

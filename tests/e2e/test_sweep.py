@@ -123,9 +123,9 @@ def test_the_parent_holds_the_counts_and_the_summary(failing: FailingSweep, tmp_
         n: c.info.run_id for n, c in failing.children.items()}
     assert OUT_OF_REACH in rows[FP8_JOB]["error"] and not rows[INT4_JOB]["error"]
     int4 = failing.children[INT4_JOB]
-    assert float(rows[INT4_JOB]["total_score"]) == pytest.approx(int4.data.metrics["total_score"])
+    assert float(rows[INT4_JOB]["total_score"]) == pytest.approx(int4.data.metrics["run/total_score"])
     assert float(rows[INT4_JOB]["effective_bits_achieved"]) == pytest.approx(
-        int4.data.metrics["effective_bits_achieved"])
+        int4.data.metrics["run/effective_bits_achieved"])
     on_disk = list(csv.DictReader((failing.sweep_dir / f"{SUMMARY}.csv").open()))
     assert [r["run_id"] for r in on_disk] == [rows[FP8_JOB]["run_id"], rows[INT4_JOB]["run_id"]]
 
@@ -144,7 +144,7 @@ def test_the_finished_child_has_all_its_metrics(failing: FailingSweep, tmp_path:
     manifest = _assert_all_metrics(failing.uri, child, tmp_path)
     assert manifest["quantization"]["pair"] == "wint4_afp16"
     assert manifest["scheme"]["effective_bits_requested"] == 6.0
-    assert child.data.metrics["effective_bits_achieved"] <= 6.0 + 1e-6
+    assert child.data.metrics["run/effective_bits_achieved"] <= 6.0 + 1e-6
 
 
 def test_the_failed_child_keeps_its_error(failing: FailingSweep, tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ def test_mlflow_run_sweep_nests_one_finished_child_per_job(swept: SweepRun, tmp_
                                                         "FINISHED")}
     for r in rows:
         child = children[r["name"]]
-        assert float(r["total_score"]) == pytest.approx(child.data.metrics["total_score"])
+        assert float(r["total_score"]) == pytest.approx(child.data.metrics["run/total_score"])
     definition = json.loads(artifact_text(uri, parent.info.run_id, DEFINITION, tmp_path))
     assert "quant_pair=fp8,int8" in definition["overrides"] and len(definition["jobs"]) == 2
     assert (swept.base / "multi" / f"{SUMMARY}.csv").is_file()

@@ -59,12 +59,12 @@ def test_overview_shows_the_verdict_and_headline_metrics_that_agree(shots: Path)
     """The run's Overview: description first line and the first model metrics say the same."""
     run = _runs(shots)[CHILDREN[0]]
     text = (shots / "ui-run-overview.txt").read_text(encoding="utf-8")
-    top, share = run["tags"]["top1_group"], run["metrics"]["top1_share"]
+    top, share = run["tags"]["top1_group"], run["metrics"]["run/top1_share"]
     assert f"Most sensitive: {top} ({share:.1f}% of the total score)" in text
     lines = text.splitlines()
     model = lines[lines.index(next(x for x in lines if x.startswith("Model metrics ("))) + 1:]
-    assert model[:4] == ["top1_share", _shown(share), "top10_share",
-                         _shown(run["metrics"]["top10_share"])]
+    assert model[:4] == ["run/top1_share", _shown(share), "run/top10_share",
+                         _shown(run["metrics"]["run/top10_share"])]
     # no step series under a name that reads like the run's value
     assert not [x for x in lines if x.startswith(("share/", "rank/", "profile/", "eval/"))]
 
@@ -82,13 +82,13 @@ def test_runs_table_and_compare_page_agree_with_the_descriptions(shots: Path) ->
     assert "depth_profile" not in table  # default columns: no series value shown as a run's value
     compare = (shots / "ui-compare.txt").read_text(encoding="utf-8").splitlines()
     # the metrics table: the key's line, then one value per run in the order of the run ids
-    at = max(i for i, line in enumerate(compare) if line == "top1_share")
+    at = max(i for i, line in enumerate(compare) if line == "run/top1_share")
     shown = [float(v) for v in compare[at + 1:at + 1 + len(CHILDREN)]]
-    expected = sorted(runs[name]["metrics"]["top1_share"] for name in CHILDREN)
+    expected = sorted(runs[name]["metrics"]["run/top1_share"] for name in CHILDREN)
     assert sorted(shown) == pytest.approx(expected, abs=1e-4)
     for name in CHILDREN:
         run = runs[name]
-        assert f"({run['metrics']['top1_share']:.1f}% of the total score)" in run["description"]
+        assert f"({run['metrics']['run/top1_share']:.1f}% of the total score)" in run["description"]
     assert "importance_sum" not in compare
 
 
