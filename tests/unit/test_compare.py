@@ -304,3 +304,17 @@ def test_compare_imports_neither_torch_nor_tracking() -> None:
             "bad = [m for m in ('torch', 'modelopt', 'mlflow', 'hydra') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_headline_names_the_best_and_worst_agreeing_pairs_and_each_top_group() -> None:
+    groups = handles(4)
+    base = {h: float(i + 1) for i, h in enumerate(groups)}
+    near = dict(base, **{groups[0]: 1.5})  # one swap near the bottom: still close
+    reverse = {h: float(len(groups) - i) for i, h in enumerate(groups)}
+    c = compare({"a": synthetic(base), "b": synthetic(near), "c": synthetic(reverse)})
+    lines = cmp_mod.headline(c)
+    best, worst = c.pairs.loc[c.pairs["spearman"].idxmax()], c.pairs.loc[c.pairs["spearman"].idxmin()]
+    assert f"most {best['spearman']:.2f} (a vs b)" in lines[0]
+    assert f"least **{worst['spearman']:.2f}**" in lines[0] and "c)" in lines[0]
+    top_a = c.groups.loc[c.shares["a"].idxmax(), "name"]
+    assert f"a: `{top_a}`" in lines[1] and "c: `L00.attn.qkv`" in lines[1]
