@@ -37,7 +37,7 @@ def test_typos_are_one_paragraph_with_a_suggestion(override: str, message: str) 
 @pytest.mark.parametrize("override", [
     "quant_pair=wint4_afp16", "quant_pair=fp8,int8", "autoquant.method=kl_div",
     "autoquant.effective_bits=[4.5,6]", "+anything=1", "hydra.run.dir=/tmp/x", "sweep=cpu_all",
-    "dataset.size=small",
+    "dataset.size=small", "hydra/launcher=submitit_local",
 ])
 def test_valid_overrides_pass(override: str) -> None:
     check_overrides([override])

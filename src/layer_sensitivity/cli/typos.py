@@ -44,8 +44,8 @@ def check_overrides(overrides: list[str]) -> None:
 
     keys = _schema_keys(SensitivityConfig) or []
     for override in overrides:
-        if "=" not in override or override.startswith(("+", "~", "hydra.", "-")):
-            continue
+        if "=" not in override or override.startswith(("+", "~", "hydra", "-")):
+            continue  # Hydra's own groups (hydra/launcher=...) also come from its plugins
         key, value = override.split("=", 1)
         options = group_options(key)
         if options:
