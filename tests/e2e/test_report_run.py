@@ -17,7 +17,7 @@ from tests.helpers.manifests import new_schema_equivalent, write_legacy
 
 pytestmark = pytest.mark.slow
 
-REPORTS = [report.MARKDOWN_NAME, report.JSON_NAME]
+REPORTS = [report.MARKDOWN_NAME, report.JSON_NAME, report.HTML_NAME]
 PARENT_TAG = "mlflow.parentRunId"
 
 
