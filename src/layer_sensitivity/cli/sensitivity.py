@@ -113,8 +113,8 @@ def run_task(cfg: DictConfig) -> None:
         tags={"sweep.job": str(hc.job.num)} if multirun else {},
         log_file=out_dir / f"{hc.job.name}.log")
     if not multirun:
-        tracker = tracking.create(spec.tracking)
         try:
+            tracker = tracking.create(spec.tracking)
             result = job.run_job(req, tracker)
         except UserError as e:
             _remove_if_empty(out_dir)
