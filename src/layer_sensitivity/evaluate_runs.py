@@ -90,9 +90,9 @@ def headline(ev: EqualBits) -> tuple[list[Metric], str]:
     ``eval/reverse_kl_test``."""
     s = ev.summary
     if s.empty:  # a mixed run: its own recipes only
-        kl = ev.results["kl_test"] if "kl_test" in ev.results else ev.results["kl"]
+        own = ev.results["kl_test"] if "kl_test" in ev.results else ev.results["kl"]
         return [], (f"Held-out KL of the run's own {len(ev.results)} recipe(s): "
-                    f"{', '.join(f'{x:.4g}' for x in kl)}.")
+                    f"{', '.join(f'{x:.4g}' for x in own)}.")
     budgets = sorted(float(b) for b in s["target_bits"].unique())
     bits = budgets[len(budgets) // 2]
     at = s[s["target_bits"].astype(float) == bits].set_index("curve")
@@ -103,7 +103,8 @@ def headline(ev: EqualBits) -> tuple[list[Metric], str]:
     curves = {"recommended": "recommended", recipes.KEEP_TOP: "guided",
               "random_mean": "random_mean", "reverse": "reverse"}
     values = [(f"{PREFIX}/{name}_kl_test", kl(curve), None) for curve, name in curves.items()]
-    out = [m for m in [(f"{PREFIX}/budget_bits", bits, None), *values] if not math.isnan(m[1])]
+    out: list[Metric] = [m for m in [(f"{PREFIX}/budget_bits", bits, None), *values]
+                         if not math.isnan(m[1])]
     beats = (f"; guided beats {float(at.loc['random_mean', 'guided_beats']):.0%} of the draws"
              if "random_mean" in at.index and "guided_beats" in at.columns else "")
     guided, rnd, rev = kl(recipes.KEEP_TOP), kl("random_mean"), kl("reverse")

@@ -1,38 +1,32 @@
-"""evaluate's headline: guided vs baselines at one keep fraction, as single values and one line."""
+"""evaluate's headline: guided vs baselines at the middle budget, as single values and one line
+(a table shows a series' last point only)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from layer_sensitivity import evaluate_runs
+from layer_sensitivity.equal_bits import EqualBits
 
 
-def _results() -> pd.DataFrame:
+def _summary() -> pd.DataFrame:
     rows = []
-    for kind, kls in (("keep_top", [0.9, 0.2, 0.1]), ("keep_bottom", [0.9, 0.8, 0.5]),
-                      ("keep_random", [0.9, 0.5, 0.3])):
-        for frac, kl in zip([0.0, 0.25, 0.5], kls, strict=True):
-            rows.append({"kind": kind, "keep_fraction": frac, "kl": kl, "loss_delta": kl / 10,
-                         "lm_bits": 4 + 8 * frac, "target_bits": None})
-    rows.append({"kind": "frontier", "keep_fraction": None, "kl": 0.7, "loss_delta": 0.07,
-                 "lm_bits": 6.0, "target_bits": 6.0})
+    for bits, (g, r, b, rec) in {5.2: (0.5, 0.7, 0.9, 0.5), 6.0: (0.2, 0.5, 0.8, 0.19),
+                                 10.0: (0.1, 0.3, 0.6, 0.1)}.items():
+        rows += [{"target_bits": bits, "curve": "keep_top", "kl_test": g},
+                 {"target_bits": bits, "curve": "random_mean", "kl_test": r, "guided_beats": 0.95},
+                 {"target_bits": bits, "curve": "reverse", "kl_test": b},
+                 {"target_bits": bits, "curve": "recommended", "kl_test": rec}]
     return pd.DataFrame(rows)
 
 
-def test_headline_is_the_smallest_keep_fraction_above_zero() -> None:
-    point = evaluate_runs.headline_point(_results())
-    assert set(point["keep_fraction"]) == {0.25}
-    metrics = dict((k, v) for k, v, s in evaluate_runs.headline_metrics(point) if s is None)
-    assert metrics == {"keep_fraction": 0.25, "kl_guided": 0.2, "kl_random": 0.5, "kl_reverse": 0.8,
-                       "loss_delta_guided": 0.02, "loss_delta_random": 0.05,
-                       "loss_delta_reverse": 0.08, "lm_bits_guided": 6.0, "lm_bits_random": 6.0,
-                       "lm_bits_reverse": 6.0}
-    line = evaluate_runs.describe("wint4_afp16/default/small", point, 10).splitlines()[0]
-    assert "**0.2** guided vs 0.5 random vs 0.8 reverse: lower than both" in line
-
-
-def test_curves_are_named_as_curves() -> None:
-    keys = {k for k, _, s in evaluate_runs.metrics(_results())}
-    assert {"eval_curve/guided/kl", "eval_curve/random/kl", "eval_curve/reverse/kl",
-            "eval_curve/frontier/kl"} <= keys
-    assert not any(k.startswith("eval/") for k in keys)
+def test_headline_is_single_values_at_the_middle_budget_and_one_line() -> None:
+    ev = EqualBits(pd.DataFrame({"kl": [0.1]}), _summary(), pd.DataFrame(), None, None)
+    metrics, line = evaluate_runs.headline(ev)
+    assert all(step is None for _, _, step in metrics)
+    assert dict((k, v) for k, v, _ in metrics) == {
+        "eval/budget_bits": 6.0, "eval/recommended_kl_test": 0.19, "eval/guided_kl_test": 0.2,
+        "eval/random_mean_kl_test": 0.5, "eval/reverse_kl_test": 0.8}
+    assert "At **6.00 LM bits**" in line and "guided **0.2** vs random 0.5" in line
+    assert "lower than both" in line and "beats 95% of the draws" in line
+    assert "\n" not in line
