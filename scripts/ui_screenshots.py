@@ -58,7 +58,7 @@ MAX_PNG_BYTES = 400_000
 WORKFLOW = "workflowType=machine_learning"
 SWEEP_ARGS = ["-m", "quant_pair=fp8,int4", "dataset.max_calib_samples=8"]
 FRONTIER_ARGS = ["quant_pair=int4", "autoquant.effective_bits=[4.5,6,8]", "dataset.max_calib_samples=8"]
-EVALUATE_ARGS = ["--keep", "0,0.25", "--max-eval-samples", "64"]
+EVALUATE_ARGS = ["--keep", "0.25", "--draws", "3", "--ground-truth", "none", "--max-eval-samples", "64"]
 # The sweep's data settings: the recipe composes the stored fp8 and int4 scores (no new search).
 RECIPE_ARGS = ["--formats", "fp8,int4", "--effective-bits", "6", "dataset.max_calib_samples=8"]
 REPORT = "layer-sensitivity-report.html"

@@ -102,8 +102,8 @@ def test_report_only_command_regenerates_a_legacy_manifest_without_mlflow(tmp_pa
     md, js = out / report.MARKDOWN_NAME, out / report.JSON_NAME
     assert source.read_bytes() == original  # the manifest is never rewritten
     assert not store.exists() and not (tmp_path / "mlruns").exists()  # no MLflow involved
-    layers = [r["Layer"] for r in json.loads(js.read_text())["layers"]]
-    assert layers == report.layer_rows(new_schema_equivalent())["Layer"].tolist()
+    layers = [r["Group"] for r in json.loads(js.read_text())["layers"]]
+    assert layers == report.layer_rows(new_schema_equivalent())["Group"].tolist()
     assert "visual" not in md.read_text()
     assert sorted(p.name for p in out.iterdir()) == sorted([source.name, *REPORTS, figures.FIGURES_DIR])
     first = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}

@@ -101,7 +101,8 @@ def test_descriptions_of_every_kind_of_run(shots: Path) -> None:
     assert "Rankings agree at Spearman" in compare["description"]
     evaluate = next(r for n, r in runs.items() if n.startswith("evaluate "))
     assert evaluate["name"].removeprefix("evaluate ") in CHILDREN
-    assert "guided vs" in evaluate["description"] and "kl_guided" in evaluate["metrics"]
+    guided = evaluate["metrics"]["eval/guided_kl_test"]  # the headline, also in the description
+    assert f"guided **{guided:.4g}** vs random" in evaluate["description"]
     recipe = next(r for n, r in runs.items() if n.startswith("mixed/"))
     assert "LM bits" in recipe["description"] and "wint4_afp16" in recipe["description"]
     assert all(r["experiment_id"] != "0" and r["name"] for r in runs.values())  # nothing in Default
