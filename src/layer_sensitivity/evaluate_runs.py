@@ -136,8 +136,8 @@ def log_equal_bits(run: Any, ev: EqualBits, out_dir: Path) -> dict[str, Path]:
     scalars, line = headline(ev)
     run.log_metrics([*scalars, *metrics(ev)])  # the headline first: MLflow lists in logged order
     run.set_tags({"mlflow.note.content": f"{line}\n\nEqual-bits evaluation: {len(ev.results)} "
-                  "recipes at each LM bit budget (guided, random draws, reverse, rules), test "
-                  "captions held out. Curves `eval/*_by_bits` (step = bits x 100); tables "
+                  "recipes measured (guided, random draws, reverse and rules at each LM bit "
+                  "budget), test captions held out. Curves `eval/*_by_bits` (step = bits x 100); tables "
                   f"`equal_bits`, `recommended`, `{TABLE}`.\n"})
     run.log_files(files)
     return files
