@@ -65,8 +65,8 @@ def test_mlflow_run_publish_then_noop_then_refusal_then_force(swept: SweepRun,
     dest = root / LAYOUT
     assert sorted(p.name for p in dest.iterdir()) == sorted([
         f"{SCHEME}_quant_manifest.json", "layer-sensitivity-report.md",
-        "layer-sensitivity-report.json", "composed_config.yaml", "provenance.json", "figures",
-        "recipes"])
+        "layer-sensitivity-report.html", "layer-sensitivity-report.json", "composed_config.yaml",
+        "provenance.json", "figures", "recipes"])
     assert sorted(p.suffix for p in (dest / "figures").iterdir()) == [".png"] * 3
     prov = json.loads((dest / "provenance.json").read_text())
     assert prov["run_id"] == run_id and prov["run_name"] == "wint8_aint8/default/small"

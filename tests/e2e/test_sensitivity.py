@@ -229,4 +229,5 @@ def test_non_positive_sizes(tmp_path: Path, override: str) -> None:
 
 def test_unknown_pair_is_bad_input(tmp_path: Path) -> None:
     stderr = _refused(tmp_path, "quant_pair=w3a3")
-    assert "quant_pair/w3a3" in stderr and "wfp8_afp8" in stderr  # Hydra lists the options
+    # refused before Hydra composes: one paragraph naming the value and listing the options
+    assert "quant_pair=w3a3: no such option" in _one_paragraph(stderr) and "wfp8_afp8" in stderr
