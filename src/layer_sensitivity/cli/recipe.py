@@ -26,7 +26,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .. import autoquant_recipes, catalogue, mixed, paths, tracking
+from .. import autoquant_recipes, catalogue, console, mixed, paths, tracking
+from ..console import did_you_mean
 from ..errors import UserError
 from ..schema import SensitivityConfig
 from ..tracking.credentials import scrub_process
@@ -65,8 +66,8 @@ def compose_configs(formats: list[str], overrides: list[str]) -> tuple[list[Sens
         pairs = GlobalHydra.instance().config_loader().get_group_options("quant_pair")
         for fmt in formats:
             if fmt not in pairs:
-                raise UserError(f"formats: '{fmt}' is not a quant pair. Use names or aliases from "
-                                f"conf/quant_pair: {', '.join(pairs)}.")
+                raise UserError(f"formats: '{fmt}' is not a quant pair.{did_you_mean(fmt, pairs)}"
+                                f" Use names or aliases from conf/quant_pair: {', '.join(pairs)}.")
             try:
                 cfg = compose(PRIMARY_CONFIG, overrides=[*overrides, f"quant_pair={fmt}"])
                 check_known_keys(cfg)
@@ -149,15 +150,19 @@ def main(argv: list[str] | None = None) -> None:
                                  requested=formats, strategy=args.strategy,
                                  config_yaml=config_yaml,
                                  params={"overrides": " ".join(args.overrides)})
-        result = mixed.run_and_log(req, tracking.create(cfgs[0].tracking))
+        tracker = tracking.create(cfgs[0].tracking)
+        result = mixed.run_and_log(req, tracker)
+    lines = []
     for point in result.manifest["frontier"]:
         mix = ", ".join(f"{'16 bits' if n == mixed.NONE else n} {v['weights_share']:.0%}"
                         for n, v in point["mix"].items())
-        print(f"{point['target_bits']:g} LM bits -> {point['achieved_bits']:.4f} ({mix})")
-    print(f"scores: {result.manifest['mixed']['reason']}")
-    for f in result.recipes:
-        print(f"recipe {f}")
-    print(f"outputs in {out_dir}" + (f"; run {result.run_id}" if result.run_id else ""))
+        lines.append(f"{point['target_bits']:g} LM bits -> {point['achieved_bits']:.4f} ({mix})")
+    lines = lines[:3] + ([f"... {len(lines) - 3} more budgets"] if len(lines) > 3 else [])
+    lines.append(f"scores: {result.manifest['mixed']['reason']}; {len(result.recipes)} recipe(s) "
+                 f"in {out_dir / 'recipes'}")
+    if result.run_id:
+        lines += [f"run {result.run_id}", console.ui_hint(tracker.where)]
+    console.summary(lines)
 
 
 if __name__ == "__main__":
