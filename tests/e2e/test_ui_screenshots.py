@@ -62,7 +62,13 @@ def test_overview_shows_the_verdict_and_headline_metrics_that_agree(shots: Path)
     top, share = run["tags"]["top1_group"], run["metrics"]["run/top1_share"]
     assert f"Most sensitive: {top} ({share:.1f}% of the total score)" in text
     lines = text.splitlines()
-    model = lines[lines.index(next(x for x in lines if x.startswith("Model metrics ("))) + 1:]
+    # The model metrics follow their section header, or the table header when the run has no
+    # system metrics yet (MLflow then shows no sections).
+    start = next((i for i, x in enumerate(lines) if x.startswith("Model metrics (")), None)
+    if start is None:
+        table = next(i for i, x in enumerate(lines) if x.startswith("Metrics ("))
+        start = lines.index("Value", table)
+    model = lines[start + 1:]
     assert model[:4] == ["run/top1_share", _shown(share), "run/top10_share",
                          _shown(run["metrics"]["run/top10_share"])]
     # no step series under a name that reads like the run's value
