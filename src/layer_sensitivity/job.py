@@ -81,9 +81,11 @@ def config_params(req: JobRequest) -> dict[str, Any]:
     """The analysis' parameters as configured: short names first, then the other config keys."""
     flat = req.flat_config
     bits = flat.get("autoquant.effective_bits")
-    # The pair's canonical name (``wfp8_afp8``), however it was typed: `params.quant_pair =
-    # "wfp8_afp8"` finds every run of the pair; the alias as typed is the ``quant_pair.alias`` tag.
-    short = {"quant_pair": flat.get("quant_pair.name"),
+    # `quant_pair` is the pair as typed (`mlflow run -P quant_pair=fp8` logs it so itself, and a
+    # param cannot change); `pair` is its canonical name, so `params.pair = "wfp8_afp8"` finds every
+    # run of the pair however it was typed.
+    short = {"quant_pair": req.choices.get("quant_pair", flat.get("quant_pair.name")),
+             "pair": flat.get("quant_pair.name"),
              "dataset_size": flat.get("dataset.size"),
              "model": req.choices.get("model", flat.get("model.name")),
              "method": flat.get("autoquant.method"),

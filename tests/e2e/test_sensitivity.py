@@ -69,7 +69,7 @@ def _importances(manifest: dict[str, Any]) -> list[float]:
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     base = tmp_path_factory.mktemp("mlflow-run-sensitivity")
-    proc = mlflow_run("sensitivity", {"pair": "fp8",
+    proc = mlflow_run("sensitivity", {"quant_pair": "fp8",
                                       "overrides": f"hydra.run.dir={base}/out {FAST}"},
                       base / "mlflow.db", base)
     return base, proc
@@ -84,8 +84,8 @@ def test_mlflow_run_sensitivity_logs_one_complete_run(
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "wfp8_afp8/default/small"
     p = run.data.params
-    assert (p["pair"], p["dataset_size"]) == ("fp8", "small")  # logged by `mlflow run` itself
-    assert p["quant_pair"] == p["resolved.quant_pair"] == "wfp8_afp8"  # the canonical name
+    assert (p["quant_pair"], p["dataset_size"]) == ("fp8", "small")  # logged by `mlflow run` itself
+    assert p["pair"] == p["resolved.quant_pair"] == "wfp8_afp8"  # the canonical name
     assert run.data.tags["quant_pair.alias"] == "fp8"
     # the run id `mlflow run` prints is the run that holds the work
     assert f"Run (ID '{run.info.run_id}') succeeded" in proc.stderr

@@ -160,7 +160,8 @@ def test_the_failed_child_keeps_its_error(failing: FailingSweep, tmp_path: Path)
 
 def test_the_failed_child_records_the_config_that_failed(failing: FailingSweep) -> None:
     params = failing.children[FP8_JOB].data.params
-    assert (params.get("quant_pair"), params.get("effective_bits")) == ("wfp8_afp8", "6")
+    assert (params.get("pair"), params.get("effective_bits")) == ("wfp8_afp8", "6")
+    assert params.get("quant_pair") == "fp8"  # as typed
     assert failing.children[FP8_JOB].data.tags["quant_pair.alias"] == "fp8"
 
 

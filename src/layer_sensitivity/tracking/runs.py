@@ -131,8 +131,8 @@ class RunStore:
                                            order_by=["attributes.start_time ASC"])
         except MlflowException as e:
             raise UserError(f"filter={filter_string!r} is not a valid MLflow filter "
-                            f"({e.message.splitlines()[0]}). Example: \"params.quant_pair = "
-                            "'int4' and attributes.status = 'FINISHED'\".") from None
+                            f"({e.message.splitlines()[0]}). Example: \"params.pair = "
+                            "'wint4_afp16' and attributes.status = 'FINISHED'\".") from None
         return [self.get(r.info.run_id) for r in runs]
 
     def logged_models(self, run_id: str) -> list[dict[str, str]]:
