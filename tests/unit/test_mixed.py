@@ -284,3 +284,11 @@ def test_mixed_figures_are_byte_stable(tmp_path: Path) -> None:
                                                "FP8_DEFAULT_CFG", "NONE"]
     one = {**doc, "frontier": doc["frontier"][:1]}
     assert figures.mixed_figure_names(one) == [figures.MIXED_FORMATS]
+
+
+def test_recipe_cli_strategies_are_mixed_strategies() -> None:
+    """The recipe CLI names the strategies without importing mixed (its --help stays fast)."""
+    from layer_sensitivity.cli import recipe as recipe_cli
+
+    assert recipe_cli.STRATEGIES == mixed.STRATEGIES
+    assert recipe_cli.AUTO == mixed.AUTO

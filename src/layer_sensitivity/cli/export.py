@@ -17,7 +17,6 @@ import datetime as dt
 from pathlib import Path
 
 from .. import paths, tracking
-from ..export_runs import export_run
 from ..schema import TrackingConfig
 from .common import install_signal_handlers, setup_plain_logging, user_errors
 from .publish import parse_bool
@@ -46,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="default: MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     args = parser.parse_args(argv)
     setup_plain_logging()
+    from ..export_runs import export_run  # torch and ModelOpt: after --help (fast)
+
     with user_errors():
         force = parse_bool(args.force, "force")
         stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")

@@ -17,19 +17,13 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from .. import autoquant_recipes, catalogue, console, mixed, paths, tracking
+from .. import console, paths
 from ..console import did_you_mean
 from ..errors import UserError
-from ..schema import SensitivityConfig
 from ..tracking.credentials import scrub_process
 from .common import (
     check_out_dir,
@@ -38,9 +32,13 @@ from .common import (
     setup_plain_logging,
     user_errors,
 )
-from .config_store import CONF_DIR, PRIMARY_CONFIG, check_known_keys, load_listing
+
+if TYPE_CHECKING:  # Hydra, the configs and mixed (torch, ModelOpt) load after --help: it stays fast
+    from .. import autoquant_recipes
+    from ..schema import SensitivityConfig
 
 DEFAULT_FORMATS = "fp8,int4"
+AUTO, STRATEGIES = "auto", ("auto", "direct")  # mixed.AUTO, mixed.STRATEGIES (a unit test checks)
 
 RUN_DIR = "hydra.run.dir="  # accepted like the other entry points: where outputs go
 
@@ -61,6 +59,14 @@ def parse_budgets(text: str) -> Any:
 
 def compose_configs(formats: list[str], overrides: list[str]) -> tuple[list[SensitivityConfig], str]:
     """One typed config per format (``quant_pair=<format>`` plus ``overrides``) and their YAML."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config_store import CONF_DIR, PRIMARY_CONFIG, check_known_keys
+
     cfgs, docs = [], {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         pairs = GlobalHydra.instance().config_loader().get_group_options("quant_pair")
@@ -84,6 +90,9 @@ def from_autoquant_recipe(source: str, formats: list[str], budgets: Any,
                           overrides: list[str]) -> autoquant_recipes.AutoQuantizeSpec:
     """A ModelOpt AutoQuantize recipe, validated by ModelOpt, in this project's terms; a
     UserError when the command line contradicts it."""
+    from .. import autoquant_recipes, catalogue
+    from .config_store import load_listing
+
     listing = load_listing()
     configs = {name: catalogue.build_quant_config(pair, listing.overlays["default"])
                for name, pair in listing.pairs.items()}
@@ -102,8 +111,7 @@ def from_autoquant_recipe(source: str, formats: list[str], budgets: Any,
     return spec
 
 
-def main(argv: list[str] | None = None) -> None:
-    install_signal_handlers()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m layer_sensitivity.cli.recipe",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--formats", default="",
@@ -117,12 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="conf/model preset (default: tiny_qwen3_vl)")
     parser.add_argument("--dataset-size", default=None, help="small | medium | large")
     parser.add_argument("--method", default=None, help="gradient | kl_div")
-    parser.add_argument("--strategy", default=mixed.AUTO, choices=mixed.STRATEGIES,
+    parser.add_argument("--strategy", default=AUTO, choices=STRATEGIES,
                         help="auto: compose stored single-format scores; direct: one search")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
-    args = parser.parse_args(scrub_process(expand_packed_overrides(
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    install_signal_handlers()
+    args = build_parser().parse_args(scrub_process(expand_packed_overrides(
         sys.argv[1:] if argv is None else argv)))
     setup_plain_logging()
+    from .. import mixed, tracking
+
     with user_errors():
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         if args.formats.strip() and not formats:  # (empty: the default formats)
