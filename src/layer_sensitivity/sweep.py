@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 PARENT_ENV = "LAYER_SENSITIVITY_PARENT_RUN_ID"  # the sweep's parent run, for every job
 SWEPT_ENV = "LAYER_SENSITIVITY_SWEPT_KEYS"  # override keys whose value varies across jobs
 TOTAL_ENV = "LAYER_SENSITIVITY_SWEEP_JOBS"  # how many jobs the sweep plans (progress)
-STARTED_ENV = "LAYER_SENSITIVITY_SWEEP_STARTED"  # when it started (time.time())
+WORKERS_ENV = "LAYER_SENSITIVITY_SWEEP_WORKERS"  # jobs the launcher runs at once (progress)
 STATUS_FILE = "job_status.json"
 SUMMARY = "sweep_summary"
 DEFINITION = "sweep.json"
@@ -57,8 +57,9 @@ def overrides_key(overrides: list[str]) -> str:
 
 def write_status(out_dir: Path, *, num: int, name: str, overrides: list[str], status: str,
                  run_id: str | None, manifest: dict[str, Any] | None = None,
-                 error: str | None = None) -> None:
-    """What the summary reads back; written last, atomically, by every job however it ends."""
+                 error: str | None = None, seconds: float | None = None) -> None:
+    """What the summary reads back; written last, atomically, by every job however it ends.
+    ``seconds``: the job's own duration (the sweep's time estimate averages them)."""
     q = (manifest or {}).get("quantization", {})
     aq = (manifest or {}).get("autoquant", {})
     doc = {"job": num, "name": name, "overrides": overrides_key(overrides), "status": status,
@@ -67,7 +68,7 @@ def write_status(out_dir: Path, *, num: int, name: str, overrides: list[str], st
            "size": (manifest or {}).get("dataset", {}).get("size"),
            "total_score": aq.get("total_score"),
            "effective_bits_achieved": aq.get("effective_bits_achieved"),
-           "output_dir": str(out_dir),
+           "output_dir": str(out_dir), "seconds": seconds,
            "error": error.strip().splitlines()[-1] if error and error.strip() else None}
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{STATUS_FILE}.tmp"
@@ -101,15 +102,46 @@ def counts(table: pd.DataFrame) -> dict[str, float]:
             "jobs_not_started": float((status == "NOT_STARTED").sum())}
 
 
-def progress(sweep_dir: Path, started: float) -> str:
-    """``3 of 8 jobs done, about 2.5 min left`` (from the status files, whatever the launcher)."""
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def progress(sweep_dir: Path) -> str:
+    """``3 of 8 jobs done; estimate: about 5.0 min left (100 s per job, 2 at a time)``.
+
+    From the status files, whatever the launcher: the finished jobs' mean duration times the
+    rounds of jobs left (jobs left / parallel workers, rounded up). No estimate before a job
+    has finished: the first one also loads the model and data, the sweep's start says nothing.
+    """
     total = int(os.environ.get(TOTAL_ENV, "0") or 0)
-    done = len(list(sweep_dir.glob(f"*/{STATUS_FILE}")))
+    statuses = read_statuses(sweep_dir)
+    done = len(statuses)
     if not total:
         return f"{done} jobs done"
-    elapsed = time.time() - started
-    left = elapsed / done * (total - done) if done else float("nan")
-    return f"{done} of {total} jobs done, about {left / 60:.1f} min left"
+    head = f"{done} of {total} jobs done"
+    durations = [float(r["seconds"]) for r in statuses
+                 if r.get("status") == "FINISHED" and isinstance(r.get("seconds"), (int, float))]
+    left = total - done
+    if not durations or left <= 0:
+        return head
+    workers = max(1, min(int(os.environ.get(WORKERS_ENV, "1") or 1), left))
+    mean = sum(durations) / len(durations)
+    rounds = -(-left // workers)  # ceil: the last round runs as long as a whole job
+    return (f"{head}; estimate: about {_minutes(mean * rounds)} left ({_minutes(mean)} per job, "
+            f"{workers} at a time)")
+
+
+def launcher_workers(launcher: Any, cpu_count: int | None = None) -> int:
+    """How many jobs a Hydra launcher config runs at once: joblib's ``n_jobs`` (-1 = all
+    cores), submitit's ``array_parallelism``, else 1 (the basic launcher runs them in turn)."""
+    for key in ("n_jobs", "array_parallelism"):
+        try:
+            value = int(launcher.get(key))
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if value:
+            return max(1, value if value > 0 else (cpu_count or os.cpu_count() or 1) + 1 + value)
+    return 1
 
 
 @dataclass
@@ -135,7 +167,6 @@ class Sweep:
         if self.run.run_id:
             os.environ[PARENT_ENV] = self.run.run_id
         os.environ[TOTAL_ENV] = str(len(self.planned))
-        os.environ[STARTED_ENV] = str(self.started)
         log.info("sweep of %s jobs -> %s", len(self.planned) or "?", self.sweep_dir)
 
     def record_shared_scores(self, report: dict[str, Any]) -> None:

@@ -106,6 +106,10 @@ def test_a_failing_job_fails_the_command_after_the_other_jobs_ran(failing: Faili
     assert f"{FP8_JOB}: {OUT_OF_REACH}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "1 finished, 1 failed" in proc.stdout + proc.stderr
+    # progress after each job; no time estimate from a failed job (only finished ones count)
+    out = proc.stdout + proc.stderr
+    assert "1 of 2 jobs done" in out and "2 of 2 jobs done" in out
+    assert "estimate" not in out
     assert sorted(failing.children) == [FP8_JOB, INT4_JOB]
 
 
@@ -174,6 +178,7 @@ def test_each_job_keeps_its_hydra_folder(failing: FailingSweep) -> None:
         assert f"quant_pair={pair}" in (d / ".hydra" / "overrides.yaml").read_text()
         status = json.loads((d / STATUS_FILE).read_text())
         assert status["run_id"] == failing.children[status["name"]].info.run_id
+        assert status["seconds"] > 0  # the job's own duration: the time estimate averages them
         assert (d / "sensitivity.log").is_file()  # Hydra's job log, also logged as an artifact
     failed_dir, finished_dir = dirs
     assert not list(failed_dir.glob("*_quant_manifest.json"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +64,14 @@ def test_sweep_name_leaves_out_hydra_settings() -> None:
 
 
 def test_a_status_file_round_trips_with_what_the_summary_needs(tmp_path: Path) -> None:
-    out = _status(tmp_path, 0, ["quant_pair=fp8", "dataset.size=small"], manifest=_manifest())
+    out = _status(tmp_path, 0, ["quant_pair=fp8", "dataset.size=small"], manifest=_manifest(),
+                  seconds=12.5)
     (row,) = sweep.read_statuses(tmp_path)
     assert row == {"job": 0, "name": "job 0", "overrides": "dataset.size=small quant_pair=fp8",
                    "status": "FINISHED", "run_id": "run0", "pair": "wfp8_afp8",
                    "granularity": "default", "size": "small", "total_score": 0.5,
-                   "effective_bits_achieved": 7.5, "output_dir": str(out), "error": None}
+                   "effective_bits_achieved": 7.5, "output_dir": str(out), "seconds": 12.5,
+                   "error": None}
     assert [p.name for p in out.iterdir()] == [sweep.STATUS_FILE]  # no temporary file left
 
 
@@ -116,12 +117,39 @@ def test_counts_each_status() -> None:
 
 def test_progress_counts_status_files_whatever_the_launcher(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for num in range(2):
-        _status(tmp_path, num, [f"n={num}"])
-    monkeypatch.setenv(sweep.TOTAL_ENV, "4")
-    assert sweep.progress(tmp_path, time.time() - 60) == "2 of 4 jobs done, about 1.0 min left"
+    monkeypatch.setenv(sweep.TOTAL_ENV, "6")
+    monkeypatch.delenv(sweep.WORKERS_ENV, raising=False)
+    assert sweep.progress(tmp_path) == "0 of 6 jobs done"  # no estimate before a job finished
+    _status(tmp_path, 0, ["n=0"], status="FAILED", seconds=1.0)  # a quick failure says nothing
+    assert sweep.progress(tmp_path) == "1 of 6 jobs done"
+    _status(tmp_path, 1, ["n=1"], seconds=60.0)
+    _status(tmp_path, 2, ["n=2"], seconds=80.0)
+    # mean 70 s x 3 jobs left, one at a time (the basic launcher)
+    assert sweep.progress(tmp_path) == (
+        "3 of 6 jobs done; estimate: about 3.5 min left (70 s per job, 1 at a time)")
+    monkeypatch.setenv(sweep.WORKERS_ENV, "2")  # 3 left on 2 workers: two rounds
+    assert sweep.progress(tmp_path) == (
+        "3 of 6 jobs done; estimate: about 2.3 min left (70 s per job, 2 at a time)")
+    monkeypatch.setenv(sweep.WORKERS_ENV, "8")  # more workers than jobs left: one round
+    assert sweep.progress(tmp_path) == (
+        "3 of 6 jobs done; estimate: about 70 s left (70 s per job, 3 at a time)")
     monkeypatch.setenv(sweep.TOTAL_ENV, "0")  # plan unknown
-    assert sweep.progress(tmp_path, time.time()) == "2 jobs done"
+    assert sweep.progress(tmp_path) == "3 jobs done"
+
+
+def test_status_files_without_a_duration_give_no_estimate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sweep.TOTAL_ENV, "4")
+    _status(tmp_path, 0, ["n=0"])  # written by an older version: no seconds
+    assert sweep.progress(tmp_path) == "1 of 4 jobs done"
+
+
+@pytest.mark.parametrize(("launcher", "workers"), [
+    ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 1),
+    ({"n_jobs": 4}, 4), ({"n_jobs": -1}, 16), ({"n_jobs": -2}, 15), ({"n_jobs": "3"}, 3),
+    ({"array_parallelism": 8}, 8), ({}, 1)])
+def test_launcher_workers(launcher: dict[str, Any], workers: int) -> None:
+    assert sweep.launcher_workers(launcher, cpu_count=16) == workers
 
 
 # --- The parent's life, without a tracking store ------------------------------------------
@@ -130,7 +158,7 @@ def test_progress_counts_status_files_whatever_the_launcher(
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """What Sweep.start exports is removed again after the test."""
-    for name in (sweep.PARENT_ENV, sweep.TOTAL_ENV, sweep.STARTED_ENV):
+    for name in (sweep.PARENT_ENV, sweep.TOTAL_ENV, sweep.WORKERS_ENV):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,7 @@ def run_task(cfg: DictConfig) -> None:
     manifest: dict[str, Any] = {"quantization": {"pair": spec.quant_pair.name,  # the real one later
                                  "granularity": spec.quant_granularity.name},
                 "dataset": {"size": spec.dataset.size.value}}
+    job_started = time.monotonic()
     try:
         result = job.run_job(req, tracking.create(spec.tracking), _MULTIRUN_RESOURCES)
         manifest, run_id = result.manifest, result.run_id
@@ -139,9 +141,9 @@ def run_task(cfg: DictConfig) -> None:
         raise
     finally:
         sweep.write_status(out_dir, num=hc.job.num, name=name, overrides=list(hc.overrides.task),
-                           status=status, run_id=run_id, manifest=manifest, error=error)
-        log.info("sweep: %s", sweep.progress(out_dir.parent, float(os.environ.get(
-            sweep.STARTED_ENV, "0") or 0)))
+                           status=status, run_id=run_id, manifest=manifest, error=error,
+                           seconds=time.monotonic() - job_started)
+        log.info("sweep: %s", sweep.progress(out_dir.parent))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sensitivity")

@@ -84,6 +84,8 @@ class SweepRuns(Callback):
         jobs, swept, args = planned_overrides(config)
         planned = [sweep.overrides_key(j) for j in jobs]
         os.environ[sweep.SWEPT_ENV] = ",".join(sorted(swept))
+        os.environ[sweep.WORKERS_ENV] = str(sweep.launcher_workers(
+            OmegaConf.select(config, "hydra.launcher") or {}))
         tcfg: TrackingConfig = OmegaConf.to_object(  # type: ignore[assignment]
             OmegaConf.merge(OmegaConf.structured(TrackingConfig), config.tracking))
         s = sweep.Sweep(tracking.create(tcfg), Path(str(config.hydra.sweep.dir)).resolve(),
