@@ -317,6 +317,15 @@ def _evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], 
                     device=device, progress=progress, on_result=on_result, test_captions=test)
 
 
+def measure_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *,
+                         device: str = "auto") -> pd.DataFrame:
+    """``todo`` on the run's model, calibrated as the run did, on its default held-out captions
+    split into validation (``kl``) and test (``kl_test``) halves; no progress bar."""
+    return _evaluate_like_the_run(manifest, todo, model_dir=None, eval_captions_path=None,
+                                  max_eval_samples=None, device=device,
+                                  eval_batch_size=EVAL_BATCH_SIZE, progress=False, split=True)
+
+
 def run_inputs(manifest: Mapping[str, Any], model_dir: str | Path | None,
                eval_captions_path: str | Path | None, max_eval_samples: int | None
                ) -> tuple[Path, list[str], list[str]]:

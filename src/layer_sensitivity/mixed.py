@@ -38,6 +38,7 @@ import pandas as pd
 
 from . import autoquant, calibration, catalogue, figures, manifest, model, pipeline, profiles, recipes
 from . import recipe_files as recipe_file_io
+from .baselines import EQUAL_BITS_TOLERANCE
 from .errors import UserError
 from .groups import GroupStats, depth_key, format_bits, layer_and_kind, min_scope_bits
 from .html_report import write_html
@@ -390,20 +391,104 @@ def single_frontiers(mp: MixedPlan, s: MixedScores, raw: dict[str, GroupStats],
                      labels: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
     """Each format's own frontier on the same objective: the mixed state restricted to that format
     and 16 bits, solved by ModelOpt at the budgets it can reach, plus every group in the format."""
-    out = {}
-    for label, name in labels.items():
-        state = _restricted(s.state, label)
-        groups = autoquant.group_stats(state, mp.frozen_patterns)
-        every = {h: label if g.in_scope else g.formats[-1] for h, g in groups.items()}
-        bits = format_bits(label)
-        points = [autoquant.frontier_point(groups, every, bits, s.modelopt_bits(bits))]
-        for budget in sorted(b for b in mp.budgets if b > bits + BITS_TOLERANCE):
-            given = s.modelopt_bits(budget)
-            points.append(autoquant.frontier_point(groups, autoquant.resolve(state, given),
-                                                   budget, given))
-        out[recipes.format_name(name)] = [
-            {k: v for k, v in p.as_dict().items() if k != "recipe"} for p in points]
-    return out
+    return {recipes.format_name(name): [{k: v for k, v in p.as_dict().items() if k != "recipe"}
+                                        for p in single_points(mp, s, label)]
+            for label, name in labels.items()}
+
+
+def single_points(mp: MixedPlan, s: MixedScores, label: str) -> list[autoquant.FrontierPoint]:
+    """One format's frontier (see :func:`single_frontiers`), each point with its recipe."""
+    state = _restricted(s.state, label)
+    groups = autoquant.group_stats(state, mp.frozen_patterns)
+    every = {h: label if g.in_scope else g.formats[-1] for h, g in groups.items()}
+    bits = format_bits(label)
+    points = [autoquant.frontier_point(groups, every, bits, s.modelopt_bits(bits))]
+    for budget in sorted(b for b in mp.budgets if b > bits + BITS_TOLERANCE):
+        given = s.modelopt_bits(budget)
+        points.append(autoquant.frontier_point(groups, autoquant.resolve(state, given),
+                                               budget, given))
+    return points
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out quality: the mixed recipe against the best single format at equal bits
+
+
+def heldout_recipes(mp: MixedPlan, s: MixedScores, doc: dict[str, Any]
+                    ) -> tuple[recipes.Recipe, list[recipes.Recipe]]:
+    """The mixed recipe at the main budget, and each format's own recipe (its frontier point
+    closest in achieved bits) within ``EQUAL_BITS_TOLERANCE`` of it; a format that cannot get
+    that close (e.g. FP8 at 6 bits) is left out."""
+    main = doc["frontier"][0]
+    mixed_recipe = recipes.from_frontier({**doc, "frontier": [main]})[0]
+    singles = []
+    for label, name in label_map(mp).items():
+        points = [p for p in single_points(mp, s, label) if p.satisfied]
+        if not points:
+            continue
+        p = min(points, key=lambda q: abs(q.achieved_bits - float(main["achieved_bits"])))
+        if abs(p.achieved_bits - float(main["achieved_bits"])) > EQUAL_BITS_TOLERANCE:
+            continue
+        fmt = recipes.format_name(name)
+        r = recipes.from_frontier({**doc, "frontier": [{"target_bits": p.target_bits,
+                                                         "recipe": p.recipe}]})[0]
+        singles.append(dataclasses.replace(
+            r, name=f"single_{profiles.safe_key(fmt)}_{p.target_bits:g}bits", kind=recipes.FRONTIER,
+            info={**r.info, "format": fmt}))
+    return mixed_recipe, singles
+
+
+def heldout_quality(mp: MixedPlan, s: MixedScores, doc: dict[str, Any]) -> dict[str, Any]:
+    """Held-out KL of the mixed recipe and of the best single-format recipe at equal bits: each
+    quantized on a fresh model, calibrated as the run did, measured on captions the run did not
+    calibrate on (``evaluate``'s default), split in two: the best single format is chosen on the
+    validation half, both are reported on the test half (``kl_test``)."""
+    from . import evaluate as evaluation  # quantizes fresh model copies
+
+    mixed_recipe, singles = heldout_recipes(mp, s, doc)
+    rows = evaluation.measure_like_the_run(doc, [mixed_recipe, *singles],
+                                           device=mp.formats[0].device)
+    by_name = {r["name"]: r for r in rows.to_dict("records")}
+    pairs = figures.pair_names(doc)
+
+    def row(r: recipes.Recipe) -> dict[str, Any]:
+        m = by_name[r.name]
+        fmt = r.info.get("format")
+        return {"name": r.name, "format": fmt, "pair": pairs.get(fmt, fmt) if fmt else None,
+                "lm_bits": r.lm_bits,
+                "kl": float(m["kl"]), "kl_test": float(m["kl_test"])}
+
+    measured = [row(r) for r in singles]
+    first = rows.iloc[0]
+    return {"mixed": row(mixed_recipe), "singles": measured,
+            "best_single": min(measured, key=lambda r: r["kl"]) if measured else None,
+            "tolerance_bits": EQUAL_BITS_TOLERANCE,
+            "eval_tokens": int(first["eval_tokens"]), "test_tokens": int(first["test_tokens"])}
+
+
+def heldout_metrics(heldout: dict[str, Any] | None) -> list[Metric]:
+    if not heldout:
+        return []
+    out: list[Metric] = [("run/heldout_kl_mixed", heldout["mixed"]["kl_test"], None)]
+    best = heldout["best_single"]
+    if best:
+        out += [("run/heldout_kl_best_single", best["kl_test"], None),
+                ("run/heldout_bits_best_single", best["lm_bits"], None)]
+    return [(k, float(v), st) for k, v, st in out if math.isfinite(float(v))]
+
+
+def describe_heldout(heldout: dict[str, Any] | None) -> str:
+    """One line: the mixed recipe's held-out KL against the best single format at equal bits."""
+    if not heldout:
+        return "Held-out quality not measured (heldout=false); measure it with `evaluate`."
+    m, best = heldout["mixed"], heldout["best_single"]
+    head = f"Held-out KL (test captions, lower is better): mixed **{m['kl_test']:.4g}** at " \
+           f"{m['lm_bits']:.2f} bits"
+    if best is None:
+        return (f"{head}; no single format gets within {heldout['tolerance_bits']:g} bits of it "
+                "(nothing to compare at equal bits).")
+    return (f"{head} vs **{best['kl_test']:.4g}** for {best['pair']} alone at {best['lm_bits']:.2f} bits "
+            "(the best single format at equal bits, chosen on validation captions).")
 
 
 def _restricted(state: dict[str, Any], label: str) -> dict[str, Any]:
@@ -425,6 +510,7 @@ class MixedResult:
     recipes: list[Path]
     seconds: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    heldout: dict[str, Any] | None = None  # heldout_quality's, when measured
 
 
 def build_manifest(mp: MixedPlan, s: MixedScores, sol: MixedSolution,
@@ -526,8 +612,9 @@ def write_outputs(mp: MixedPlan, doc: dict[str, Any], out_dir: Path) -> tuple[li
 
 
 def run(mp: MixedPlan, out_dir: Path, resources: Resources | None = None,
-        phases: pipeline.Phases | None = None) -> MixedResult:
-    """Calibration data -> scores (composed or direct) -> solve every budget -> outputs."""
+        phases: pipeline.Phases | None = None, heldout: bool = False) -> MixedResult:
+    """Calibration data -> scores (composed or direct) -> solve every budget -> outputs
+    (-> ``heldout``: the main budget's held-out quality against single formats at equal bits)."""
     # Resources(keep=True) would load the model once for several missing formats, at the price of
     # a pristine copy in memory next to the one being searched: not the default for large models.
     resources = resources or Resources()
@@ -542,7 +629,11 @@ def run(mp: MixedPlan, out_dir: Path, resources: Resources | None = None,
     with phases("reports"):
         doc = build_manifest(mp, s, sol, batches)
         files, recipe_files = write_outputs(mp, doc, out_dir)
-    return MixedResult(doc, files, recipe_files, dict(phases.seconds))
+    quality = None
+    if heldout:
+        with phases("heldout"):
+            quality = heldout_quality(mp, s, doc)
+    return MixedResult(doc, files, recipe_files, dict(phases.seconds), heldout=quality)
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,6 +652,7 @@ class MixedRequest:
     config_yaml: str | None = None  # the composed configs, written next to the outputs
     params: dict[str, Any] = field(default_factory=dict)  # extra params (e.g. the overrides)
     run_name: str | None = None
+    heldout: bool = True  # measure held-out quality (a few fresh quantized models; see run())
 
 
 def default_run_name(mp: MixedPlan) -> str:
@@ -587,6 +679,7 @@ def params(req: MixedRequest, mp: MixedPlan) -> dict[str, Any]:
         "resolved.seq_len": c.dataset.calib_seq_len,
         "resolved.lm_head": c.autoquant.lm_head,
         "resolved.granularity": c.quant_granularity.name,
+        "heldout": str(req.heldout).lower(),
     }
 
 
@@ -617,9 +710,10 @@ def run_metrics(doc: dict[str, Any]) -> list[Metric]:
     return [(k, float(v), s) for k, v, s in out if math.isfinite(float(v))]
 
 
-def describe(doc: dict[str, Any]) -> str:
+def describe(doc: dict[str, Any], heldout: dict[str, Any] | None = None) -> str:
     """The run's description: the verdict at the main budget (the mix's estimated damage against
-    each single format at the same bits), then the mix and where the scores came from."""
+    each single format at the same bits), its held-out quality against the best single format at
+    equal bits, then the mix and where the scores came from."""
     p = doc["frontier"][0]
     names = figures.pair_names(doc)
     mix = ", ".join(f"{names.get(n, n)} {int(v['groups'])} groups "
@@ -634,8 +728,8 @@ def describe(doc: dict[str, Any]) -> str:
     versus = f" vs {'; '.join(singles)}" if singles else ""
     return (f"**{p['target_bits']:g} LM bits** ({p['achieved_bits']:.3f} achieved) mixing "
             f"{' + '.join(doc['mixed']['pairs'])}: total score **{float(p['total_score']):.4g}**"
-            f"{versus} (AutoQuantize's estimate of the damage, lower is better; measure held-out "
-            f"quality with `evaluate`).\n\n{mix}.\n\nModel {doc['model']['name']}; scores: "
+            f"{versus} (AutoQuantize's estimate of the damage, lower is better).\n\n"
+            f"{describe_heldout(heldout)}\n\n{mix}.\n\nModel {doc['model']['name']}; scores: "
             f"{doc['mixed']['reason']}. Report: `{REPORT_NAME.replace('.md', '.html')}`.\n")
 
 
@@ -661,12 +755,12 @@ def run_and_log(req: MixedRequest, tracker: Tracker, resources: Resources | None
             tracked.log_files({CONFIG_FILE: config_file})
         phases = pipeline.Phases()
         try:
-            result = run(mp, req.out_dir, resources, phases)
+            result = run(mp, req.out_dir, resources, phases, heldout=req.heldout)
         except Interrupted as e:
             e.where = phases.current
             raise
         doc = result.manifest
-        tracked.log_metrics([*run_metrics(doc),
+        tracked.log_metrics([*heldout_metrics(result.heldout), *run_metrics(doc),
                              *((f"seconds/{k}", v, None) for k, v in result.seconds.items())])
         tracked.log_table(choices_frame(doc), CHOICES_TABLE)
         cache = doc["score_cache"]
@@ -674,7 +768,7 @@ def run_and_log(req: MixedRequest, tracker: Tracker, resources: Resources | None
             "mixed.composed": str(doc["mixed"]["composed"]).lower(),
             "mixed.reason": doc["mixed"]["reason"],
             "score_cache": "off" if cache is None else "hit" if cache["hit"] else "miss",
-            "mlflow.note.content": describe(doc),
+            "mlflow.note.content": describe(doc, result.heldout),
         })
         tracked.log_files({f.relative_to(req.out_dir).as_posix(): f for f in result.files
                            if f.name != f"{CHOICES_TABLE}.csv"})  # log_table wrote it

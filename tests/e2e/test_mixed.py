@@ -269,7 +269,7 @@ def test_mlflow_run_recipe_reuses_single_format_analyses(tmp_path: Path) -> None
                         f"hydra.run.dir={tmp_path}/{pair}"], tmp_path / "unused.db")
         assert proc.returncode == 0, proc.stderr[-3000:]
     store = tmp_path / "mlflow.db"
-    proc = mlflow_run("recipe", {"formats": "fp8,int4", "effective_bits": "6",
+    proc = mlflow_run("recipe", {"formats": "fp8,int4", "effective_bits": "6", "heldout": "false",
                                  "overrides": f"{data} hydra.run.dir={tmp_path}/mixed"},
                       store, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -278,6 +278,8 @@ def test_mlflow_run_recipe_reuses_single_format_analyses(tmp_path: Path) -> None
     tags, metrics = run.data.tags, run.data.metrics
     assert tags["mixed.composed"] == "true" and tags["score_cache"] == "hit", tags
     assert "Loading weights" not in proc.stderr  # no model: the scores were stored
+    assert not [k for k in metrics if k.startswith("run/heldout")]  # heldout=false: skipped
+    assert "Held-out quality not measured" in tags["mlflow.note.content"]
     assert metrics["effective_bits_achieved"] <= 6.0 + 1e-6
     assert metrics[f"mixed/groups/{FP8}"] >= 1 and metrics[f"mixed/groups/{INT4}"] >= 1
     assert run.data.params["formats"] == "fp8,int4" and run.data.params["effective_bits"] == "6"
@@ -295,5 +297,13 @@ def test_mlflow_run_recipe_reuses_single_format_analyses(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = _recipe_run(direct_store)
     assert run.data.tags["mixed.composed"] == "false" and run.data.tags["score_cache"] == "off"
+    # held-out quality (default on): the mix against INT4 alone at equal bits (FP8 cannot reach 6)
+    metrics = run.data.metrics
+    assert metrics["run/heldout_kl_mixed"] > 0 and metrics["run/heldout_kl_best_single"] > 0
+    assert abs(metrics["run/heldout_bits_best_single"] - metrics["effective_bits_achieved"]) <= 0.5
+    note = run.data.tags["mlflow.note.content"]
+    line = next(ln for ln in note.splitlines() if ln.startswith("Held-out KL"))
+    assert f"{metrics['run/heldout_kl_mixed']:.4g}" in line and "int4" in line, note
+    assert "held-out KL: mixed" in proc.stdout + proc.stderr  # the command's summary says it too
     direct = _recipe_file(direct_store, run, tmp_path / "b")
     assert yaml.safe_load(direct.read_text()) == yaml.safe_load(composed.read_text())

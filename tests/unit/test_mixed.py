@@ -292,3 +292,28 @@ def test_recipe_cli_strategies_are_mixed_strategies() -> None:
 
     assert recipe_cli.STRATEGIES == mixed.STRATEGIES
     assert recipe_cli.AUTO == mixed.AUTO
+
+
+def _heldout(best: bool = True) -> dict[str, Any]:
+    mixed_row = {"name": "mixed_6bits", "format": None, "pair": None, "lm_bits": 5.94,
+                 "kl": 0.0051, "kl_test": 0.0046}
+    single = {"name": "single_INT4_6bits", "format": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
+              "pair": "wint4_afp16", "lm_bits": 5.88, "kl": 0.0043, "kl_test": 0.0041}
+    return {"mixed": mixed_row, "singles": [single] if best else [],
+            "best_single": single if best else None, "tolerance_bits": 0.5,
+            "eval_tokens": 400, "test_tokens": 390}
+
+
+def test_heldout_quality_is_one_line_and_single_value_metrics() -> None:
+    line = mixed.describe_heldout(_heldout())
+    assert "\n" not in line
+    assert "mixed **0.0046** at 5.94 bits" in line and "**0.0041** for wint4_afp16 alone" in line
+    assert mixed.heldout_metrics(_heldout()) == [("run/heldout_kl_mixed", 0.0046, None),
+                                                 ("run/heldout_kl_best_single", 0.0041, None),
+                                                 ("run/heldout_bits_best_single", 5.88, None)]
+    # no single format within the tolerance: the mix alone, said so
+    assert "no single format gets within 0.5 bits" in mixed.describe_heldout(_heldout(best=False))
+    assert [m[0] for m in mixed.heldout_metrics(_heldout(best=False))] == ["run/heldout_kl_mixed"]
+    # skipped (heldout=false): no metric, the description says how to measure it
+    assert mixed.heldout_metrics(None) == []
+    assert "not measured" in mixed.describe_heldout(None)

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default=None, help="gradient | kl_div")
     parser.add_argument("--strategy", default=AUTO, choices=STRATEGIES,
                         help="auto: compose stored single-format scores; direct: one search")
+    parser.add_argument("--heldout", default="true",
+                        help="true: measure held-out KL of the mixed recipe and of the best single "
+                             "format at equal bits (a few fresh quantized models); false: skip")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
     return parser
 
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     from .. import mixed, tracking
 
     with user_errors():
+        from .publish import parse_bool
+
+        heldout = parse_bool(args.heldout, "heldout")
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         if args.formats.strip() and not formats:  # (empty: the default formats)
             raise UserError(f"--formats={args.formats!r} names no format. Give two or more pairs "
@@ -164,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         req = mixed.MixedRequest(cfgs, budgets, out_dir,
                                  requested=formats, strategy=args.strategy,
                                  config_yaml=config_yaml,
-                                 params={"overrides": " ".join(args.overrides)})
+                                 params={"overrides": " ".join(args.overrides)},
+                                 heldout=heldout)
         tracker = tracking.create(cfgs[0].tracking)
         result = mixed.run_and_log(req, tracker)
     lines = []
@@ -175,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     lines = lines[:3] + ([f"... {len(lines) - 3} more budgets"] if len(lines) > 3 else [])
     lines.append(f"scores: {result.manifest['mixed']['reason']}; {len(result.recipes)} recipe(s) "
                  f"in {out_dir / 'recipes'}")
+    if result.heldout:
+        m, best = result.heldout["mixed"], result.heldout["best_single"]
+        lines.append(f"held-out KL: mixed {m['kl_test']:.4g}" + (
+            f" vs {best['pair']} alone {best['kl_test']:.4g} at {best['lm_bits']:.2f} bits"
+            if best else " (no single format at equal bits)"))
     if result.run_id:
         lines += [f"run {result.run_id}", console.ui_hint(tracker.where)]
     console.summary(lines)
