@@ -137,7 +137,7 @@ def launcher_workers(launcher: Any, cpu_count: int | None = None) -> int:
     for key in ("n_jobs", "array_parallelism"):
         try:
             value = int(launcher.get(key))
-        except (AttributeError, TypeError, ValueError):
+        except Exception:  # noqa: BLE001 - absent or unresolvable: the estimate assumes 1 at a time
             continue
         if value:
             return max(1, value if value > 0 else (cpu_count or os.cpu_count() or 1) + 1 + value)

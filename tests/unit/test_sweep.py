@@ -152,6 +152,13 @@ def test_launcher_workers(launcher: dict[str, Any], workers: int) -> None:
     assert sweep.launcher_workers(launcher, cpu_count=16) == workers
 
 
+def test_launcher_workers_never_fails_the_sweep() -> None:
+    from omegaconf import OmegaConf
+
+    unresolvable = OmegaConf.create({"n_jobs": "${no_such_resolver_here:}"})
+    assert sweep.launcher_workers(unresolvable) == 1  # the estimate assumes one at a time
+
+
 # --- The parent's life, without a tracking store ------------------------------------------
 
 
