@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalogue, pipeline, profiles
-from .errors import out_of_space
+from . import catalogue, paths, pipeline, profiles
+from .errors import UserError, out_of_space
 from .redact import redact_text
 from .reuse import Resources
 from .schema import OutputLayout, SensitivityConfig
@@ -75,6 +75,17 @@ def output_dir(cfg: SensitivityConfig, plan: pipeline.Plan, hydra_dir: Path) -> 
 
         return analysis_dir(Path(cfg.output_layout.root), cfg, plan.scheme_name)
     return hydra_dir
+
+
+def _check_publish_target(cfg: SensitivityConfig, out_dir: Path) -> None:
+    if cfg.output_layout.kind != OutputLayout.publish:
+        return  # hydra.run.dir: checked by the Hydra callback before Hydra makes it
+    existing = paths.nearest_existing(out_dir)
+    why = paths.write_failure(existing)
+    if why is not None:
+        raise UserError(f"output_layout.root={cfg.output_layout.root} cannot be written: nothing "
+                        f"can be created in '{existing}' ({why}). Set output_layout.root to a "
+                        "writable directory.")
 
 
 def config_params(req: JobRequest) -> dict[str, Any]:
@@ -147,8 +158,8 @@ def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = Non
     """
     cfg = req.cfg
     plan = None if req.parent_id else pipeline.plan(cfg)
-    if plan is not None:
-        output_dir(cfg, plan, req.out_dir)  # e.g. a publish root on a file: refused before any run
+    if plan is not None:  # e.g. a publish root on a file or read-only: refused before any run
+        _check_publish_target(cfg, output_dir(cfg, plan, req.out_dir))
     name = req.run_name or cfg.tracking.run_name or default_run_name(cfg)
     tags = req.tags | {"quant_pair": cfg.quant_pair.name,
                        "quant_pair.alias": req.choices.get("quant_pair", cfg.quant_pair.name),

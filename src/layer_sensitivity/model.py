@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -67,6 +68,7 @@ def checkpoint_dir(cfg: ModelConfig) -> Path:
         )
     _check_config_json(cfg, path)
     check_weights(path)
+    check_weight_shapes(path, cfg.trust_remote_code)
     _check_tokenizer_files(path)
     return path
 
@@ -151,6 +153,35 @@ def check_weights(path: Path) -> None:
             raise _damaged(f, problem)
 
 
+def _header_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (the weights are not read)."""
+    with file.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    return {k: tuple(t["shape"]) for k, t in header.items() if k != "__metadata__"}
+
+
+def check_weight_shapes(path: Path, trust_remote_code: bool = False) -> None:
+    """The safetensors headers' shapes match the shapes config.json describes (built on the meta
+    device): a mismatch would otherwise surface while loading, inside the run."""
+    values = read_config(path)
+    check_shape_values(values, str(path / "config.json"))
+    expected = {k: tuple(v.shape) for k, v in
+                meta_model(hf_config(values, trust_remote_code), trust_remote_code)
+                .state_dict().items()}
+    for f in sorted(path.glob("*.safetensors")):
+        for name, shape in _header_shapes(f).items():
+            want = expected.get(name)
+            # Sizes, not layouts: a loader may legitimately transpose or fuse a stored tensor.
+            if want is not None and math.prod(want) != math.prod(shape):
+                raise UserError(
+                    f"Checkpoint '{path}' does not match its config.json: tensor '{name}' in "
+                    f"{f.name} has shape {list(shape)} but config.json describes {list(want)}. "
+                    "The weights and config.json come from different models: copy the "
+                    "checkpoint again from its source, or point model.path at an intact one."
+                )
+
+
 def _safetensors_problem(file: Path) -> str | None:
     """Why ``file`` is not a complete safetensors file (8-byte header size, JSON header,
     tensors ending exactly at the end of the file), or None."""
@@ -203,14 +234,42 @@ def architecture(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
     path = configured_dir(cfg)
     if path is not None:
         _check_config_json(cfg, path)
-        return read_config(path), str(path / "config.json")
+        values = read_config(path)
+        check_shape_values(values, str(path / "config.json"))
+        return values, str(path / "config.json")
     if cfg.config:
-        return _plain(cfg.config), "model.config"
+        values = _plain(cfg.config)
+        check_shape_values(values, "model.config")
+        return values, "model.config"
     raise UserError(
         f"Model '{cfg.name}' has neither a checkpoint directory nor architecture values. Set "
         "model.path=<dir with config.json> (or the preset's path_env variable), or model.config "
         "to the model's config.json values (see conf/model/qwen3_vl_4b.yaml)."
     )
+
+
+# Keys that size a tensor or count modules: torch would fail deep inside model construction (a
+# traceback) on a zero or negative one, so they are checked first.
+_SHAPE_KEY = re.compile(r"^(num_\w+|\w+_size|head_dim|depth|vocab_size)$")
+_SUB_CONFIGS = ("text_config", "vision_config")
+
+
+def check_shape_values(values: Mapping[str, Any], source: str) -> None:
+    """Every shape value (sizes, counts) at the top and in text_config/vision_config is a
+    positive integer; a UserError naming the key otherwise."""
+    scopes = [("", values), *((f"{k}.", values[k]) for k in _SUB_CONFIGS
+                               if isinstance(values.get(k), Mapping))]
+    for prefix, scope in scopes:
+        for key, value in scope.items():
+            if not _SHAPE_KEY.match(str(key)) or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                where = (f"{source}.{prefix}{key}" if source == "model.config"
+                         else f"{prefix}{key} in {source}")
+                raise UserError(
+                    f"{where}={value!r} is not a valid shape: sizes and counts must be positive "
+                    f"integers. Set it to the model's value (e.g. from conf/model/qwen3_vl_4b.yaml)."
+                )
 
 
 def hf_config(values: dict[str, Any], trust_remote_code: bool = False) -> Any:

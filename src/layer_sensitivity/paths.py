@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -37,3 +38,22 @@ def default_score_cache_dir() -> str:
 def default_output_dir() -> str:
     """Where a job writes when nothing says otherwise (Hydra jobs use their run directory)."""
     return str(project_root() / "outputs")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what creating ``path`` writes into)."""
+    path = Path(path).absolute()
+    return next(p for p in [path, *path.parents] if p.exists())
+
+
+def write_failure(directory: Path) -> str | None:
+    """Why a file cannot be created in ``directory`` (None when it can). Creates and removes a
+    probe file: ``os.access`` answers from permission bits only and says yes to root on a
+    read-only mount or an immutable directory."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    os.close(fd)
+    os.unlink(probe)
+    return None

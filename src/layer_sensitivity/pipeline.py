@@ -112,6 +112,7 @@ def plan(cfg: SensitivityConfig) -> Plan:
     model.check_placement(cfg.model, device)
     if aq.reuse_scores:
         _check_cache_dir(Path(aq.score_cache_dir))
+        scorecache.check_key_file()  # e.g. world-readable: refused now, not inside the run
     frozen = [*model.FROZEN_PATTERNS[aq.coverage], *([] if aq.lm_head else [LM_HEAD_PATTERN])]
     # Pair and overlay: preset available, overlay meaningful, runnable on this device.
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)

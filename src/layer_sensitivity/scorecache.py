@@ -86,6 +86,15 @@ def default_key_file() -> Path:
     return Path(config_home) / "layer-sensitivity" / "score-cache.key"
 
 
+def check_key_file(key_file: Path | None = None) -> None:
+    """An existing secret must be usable (a regular file of ours, private, the right size);
+    checked when the job is planned, so a bad one is refused before any run exists. A missing one
+    is fine: the cache creates it."""
+    path = key_file or default_key_file()
+    with contextlib.suppress(FileNotFoundError):
+        _read_secret(path)
+
+
 class ScoreCache:
     """Entries under ``root`` (created 0700), authenticated with the secret in ``key_file``."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .. import signals
+from .. import paths, signals
 from ..console import quiet_third_party
 from ..errors import ReportedError, UserError
 from ..redact import RedactingFilter, redact_text
@@ -33,10 +33,11 @@ def check_out_dir(path: Path, option: str) -> None:
     if blocker is not None:
         raise UserError(f"{option}={path} cannot be created: '{blocker}' is a file, not a "
                         f"directory. Set {option} to a directory path, or move the file away.")
-    existing = next(p for p in [path, *path.parents] if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option}={path} cannot be written: '{existing}' is not writable by this "
-                        f"user. Set {option} to a writable directory.")
+    existing = paths.nearest_existing(path)
+    why = paths.write_failure(existing)
+    if why is not None:
+        raise UserError(f"{option}={path} cannot be written: nothing can be created in "
+                        f"'{existing}' ({why}). Set {option} to a writable directory.")
 
 
 def check_input_file(path: Path, option: str) -> None:

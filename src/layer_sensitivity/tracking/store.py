@@ -206,6 +206,7 @@ def prepare_store(uri: str) -> None:
     if path is None:  # in-memory: private to this process, nothing to share or race on
         return
     _check_sqlite_location(path, uri)
+    _check_writable(path, uri)
     head = _head_revision()
     if _is_ready(path, head):
         return
@@ -293,6 +294,19 @@ def _check_sqlite_location(path: Path, uri: str) -> None:
             f"tracking.uri={redact_uri(uri)!r} needs the directory {blocker}, but that is a regular "
             f"file. Choose a database path under a directory, e.g. "
             f"tracking.uri=sqlite:///{blocker.parent / 'mlflow.db'}."
+        )
+
+
+def _check_writable(path: Path, uri: str) -> None:
+    """SQLite writes a journal beside the database: its directory (or the nearest one that exists,
+    where it would be created) must really take a new file, before any run exists."""
+    directory = paths.nearest_existing(path.parent)
+    why = paths.write_failure(directory)
+    if why is not None:
+        raise UserError(
+            f"The tracking store {redact_uri(uri)} cannot be written: nothing can be created in "
+            f"'{directory}' ({why}). Choose a writable location for tracking.uri, e.g. "
+            f"tracking.uri=sqlite:///{Path.home() / 'mlflow.db'}."
         )
 
 
