@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import mlflow
 import pytest
 
 from layer_sensitivity.tracking import store as tracking_store
-from tests.helpers import FAST, ROOT, TINY_MODEL, tool_env
+from tests.helpers import FAST, ROOT, TINY_MODEL, read_only_dir, release_read_only, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +43,7 @@ class Row:
     args: list[str]
     needles: list[str]  # what the one error paragraph must name
     untouched: list[Path] = field(default_factory=list)  # must not exist afterwards
+    env: dict[str, str] = field(default_factory=dict)  # extra environment
     proc: subprocess.CompletedProcess[str] | None = None
 
 
@@ -65,7 +67,7 @@ def _runs(store: Path) -> set[tuple[str, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Row]:
+def rows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Row]]:
     base = tmp_path_factory.mktemp("bad-inputs-2")
     store = base / "mlflow.db"
     uri = f"sqlite:///{store}"
@@ -86,6 +88,16 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Row]:
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (no_tokenizer / f).unlink()
     new_db = base / "typo" / "new.db"
+    mismatched = base / "mismatched"  # config.json of another size than the weights
+    shutil.copytree(TINY_MODEL, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    config["text_config"]["intermediate_size"] *= 2
+    (mismatched / "config.json").write_text(json.dumps(config))
+    open_key = base / "open-key" / "score-cache.key"
+    open_key.parent.mkdir()
+    open_key.write_bytes(b"k" * 32)
+    open_key.chmod(0o644)
+    read_only = base / "read-only"
     out = base / "outputs"
     root_run = ["--run-id", finished]
 
@@ -109,6 +121,18 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Row]:
         "recipes.keep=[-1]": Row(SENSITIVITY, ["recipes.keep=[-1]"], ["recipes.keep", "-1"]),
         "score_cache_dir on a file": Row(SENSITIVITY, [f"autoquant.score_cache_dir={a_file}"],
                                          ["autoquant.score_cache_dir", str(a_file)]),
+        "dry run: negative shape": Row(
+            SENSITIVITY, ["model=qwen3_vl_2b", "runner.dry_run=true",
+                          "model.config.text_config.hidden_size=-8"],
+            ["model.config.text_config.hidden_size=-8", "positive"]),
+        "checkpoint shape mismatch": Row(SENSITIVITY, [f"model.path={mismatched}"],
+                                         [str(mismatched), "does not match its config.json"]),
+        "world-readable score-cache key": Row(
+            SENSITIVITY, [], [str(open_key), "readable by other users"],
+            env={"LAYER_SENSITIVITY_CACHE_KEY_FILE": str(open_key)}),
+        "sweep: unknown pair": Row(SENSITIVITY, ["-m", "quant_pair=fp8,fp9",
+                                                 f"hydra.sweep.dir={out}/sweep-pair"],
+                                   ["quant_pair=fp9", "Did you mean"], [out / "sweep-pair"]),
         "tracking.uri=<text file>": Row(SENSITIVITY, [f"tracking.uri=sqlite:///{text_db}"],
                                         [str(text_db), "not a readable SQLite"],
                                         [Path(f"{text_db}.lock")]),
@@ -165,30 +189,51 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Row]:
                                         f"hydra.run.dir={out}/recipe"], ["'foo'"],
                                [out / "recipe"]),
     }
+    if read_only_dir(read_only):  # root passes os.access everywhere: a real read-only mount
+        rows |= {
+            "tracking.uri=<read-only dir>": Row(
+                SENSITIVITY, [f"tracking.uri=sqlite:///{read_only}/mlflow.db"],
+                ["tracking store", str(read_only), "cannot be written"]),
+            "hydra.run.dir=<read-only>": Row(SENSITIVITY, [f"hydra.run.dir={read_only}/job"],
+                                             ["hydra.run.dir", str(read_only)]),
+            "output_layout.root=<read-only>": Row(
+                SENSITIVITY, ["output_layout=publish", f"output_layout.root={read_only}/models"],
+                ["output_layout.root", str(read_only)]),
+            "publish --root <read-only>": Row(PUBLISH, [*root_run, "--root",
+                                                        str(read_only / "models")],
+                                              ["--root", str(read_only)]),
+        }
     for i, row in enumerate(rows.values()):
         if row.module == SENSITIVITY:
             job_out = out / f"job-{i}"
-            row.args += [*FAST.split(), f"hydra.run.dir={job_out}"]
+            own_dir = any(a.startswith("hydra.run.dir=") for a in row.args)
+            row.args += [*FAST.split(), *([] if own_dir else [f"hydra.run.dir={job_out}"])]
             row.untouched.append(job_out)
     before = _runs(store)
     env = tool_env(store) | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def run(row: Row) -> None:
-        row.proc = subprocess.run([sys.executable, "-m", row.module, *row.args], cwd=base, env=env,
-                                  capture_output=True, text=True, timeout=TIMEOUT)
+        row.proc = subprocess.run([sys.executable, "-m", row.module, *row.args], cwd=base,
+                                  env=env | row.env, capture_output=True, text=True,
+                                  timeout=TIMEOUT)
 
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        list(pool.map(run, rows.values()))
-    assert _runs(store) - before == set()  # no row started a run, not even a FAILED one
-    assert a_file.read_text() == "a file\n"
-    return rows
+    try:
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(run, rows.values()))
+        assert _runs(store) - before == set()  # no row started a run, not even a FAILED one
+        assert a_file.read_text() == "a file\n"
+        yield rows
+    finally:
+        release_read_only(read_only)
 
 
 ROWS = [
     "effective_bits=abc", "effective_bits={a:1}", "effective_bits=[8,abc]", "effective_bits=[[8]]",
     "+foo=bar", "+autoquant.methd", "checkpoint without tokenizer", "device_map=auto on CPU",
     "recipes.keep=[1.5]", "recipes.keep=[-1]", "score_cache_dir on a file",
-    "tracking.uri=<text file>", "sweep +foo=bar", "report: bogus scheme", "report: file: URI",
+    "tracking.uri=<text file>", "sweep +foo=bar", "dry run: negative shape",
+    "checkpoint shape mismatch", "world-readable score-cache key", "sweep: unknown pair",
+    "report: bogus scheme", "report: file: URI",
     "report: plain path", "report: sqlite dir", "report: new store", "report: other SQLite",
     "report: dead server", "report: FAILED run", "report: no groups", "publish --root /",
     "publish --root <file>", "publish: FAILED run", "compare --out <file>",
@@ -196,10 +241,15 @@ ROWS = [
     "evaluate --out <file>", "evaluate --eval-captions <missing>", "evaluate: FAILED run",
     "recipe --formats ,", "recipe hydra.run.dir=<file>/x", "recipe +foo=bar",
 ]
+# Rows that need a directory nobody can write to (a read-only mount as root, mode 0555 otherwise).
+READ_ONLY_ROWS = ["tracking.uri=<read-only dir>", "hydra.run.dir=<read-only>",
+                  "output_layout.root=<read-only>", "publish --root <read-only>"]
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", ROWS + READ_ONLY_ROWS)
 def test_bad_input_exits_2_with_one_paragraph(rows: dict[str, Row], name: str) -> None:
+    if name not in rows:
+        pytest.skip("no read-only directory can be made here (no mount permission, running as root)")
     row = rows[name]
     proc = row.proc
     assert proc is not None
@@ -214,5 +264,5 @@ def test_bad_input_exits_2_with_one_paragraph(rows: dict[str, Row], name: str) -
 
 
 def test_every_row_is_checked(rows: dict[str, Row]) -> None:
-    assert sorted(rows) == sorted(ROWS)
+    assert sorted(set(rows) - set(READ_ONLY_ROWS)) == sorted(ROWS)
     print(f"bad inputs on {len({r.module for r in rows.values()})} entry points: {len(rows)}")

@@ -111,3 +111,29 @@ def run_sweep(base: Path) -> SweepRun:
     assert len(parents) == 1, [r.info.run_name for r in runs]
     children = {r.info.run_name: r for r in runs if r.info.run_id != parents[0].info.run_id}
     return SweepRun(base, store, uri, proc, parents[0], children)
+
+
+def read_only_dir(path: Path) -> bool:
+    """Make ``path`` (an empty directory) one in which no file can be created, even by root: a
+    read-only tmpfs mounted there where this user may mount (root in CI), else mode 0555 for a
+    non-root user. False where neither works (the caller skips); undo with
+    :func:`release_read_only`."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                             capture_output=True, check=False).returncode == 0
+    if not mounted and os.geteuid() != 0:
+        path.chmod(0o555)
+    try:
+        (path / ".probe").touch()
+    except OSError:
+        return True
+    (path / ".probe").unlink()
+    release_read_only(path)
+    return False
+
+
+def release_read_only(path: Path) -> None:
+    if os.path.ismount(path):
+        subprocess.run(["umount", str(path)], capture_output=True, check=False)
+    if path.exists():
+        path.chmod(0o755)
