@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Mapping
-from contextlib import suppress
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,13 +194,36 @@ def _run_and_log(req: JobRequest, plan: pipeline.Plan, run: Run, resources: Reso
     warning = catalogue.experimental_warning(cfg.quant_pair)
     if warning:
         log.warning(warning)
-    out_dir = output_dir(cfg, plan, req.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = output_dir(cfg, plan, req.out_dir)
+    with _writing_into(cfg, final_dir) as out_dir:
+        result = _run_into(req, plan, run, resources, out_dir, final_dir)
+    # The files where they ended up (a staging directory was renamed into place).
+    return replace(result, files=[final_dir / f.relative_to(out_dir) for f in result.files])
+
+
+@contextmanager
+def _writing_into(cfg: SensitivityConfig, final_dir: Path) -> Iterator[Path]:
+    """Where the job writes: Hydra's output directory itself, or for ``output_layout=publish`` a
+    staging directory beside the analysis directory, renamed into place once complete (a disk
+    full or an interruption leaves nothing half-written in the publish tree)."""
+    if cfg.output_layout.kind == OutputLayout.publish:
+        from .publish import staged
+
+        with staged(final_dir) as stage:
+            yield stage
+        return
+    final_dir.mkdir(parents=True, exist_ok=True)
+    yield final_dir
+
+
+def _run_into(req: JobRequest, plan: pipeline.Plan, run: Run, resources: Resources | None,
+              out_dir: Path, final_dir: Path) -> pipeline.Result:
+    cfg = req.cfg
     config_file = out_dir / CONFIG_FILE
     config_file.write_text(redact_text(req.config_yaml))
-    log.info("job %s -> %s", plan.scheme_name, out_dir)
+    log.info("job %s -> %s", plan.scheme_name, final_dir)
     run.set_tags({"device": plan.device, "model.fingerprint": plan.fingerprint,
-                  "output_dir": str(out_dir)})
+                  "output_dir": str(final_dir)})
     run.log_params(resolved_params(plan))
     run.log_dataset(list(plan.captions.lines), str(plan.captions.path), cfg.dataset.name,
                     plan.captions.sha256)

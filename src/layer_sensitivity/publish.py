@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -294,6 +296,33 @@ def publish_files(files: dict[str, Path], dest: Path, provenance: dict[str, Any]
             raise clean from None
         raise
     return Published(dest, "replaced" if replaced else "published", digests)
+
+
+@contextmanager
+def staged(dest: Path) -> Iterator[Path]:
+    """A hidden staging directory beside ``dest``, renamed to ``dest`` once the block completes
+    (as :func:`publish_files` does), so a job writing straight into the publish tree
+    (``output_layout=publish``) never leaves a half-written analysis there: on any failure (disk
+    full, an interruption) the staging directory and the directory chain made for it go."""
+    clean_leftovers(dest.parent)
+    created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
+    stage: Path | None = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-",
+                                      dir=dest.parent))
+        yield stage
+        _make_readable(stage)
+        _commit(stage, dest)
+    except BaseException:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for made in created:  # deepest first, only while empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _commit(stage: Path, dest: Path) -> None:

@@ -122,7 +122,9 @@ def run_task(cfg: DictConfig) -> None:
             fail(str(e))
         except ReportedError as e:  # e.g. the tracking server went away: no traceback either
             fail(str(e), 1)
-        console.summary(job.summary_lines(result.manifest, result.run_id, out_dir)
+        # Where the results are: Hydra's directory, or the analysis directory (output_layout=publish)
+        where = result.files[0].parent if result.files else out_dir
+        console.summary(job.summary_lines(result.manifest, result.run_id, where)
                         + [console.ui_hint(tracker.where) if result.run_id else ""])
         return
     run_id, status, error = None, "FINISHED", None
