@@ -329,7 +329,7 @@ def uninterrupted_scores(fault_store: Path, tmp_path_factory: pytest.TempPathFac
     return _scores(base / "out")
 
 
-def _wait_for_line(log: Path, proc: subprocess.Popen[str], text: str, timeout: float = 300) -> None:
+def _wait_for_line(log: Path, proc: subprocess.Popen[str], text: str, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if log.is_file() and text in log.read_text(errors="replace"):
@@ -404,7 +404,7 @@ def test_interrupted_model_load_ends_the_run_killed(
     assert killed.info.status == "KILLED"
 
 
-def _wait_for_run(store: Path, name: str, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+def _wait_for_run(store: Path, name: str, proc: subprocess.Popen[str], timeout: float = 900) -> None:
     import sqlite3
 
     deadline = time.monotonic() + timeout
@@ -559,7 +559,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env=_env(home / "unused.db"))
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a busy machine starts the server slowly
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:

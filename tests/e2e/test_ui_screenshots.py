@@ -35,7 +35,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ui-shots")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--dump-page"],
-                          cwd=out, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=out, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
