@@ -30,7 +30,15 @@ import pytest
 
 from layer_sensitivity import calibration, publish
 from layer_sensitivity.tracking import store as tracking_store
-from tests.helpers import CAPTIONS, ROOT, TINY_MODEL, finished_runs, tool_env
+from tests.helpers import (
+    CAPTIONS,
+    ROOT,
+    TINY_MODEL,
+    finished_runs,
+    mount_tmpfs,
+    release_read_only,
+    tool_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -496,6 +504,27 @@ def _dead_pid() -> int:
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     return int(proc.stdout)
+
+
+def test_full_disk_under_output_layout_publish_leaves_nothing_in_the_tree(
+        fault_store: Path, tmp_path: Path) -> None:
+    """The analysis is staged beside its directory and renamed in when complete: a publish root on
+    a 200 kB tmpfs (too small for the reports) ends with one paragraph and an empty root."""
+    full = tmp_path / "full"
+    if not mount_tmpfs(full, "size=200k"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        proc = _run([*FAST, "output_layout=publish", f"output_layout.root={full}/models",
+                     "tracking.experiment=disk-full", f"hydra.run.dir={tmp_path / 'out'}"],
+                    _env(fault_store), tmp_path)
+        left = sorted(str(p) for p in full.rglob("*"))
+    finally:
+        release_read_only(full)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "no space left" in proc.stderr
+    assert left == []  # no half-written analysis, no staging directory, no empty chain
+    (failed,) = _experiment_runs(fault_store, "disk-full")
+    assert failed.info.status == "FAILED"
 
 
 def test_publish_cleans_its_own_leftovers(tmp_path: Path) -> None:

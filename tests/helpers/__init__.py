@@ -137,3 +137,11 @@ def release_read_only(path: Path) -> None:
         subprocess.run(["umount", str(path)], capture_output=True, check=False)
     if path.exists():
         path.chmod(0o755)
+
+
+def mount_tmpfs(path: Path, options: str) -> bool:
+    """Mount a tmpfs with ``options`` (e.g. ``size=200k``) on ``path``; False where this user may
+    not mount (the caller skips). Undo with :func:`release_read_only`."""
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, check=False).returncode == 0
