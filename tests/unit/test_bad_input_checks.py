@@ -53,3 +53,12 @@ def test_write_failure_creates_a_file_instead_of_trusting_permission_bits(tmp_pa
     a_file.write_text("x")
     assert paths.write_failure(a_file) is not None  # creating under it fails, whoever we are
     assert paths.nearest_existing(tmp_path / "new" / "deeper") == tmp_path
+
+
+@pytest.mark.parametrize("value", ["fp8,fp9", "choice(fp8,fp9)", "fp9"])
+def test_every_value_of_a_sweep_override_names_a_known_option(value: str) -> None:
+    from layer_sensitivity.cli.typos import check_overrides
+
+    check_overrides(["quant_pair=fp8,int8", "quant_pair=choice(fp8,int8)"])
+    with pytest.raises(UserError, match="quant_pair=fp9: no such option"):
+        check_overrides([f"quant_pair={value}"])

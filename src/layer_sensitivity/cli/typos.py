@@ -10,6 +10,7 @@ the schema is a dataclass (free-form dict nodes accept any key). ``+key`` (appen
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def check_overrides(overrides: list[str]) -> None:
         key, value = override.split("=", 1)
         options = group_options(key)
         if options:
-            for v in (x.strip() for x in value.split(",")):
+            # Every value of a sweep: `a,b` and Hydra's `choice(a,b)` alike.
+            listed = re.sub(r"^choice\((.*)\)$", r"\1", value.strip())
+            for v in (x.strip() for x in listed.split(",")):
                 if v and v not in options and v != "null" and "(" not in v and "$" not in v:
                     raise UserError(f"{key}={v}: no such option in conf/{key}/."
                                     f"{did_you_mean(v, options)} Options: {', '.join(options)}.")
