@@ -130,6 +130,10 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Row]]:
         "world-readable score-cache key": Row(
             SENSITIVITY, [], [str(open_key), "readable by other users"],
             env={"LAYER_SENSITIVITY_CACHE_KEY_FILE": str(open_key)}),
+        "sweep: world-readable score-cache key": Row(
+            SENSITIVITY, ["-m", "quant_pair=fp8,int8", f"hydra.sweep.dir={out}/sweep-key"],
+            [str(open_key), "readable by other users"], [out / "sweep-key"],
+            env={"LAYER_SENSITIVITY_CACHE_KEY_FILE": str(open_key)}),
         "sweep: unknown pair": Row(SENSITIVITY, ["-m", "quant_pair=fp8,fp9",
                                                  f"hydra.sweep.dir={out}/sweep-pair"],
                                    ["quant_pair=fp9", "Did you mean"], [out / "sweep-pair"]),
@@ -233,6 +237,7 @@ ROWS = [
     "recipes.keep=[1.5]", "recipes.keep=[-1]", "score_cache_dir on a file",
     "tracking.uri=<text file>", "sweep +foo=bar", "dry run: negative shape",
     "checkpoint shape mismatch", "world-readable score-cache key", "sweep: unknown pair",
+    "sweep: world-readable score-cache key",
     "report: bogus scheme", "report: file: URI",
     "report: plain path", "report: sqlite dir", "report: new store", "report: other SQLite",
     "report: dead server", "report: FAILED run", "report: no groups", "publish --root /",

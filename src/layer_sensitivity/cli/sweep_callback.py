@@ -79,6 +79,10 @@ class SweepRuns(Callback):
         check_output_dir(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
         try:
             check_known_keys(config)  # a typo'd `+key` would fail every job alike: refuse it now
+            if OmegaConf.select(config, "autoquant.reuse_scores", default=True):
+                from .. import scorecache
+
+                scorecache.check_key_file()  # e.g. world-readable: every job would fail alike
         except UserError as e:
             fail(str(e))
         jobs, swept, args = planned_overrides(config)
