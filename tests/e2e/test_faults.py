@@ -433,7 +433,7 @@ def test_sigterm_to_evaluate_ends_its_nested_run_killed(
          "--out", str(tmp_path / "eval")], cwd=tmp_path, env=_env(fault_store),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_run(fault_store, "evaluate", proc)
+        _wait_for_run(fault_store, f"evaluate {target.info.run_name}", proc)  # named after its target
         time.sleep(0.5)  # into the model load
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=TIMEOUT)
