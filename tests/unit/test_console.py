@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,17 @@ def test_prints_go_to_the_debug_log(caplog: pytest.LogCaptureFixture,
         print("Inserted 168 quantizers")
     assert capsys.readouterr().out == ""
     assert "Inserted 168 quantizers" in caplog.text
+
+
+@pytest.mark.parametrize("flag", [["--config-dir", "{d}"], ["--config-dir={d}"], ["-cd", "{d}"]])
+def test_options_from_a_users_config_dir_are_options(tmp_path: Path, flag: list[str]) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_model.yaml").write_text("name: mine\n")
+    argv = [a.format(d=tmp_path) for a in flag]
+    check_overrides([*argv, "model=my_model"])
+    with pytest.raises(UserError, match="Did you mean 'my_model'"):
+        check_overrides([*argv, "model=my_modle"])
+
+
+def test_a_searchpath_leaves_group_options_to_hydra() -> None:
+    check_overrides(["hydra.searchpath=[file:///elsewhere]", "model=from_elsewhere"])

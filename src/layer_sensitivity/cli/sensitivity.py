@@ -159,7 +159,7 @@ def main() -> None:
     install_signal_handlers()
     console.quiet_third_party()
     with user_errors():
-        check_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
+        check_overrides(sys.argv[1:])
         try:
             _hydra_main()
         except SystemExit as e:

@@ -20,10 +20,26 @@ from ..console import did_you_mean
 from ..errors import UserError
 
 
-def group_options(group: str) -> list[str]:
-    """Options of a config group: the YAML files in ``conf/<group>/`` (empty if no such group)."""
-    folder = Path(paths.CONF_DIR) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def group_options(group: str, extra_dirs: typing.Sequence[Path] = ()) -> list[str]:
+    """Options of a config group: the YAML files in ``conf/<group>/`` and in the same group of any
+    config directory the user added (``--config-dir``); empty if no such group."""
+    folders = [Path(paths.CONF_DIR) / group, *(Path(d) / group for d in extra_dirs)]
+    return sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.yaml")})
+
+
+def config_dirs(argv: typing.Sequence[str]) -> tuple[list[Path], bool]:
+    """The config directories Hydra's command line adds (``--config-dir``/``-cd``,
+    ``--config-path``/``-cp``), and whether ``hydra.searchpath`` adds more (then group options
+    cannot be listed here, and Hydra's own check decides)."""
+    dirs, searchpath = [], False
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd", "--config-path", "-cp"):
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            if value:
+                dirs.append(Path(value))
+        searchpath = searchpath or arg.lstrip("+").startswith("hydra.searchpath")
+    return dirs, searchpath
 
 
 def _schema_keys(cls: Any, prefix: str = "") -> list[str] | None:
@@ -39,16 +55,18 @@ def _schema_keys(cls: Any, prefix: str = "") -> list[str] | None:
     return keys
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Raise ``UserError`` for an unknown group option or schema key, with the closest names."""
+def check_overrides(argv: list[str]) -> None:
+    """Raise ``UserError`` for an unknown group option or schema key in a job's command line
+    (overrides and Hydra's flags), with the closest names."""
     from ..schema import SensitivityConfig
 
     keys = _schema_keys(SensitivityConfig) or []
-    for override in overrides:
+    extra_dirs, searchpath = config_dirs(argv)
+    for override in argv:
         if "=" not in override or override.startswith(("+", "~", "hydra", "-")):
             continue  # Hydra's own groups (hydra/launcher=...) also come from its plugins
         key, value = override.split("=", 1)
-        options = group_options(key)
+        options = [] if searchpath else group_options(key, extra_dirs)
         if options:
             # Every value of a sweep: `a,b` and Hydra's `choice(a,b)` alike.
             listed = re.sub(r"^choice\((.*)\)$", r"\1", value.strip())
