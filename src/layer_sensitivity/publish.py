@@ -258,40 +258,26 @@ def publish_files(files: dict[str, Path], dest: Path, provenance: dict[str, Any]
     plain data (run id, params, ...); the sha256 of every published file is added to it.
     """
     run_id = str(provenance["run_id"])
-    clean_leftovers(dest.parent)
     existing = check_existing(dest, run_id, force)
     if existing:
         return existing
-    created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
-    stage: Path | None = None
+    replaced = dest.exists()
+    digests = {}
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-",
-                                      dir=dest.parent))
-        digests = {}
-        for rel, src in sorted(files.items()):
-            if rel == PROVENANCE or is_binary_state(rel):
-                raise UserError(f"'{rel}' cannot be published (reserved name or binary state).")
-            target = safe_join(stage, *rel.split("/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
-            _fsync(target)
-            digests[rel] = sha256_file(target)
-        (stage / PROVENANCE).write_text(
-            json.dumps({**provenance, "files": digests}, indent=2, sort_keys=True) + "\n")
-        _fsync(stage / PROVENANCE)
-        _make_readable(stage)
-        replaced = dest.exists()
-        _commit(stage, dest)
-    except BaseException as e:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        for made in created:  # the directory chain this publish made, deepest first, if empty
-            try:
-                made.rmdir()
-            except OSError:
-                break
-        clean = out_of_space(e, f"'{dest}'") if isinstance(e, OSError) else None
+        with staged(dest) as stage:
+            for rel, src in sorted(files.items()):
+                if rel == PROVENANCE or is_binary_state(rel):
+                    raise UserError(f"'{rel}' cannot be published (reserved name or binary state).")
+                target = safe_join(stage, *rel.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+                _fsync(target)
+                digests[rel] = sha256_file(target)
+            (stage / PROVENANCE).write_text(
+                json.dumps({**provenance, "files": digests}, indent=2, sort_keys=True) + "\n")
+            _fsync(stage / PROVENANCE)
+    except OSError as e:
+        clean = out_of_space(e, f"'{dest}'")
         if clean is not None:
             raise clean from None
         raise
@@ -301,7 +287,7 @@ def publish_files(files: dict[str, Path], dest: Path, provenance: dict[str, Any]
 @contextmanager
 def staged(dest: Path) -> Iterator[Path]:
     """A hidden staging directory beside ``dest``, renamed to ``dest`` once the block completes
-    (as :func:`publish_files` does), so a job writing straight into the publish tree
+    (:func:`publish_files` writes through it too), so a job writing straight into the publish tree
     (``output_layout=publish``) never leaves a half-written analysis there: on any failure (disk
     full, an interruption) the staging directory and the directory chain made for it go."""
     clean_leftovers(dest.parent)
