@@ -36,6 +36,13 @@ NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 PARAM_VALUE_LIMIT = 6000
+DATASET_ATTEMPTS = 5
+
+
+def _lost_insert_race(e: Exception) -> bool:
+    """MLflow's wrapping of SQLAlchemy's unique-constraint error (SQLite and PostgreSQL words)."""
+    text = str(e)
+    return "IntegrityError" in text or "UNIQUE constraint" in text or "duplicate key" in text
 
 
 def _first_words(e: BaseException) -> str:
@@ -90,8 +97,20 @@ class MlflowRun:
         """The calibration captions as an MLflow dataset input (digest = sha256 of those used)."""
         ds = mlflow.data.pandas_dataset.from_pandas(pd.DataFrame({"caption": list(lines)}),
                                                     source=source, name=name, digest=digest[:36])
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
-            ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "calibration")])])
+        entry = DatasetInput(ds._to_mlflow_entity(),
+                             tags=[InputTag("mlflow.data.context", "calibration")])
+        # Two jobs of one experiment logging the same captions at once race in MLflow's
+        # get-or-insert of the dataset row: the loser's insert breaks the unique constraint (its
+        # transaction rolls back, nothing half-written). Its next try finds the winner's row.
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=[entry])
+                return
+            except mlflow.exceptions.MlflowException as e:
+                if attempt == DATASET_ATTEMPTS - 1 or not _lost_insert_race(e):
+                    raise
+                log.debug("Dataset %r inserted by another job meanwhile; retrying", name)
+                time.sleep(0.05 * 2**attempt)
 
     def log_model(self, name: str, directory: Path, *, params: Mapping[str, Any],
                   metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
