@@ -20,7 +20,7 @@ from layer_sensitivity import (
     recipes,
 )
 from layer_sensitivity.errors import UserError
-from tests.unit.test_recipes import INT4, bits_by_hand, synthetic
+from tests.helpers.recipes import INT4, bits_by_hand, synthetic
 
 HEADROOM = (0.1, 0.25, 0.5)
 

@@ -12,7 +12,7 @@ import yaml
 
 from layer_sensitivity import budgets, recipe_files, recipes
 from layer_sensitivity.errors import UserError
-from tests.unit.test_recipes import FP8, INT4, LM, NONE, enabled_modules, label, modules_of, ranked, synthetic
+from tests.helpers.recipes import FP8, INT4, LM, NONE, enabled_modules, label, modules_of, ranked, synthetic
 
 
 def _round_trip(r: recipes.Recipe, m: dict[str, Any], path: Path) -> recipes.Recipe:

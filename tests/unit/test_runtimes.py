@@ -14,7 +14,7 @@ from layer_sensitivity import budgets, catalogue, export, paths, recipe_files, r
 from layer_sensitivity.catalogue import runtimes
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import Precision, PresetEdit, QuantGranularityConfig, QuantPairConfig
-from tests.unit.test_recipes import FP8, INT4, synthetic
+from tests.helpers.recipes import FP8, INT4, synthetic
 
 TRT, VLLM, SGL = runtimes.TRTLLM, runtimes.VLLM, runtimes.SGLANG
 

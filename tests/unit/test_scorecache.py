@@ -356,9 +356,7 @@ def test_leftovers_of_dead_processes_are_removed(tmp_path: Path) -> None:
 
 
 def _dead_pid() -> int:
-    import subprocess
-    import sys
+    """A process id no process holds now (as a killed writer's leftovers carry)."""
+    import psutil
 
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    return int(proc.stdout)
+    return next(pid for pid in range(4_000_000, 1, -1) if not psutil.pid_exists(pid))
