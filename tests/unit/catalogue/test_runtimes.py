@@ -130,5 +130,5 @@ def test_readme_runtime_table_is_current() -> None:
     readme = (paths.project_root() / "README.md").read_text()
     assert runtimes.readme_section(readme) == runtimes.markdown(all_pair_kinds()), (
         "README.md's runtime table is out of date: replace the text between the runtimes markers "
-        "with: python -c 'from tests.unit.test_runtimes import *; "
+        "with: python -c 'from tests.unit.catalogue.test_runtimes import *; "
         "print(runtimes.markdown(all_pair_kinds()))'")
