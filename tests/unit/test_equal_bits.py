@@ -1,4 +1,6 @@
-"""Equal-bits baselines, the recommendation and ground-truth correlations, without torch."""
+"""Equal-bits evaluation without torch: the recommendation per budget, the summary against the
+baselines, metrics and figures (the baselines themselves: test_baselines.py; ground truth:
+test_ground_truth.py)."""
 
 from __future__ import annotations
 
@@ -10,57 +12,13 @@ import pytest
 
 from layer_sensitivity import (
     baselines,
-    budgets,
     equal_bits,
     evaluate_runs,
     figures,
-    ground_truth,
-    groups,
     recipe_files,
-    recipes,
 )
 from layer_sensitivity.errors import UserError
-from tests.helpers.recipes import INT4, bits_by_hand, synthetic
-
-HEADROOM = (0.1, 0.25, 0.5)
-
-
-def _layer(h: str) -> int | None:
-    return groups.layer_and_kind(h)[0]
-
-
-def test_every_baseline_lands_at_its_budget_within_the_tolerance() -> None:
-    m = synthetic([INT4], seed=1)
-    rs = baselines.equal_bits_recipes(m, HEADROOM, draws=20)
-    kinds = {r.kind for r in rs}
-    assert kinds == {"keep_top", "keep_top_rank", "reverse", "random", *baselines.RULES}
-    assert len(rs) == len(HEADROOM) * (3 + len(baselines.RULES) + 20)
-    for r in rs:
-        budget = r.info["target_bits"]
-        assert r.lm_bits == pytest.approx(bits_by_hand(m, r.quantized))
-        assert budget - baselines.EQUAL_BITS_TOLERANCE <= r.lm_bits <= budget + 1e-9, r.name
-    for h in HEADROOM:
-        draws = [r for r in rs if r.kind == "random" and r.info["headroom"] == h]
-        assert sorted(r.info["seed"] for r in draws) == list(range(20))
-        assert len({frozenset(r.kept) for r in draws}) > 10  # really different draws
-    again = baselines.equal_bits_recipes(m, HEADROOM, draws=20)
-    assert [r.kept for r in again] == [r.kept for r in rs]  # seeded
-
-
-def test_rules_keep_what_practitioners_keep() -> None:
-    m = synthetic([INT4], seed=2)
-    rs = {r.kind: r for r in baselines.equal_bits_recipes(m, (0.25,), draws=1)}
-    # 3 bits to spend; a whole layer costs 2.25: the first (last) layer whole, then what fits
-    first = [_layer(h) for h in rs["rule_first_layers"].kept]
-    last = [_layer(h) for h in rs["rule_last_layers"].kept]
-    assert first.count(0) == 4 and 3 not in first
-    assert last.count(3) == 4 and 0 not in last
-    assert "lm_head.quant_recipe" in rs["rule_lm_head"].kept  # 3 bits: exactly lm_head's cost
-    downs = [h for h in m["layer_sensitivity"] if h.endswith("mlp.down_proj.quant_recipe")]
-    assert set(downs) <= set(rs["rule_mlp_down"].kept)
-    reverse, guided = rs["reverse"], rs["keep_top"]
-    score = {h: s["scores"][0] for h, s in m["layer_sensitivity"].items()}
-    assert sum(score[h] for h in reverse.kept) < sum(score[h] for h in guided.kept)
+from tests.helpers.recipes import INT4, synthetic
 
 
 def _results(rows: list[tuple[str, str, float, float, float, float]]) -> pd.DataFrame:
@@ -98,28 +56,6 @@ def test_summary_counts_the_draws_guided_beats() -> None:
     assert s.loc["recommended", "recipe"] == "g"
     wide = equal_bits.wide(equal_bits.summary(_results(rows)))
     assert wide.loc[5.0, "keep_top"] == pytest.approx(1.3)
-
-
-def test_ground_truth_correlations_and_subsets() -> None:
-    m = synthetic([INT4], seed=4)
-    gs = recipes.manifest_groups(m)
-    fmt = budgets.only_format(gs)
-    truth = pd.DataFrame({"group": [g.handle for g in gs],
-                          "kl": [budgets.score(g, fmt) ** 2 for g in gs],  # same order as scores
-                          "loss_delta": [-budgets.score(g, fmt) for g in gs]})
-    c = ground_truth.correlations(m, truth).set_index("ranking")
-    assert c.loc["ranking", "spearman_kl"] == pytest.approx(1.0)
-    assert c.loc["ranking", "kendall_kl"] == pytest.approx(1.0)
-    assert c.loc["ranking", "spearman_loss"] == pytest.approx(-1.0)
-    assert set(c.index) == {"ranking", *baselines.RULES}
-    assert ground_truth.best_rule(c.reset_index())["ranking"] in baselines.RULES
-    sub = ground_truth.chosen_groups(gs, 5)
-    assert len(sub) == 5 and sub[0] == gs[0] and sub[-1] == gs[-1]
-    alone = ground_truth.alone_recipes(m, 5)
-    assert [list(r.quantized) for r in alone] == [[g.handle] for g in sub]
-    assert "5 quantize-and-measure passes" in ground_truth.cost_statement(5, 2.0)
-    with pytest.raises(UserError, match="at least 3"):
-        ground_truth.chosen_groups(gs, 2)
 
 
 def test_eval_metrics_are_series_over_bits_and_the_figure_draws(tmp_path: Path) -> None:

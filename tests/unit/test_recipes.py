@@ -22,53 +22,6 @@ from tests.helpers.recipes import (
 )
 
 
-def test_keep_top_keeps_the_most_sensitive_groups_per_bit_within_each_budget() -> None:
-    m = synthetic([INT4])
-    rs = budgets.keep_top(m)
-    assert [r.name for r in rs] == ["keep_top_0pct", "keep_top_10pct", "keep_top_25pct",
-                                    "keep_top_50pct"]
-    full = sum(max(s["costs"]) for s in m["layer_sensitivity"].values())
-
-    def per_bit(h: str) -> float:
-        s = m["layer_sensitivity"][h]
-        return s["scores"][0] / (16 * (s["costs"][1] - s["costs"][0]) / full)
-
-    by_ratio = sorted(m["layer_sensitivity"], key=per_bit, reverse=True)
-    for r, h in zip(rs, budgets.DEFAULT_HEADROOM, strict=True):
-        budget = 4.0 + h * 12.0
-        assert r.info["target_bits"] == pytest.approx(budget) and r.info["headroom"] == h
-        assert r.lm_bits == pytest.approx(bits_by_hand(m, r.quantized))
-        assert r.lm_bits <= budget + 1e-9 and r.metadata["lm_bits"] == r.lm_bits
-        spent, kept = 4.0, set()  # the rule by hand: by score per bit, kept while it fits
-        for x in by_ratio:
-            s = m["layer_sensitivity"][x]
-            cost = 16 * (s["costs"][1] - s["costs"][0]) / full
-            if spent + cost <= budget + 1e-9:
-                kept.add(x)
-                spent += cost
-        assert set(r.kept) == kept
-        for x in r.quantized:
-            assert bits_by_hand(m, {y: f for y, f in r.quantized.items() if y != x}) > budget
-        assert set(r.quantized.values()) <= {INT4[0]}
-    assert rs[0].lm_bits == pytest.approx(4.0) and not rs[0].kept
-    assert [r.lm_bits for r in rs] == sorted(r.lm_bits for r in rs)
-
-
-def test_a_big_group_is_kept_only_when_its_score_pays_for_its_bits() -> None:
-    m = synthetic([INT4])
-    sens = m["layer_sensitivity"]
-    head = sens["lm_head.quant_recipe"]
-    top_small = max((h for h in sens if h != "lm_head.quant_recipe"),
-                    key=lambda h: sens[h]["scores"][0])
-    head["scores"][0] = sens[top_small]["scores"][0] * 1.5  # most sensitive, 16x the bits
-    r = budgets.keep_top(m, headroom=[0.25])[0]  # 3 bits to spend: exactly lm_head's cost
-    # ranked first, but the groups kept instead avoid more score for the same bits
-    assert "lm_head.quant_recipe" not in r.kept
-    assert sum(sens[h]["scores"][0] for h in r.kept) > head["scores"][0]
-    head["scores"][0] = sum(s["scores"][0] for s in sens.values()) * 10  # now it pays
-    assert "lm_head.quant_recipe" in budgets.keep_top(m, headroom=[0.25])[0].kept
-
-
 def test_config_names_exactly_the_quantized_modules() -> None:
     m = synthetic([INT4])
     r = budgets.keep_top(m, headroom=(0.25,))[0]
@@ -107,19 +60,6 @@ def test_frontier_recipes_follow_the_solver_and_can_mix_formats() -> None:
     one = synthetic([INT4])  # no frontier: the run's own choice, one recipe
     (main,) = recipes.from_frontier(one)
     assert main.name == "frontier_4bits" and main.kind == "frontier" and not main.kept
-
-
-def test_keep_top_for_bits_fits_the_budget() -> None:
-    m = synthetic([INT4], seed=3)
-    for budget in (4.0, 5.0, 6.5, 9.0):
-        r = budgets.keep_top_for_bits(m, budget)
-        assert r.lm_bits <= budget + 1e-9 and r.info["target_bits"] == budget
-        # every group not kept would break the budget if it were kept too
-        for h in r.quantized:
-            more = {x: f for x, f in r.quantized.items() if x != h}
-            assert bits_by_hand(m, more) > budget
-    with pytest.raises(UserError, match="below"):
-        budgets.keep_top_for_bits(m, 3.0)
 
 
 def test_vision_groups_are_never_in_a_recipe() -> None:

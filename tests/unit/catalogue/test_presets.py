@@ -158,5 +158,5 @@ def test_overlays_apply_as_recorded_on_cpu(overlay: str) -> None:
         assert catalogue.cuda_requirements(cfg) == []
         layer = quantize_on_cpu(cfg)[0]
         recorded = catalogue.effective_quantizers(cfg)
-        assert applied_settings(layer.weight_quantizer) == recorded_settings(recorded["weight"]), (name, overlay)
-        assert applied_settings(layer.input_quantizer) == recorded_settings(recorded["input"]), (name, overlay)
+        for side, quantizer in (("weight", layer.weight_quantizer), ("input", layer.input_quantizer)):
+            assert applied_settings(quantizer) == recorded_settings(recorded[side]), (name, overlay)

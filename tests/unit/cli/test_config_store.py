@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import initialize_config_dir
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -123,3 +123,26 @@ def test_unknown_pair_lists_every_known_name() -> None:
     assert "quant_pair/w3a3" in text
     for name in [*PAIRS, *ALIASES]:
         assert re.search(rf"\b{name}\b", text), name
+
+
+def test_importing_registers_the_resolvers_and_the_listing_source() -> None:
+    cfg = OmegaConf.create({"captions": "${asset:captions/captions.txt}", "root": "${project_root:}"})
+    assert cfg.captions == str(paths.ASSETS_DIR / "captions" / "captions.txt")
+    assert cfg.root == str(paths.project_root())
+    assert catalogue.current_listing() is LISTING  # what the core's device errors list
+    config_store.register()  # again (a second app in one process): replaces, does not fail
+    assert compose_cfg().model.path == str(paths.ASSETS_DIR / "tiny-qwen3-vl")
+
+
+def test_unknown_plus_keys_are_refused_and_every_shipped_option_passes() -> None:
+    with initialize_config_dir(config_dir=config_store.CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        # (pairs and overlays are typed leaves: their keys cannot add unknown ones)
+        for group in ("model", "dataset", "output_layout", "tracking", "sweep", "hydra/launcher"):
+            for option in loader.get_group_options(group):
+                config_store.check_known_keys(compose("sensitivity", overrides=[f"{group}={option}"],
+                                         return_hydra_config=True))
+        with pytest.raises(UserError, match="did you mean 'autoquant.method'") as info:
+            config_store.check_known_keys(compose("sensitivity", overrides=["+autoquant.methd=kl_div",
+                                                               "+foo=bar"]))
+        assert "'foo'" in str(info.value)
