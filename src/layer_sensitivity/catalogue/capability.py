@@ -16,7 +16,7 @@ from .registry import Listing, current_listing
 def cuda_requirements(cfg: QuantCfg) -> list[str]:
     """Why ModelOpt 0.47 can run this config only on CUDA (empty: it runs on CPU too).
 
-    Facts measured on CPU (see tests/unit/test_catalogue.py): NVFP4 blocks assert CUDA tensors
+    Facts measured on CPU (see tests/unit/catalogue/test_capability.py): NVFP4 blocks assert CUDA tensors
     (``amax must be a CUDA tensor for dynamic block quantization``), MX blocks load the CUDA
     extension ``modelopt_cuda_ext_mx``, static FP4 blocks need Triton on a GPU; per-token dynamic
     and static INT/FP8 blocks run on CPU.
