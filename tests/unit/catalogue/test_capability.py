@@ -3,6 +3,7 @@ error and its CPU alternatives, and weight group sizes against the layers' input
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ import torch
 from layer_sensitivity import catalogue, pipeline
 from layer_sensitivity.catalogue import Listing
 from layer_sensitivity.errors import UserError
+from tests.helpers import TINY_MODEL
 from tests.helpers.catalogue import (
     CUDA_PAIRS,
     DEFAULT,
     LISTING,
+    OVERLAYS,
     PAIRS,
     applied_settings,
     compose_job,
@@ -98,3 +101,16 @@ def test_group_size_must_divide_every_quantized_layer() -> None:
     with pytest.raises(UserError, match=r"groups of 128.*visual"):
         pipeline.plan(compose_job("quant_pair=int8", "quant_granularity=w_group128",
                            "autoquant.coverage=full"))
+
+
+def test_only_a_group_overlay_reads_the_layers_and_the_message_lists_sizes_that_fit(
+        tmp_path: Path) -> None:
+    catalogue.check_layer_fit(OVERLAYS["w_per_out_channel"], tmp_path / "absent", [])  # reads nothing
+    dims = catalogue.weight_last_dims(TINY_MODEL, ["*visual*"])
+    assert not any("visual" in name for name in dims)
+    assert dims["model.language_model.layers.0.mlp.down_proj"] == 384 and dims["lm_head"] == 128
+    catalogue.check_layer_fit(OVERLAYS["w_group128"], TINY_MODEL, ["*visual*"])
+    too_big = dataclasses.replace(OVERLAYS["w_group128"], group_size=256)
+    with pytest.raises(UserError, match=r"groups of 256, .* of \d+ layer\(s\) of tiny-qwen3-vl: .*"
+                                        r"Use a group size that divides them all \(16, 32, 64, 128\)"):
+        catalogue.check_layer_fit(too_big, TINY_MODEL, ["*visual*"])
