@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import compare, manifest
 from .errors import UserError
+from .lifecycle import Outputs, RunSpec, Task, run_task
+from .phases import Phases
 
 if TYPE_CHECKING:
-    from .tracking import Tracker
+    from .tracking import Run, Tracker
     from .tracking.runs import RunRecord, RunStore
 
 log = logging.getLogger(__name__)
@@ -73,30 +75,67 @@ class Compared:
     run_id: str | None
 
 
+@dataclass
+class _Selection:
+    run_ids: list[str] | None = None
+    parent_run_id: str | None = None
+    experiment: str | None = None
+    filter_string: str = ""
+
+
+class CompareTask(Task[tuple[compare.Comparison, list[Path]]]):
+    """``compare``: the selected runs' manifests compared, logged as a run (nested under the
+    sweep's parent when one is given)."""
+
+    def __init__(self, store: RunStore, out_dir: Path, which: _Selection) -> None:
+        self.store, self.out_dir, self.which = store, out_dir, which
+        self.records: list[RunRecord] = []
+        self.docs: dict[str, Any] = {}
+
+    def validate(self) -> None:
+        w = self.which
+        self.records = select_runs(self.store, run_ids=w.run_ids, parent_run_id=w.parent_run_id,
+                                   experiment=w.experiment, filter_string=w.filter_string)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.docs = load_manifests(self.store, self.records, Path(tmp))
+
+    def spec(self) -> RunSpec:
+        return RunSpec(f"compare {len(self.records)} runs", parent_id=self.which.parent_run_id,
+                       tags={"compare.runs": ",".join(r.run_id for r in self.records)[:5000]})
+
+    def params(self) -> dict[str, Any]:
+        w = self.which
+        return {"compare.num_runs": len(self.records), "compare.experiment": w.experiment,
+                "compare.filter": w.filter_string, "compare.parent_run_id": w.parent_run_id}
+
+    def execute(self, run: Run, phases: Phases) -> tuple[compare.Comparison, list[Path]]:
+        with phases("compare"):
+            result = compare.compare(self.docs)
+            return result, compare.write_comparison(result, self.out_dir)
+
+    def outputs(self, result: tuple[compare.Comparison, list[Path]]) -> Outputs:
+        comparison, files = result
+        n, pairs = len(self.records), comparison.pairs
+        description = (f"Comparison of {n} runs ({', '.join(comparison.labels[:6])}"
+                       f"{', ...' if n > 6 else ''}).\n\n" + "\n\n".join(compare.headline(comparison))
+                       + f"\n\nReport: `{compare.HTML_NAME}`.\n")
+        return Outputs(
+            metrics=[(k, float(v), None) for k, v in {
+                "spearman_min": pairs["spearman"].min(), "spearman_mean": pairs["spearman"].mean(),
+                "kendall_min": pairs["kendall"].min(),
+                "shared_groups": len(comparison.shared_groups)}.items()
+                if v == v],  # NaN when undefined: not logged
+            description=description,
+            files={f.relative_to(self.out_dir).as_posix(): f for f in files})
+
+
 def compare_runs(store: RunStore, tracker: Tracker, out_dir: Path, *,
                  run_ids: list[str] | None = None, parent_run_id: str | None = None,
                  experiment: str | None = None, filter_string: str = "") -> Compared:
     """Compare the selected runs into ``out_dir`` and log it (nested under ``parent_run_id``)."""
-    records = select_runs(store, run_ids=run_ids, parent_run_id=parent_run_id,
-                          experiment=experiment, filter_string=filter_string)
-    with tempfile.TemporaryDirectory() as tmp:
-        docs = load_manifests(store, records, Path(tmp))
-    result = compare.compare(docs)
-    files = compare.write_comparison(result, out_dir)
-    headline = compare.headline(result)
-    name = f"compare {len(records)} runs"
-    description = (f"Comparison of {len(records)} runs ({', '.join(result.labels[:6])}"
-                   f"{', ...' if len(records) > 6 else ''}).\n\n" + "\n\n".join(headline)
-                   + f"\n\nReport: `{compare.HTML_NAME}`.\n")
-    with tracker.run(name, parent_id=parent_run_id, description=description, tags={
-            "compare.runs": ",".join(r.run_id for r in records)[:5000]}) as run:
-        run.log_params({"compare.num_runs": len(records), "compare.experiment": experiment,
-                        "compare.filter": filter_string, "compare.parent_run_id": parent_run_id})
-        pairs = result.pairs
-        run.log_metrics([(k, float(v), None) for k, v in {
-            "spearman_min": pairs["spearman"].min(), "spearman_mean": pairs["spearman"].mean(),
-            "kendall_min": pairs["kendall"].min(), "shared_groups": len(result.shared_groups),
-        }.items() if v == v])  # NaN when undefined: not logged
-        run.log_files({f.relative_to(out_dir).as_posix(): f for f in files})
-    log.info("compared %d runs -> %s", len(records), out_dir)
-    return Compared(files, headline, run.run_id)
+    task = CompareTask(store, out_dir, _Selection(run_ids, parent_run_id, experiment,
+                                                  filter_string))
+    done = run_task(task, tracker)
+    comparison, files = done.result
+    log.info("compared %d runs -> %s", len(task.records), out_dir)
+    return Compared(files, compare.headline(comparison), done.run_id)

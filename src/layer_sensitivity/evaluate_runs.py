@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import figures, ground_truth, manifest, recipes
+from .lifecycle import Outputs, RunSpec, Task, run_task
+from .phases import Phases
 from .tracking.base import Metric
 
 if TYPE_CHECKING:
     from .equal_bits import EqualBits
-    from .tracking import Tracker
+    from .tracking import Run, Tracker
     from .tracking.runs import RunStore
 
 log = logging.getLogger(__name__)
@@ -115,64 +117,93 @@ def headline(ev: EqualBits) -> tuple[list[Metric], str]:
     return out, line
 
 
-def log_equal_bits(run: Any, ev: EqualBits, out_dir: Path) -> dict[str, Path]:
-    """Write the tables and the figure to ``out_dir`` and log them with the metrics."""
+def equal_bits_outputs(ev: EqualBits, out_dir: Path) -> Outputs:
+    """Write the tables and the figure to ``out_dir``; what the evaluation run logs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables: dict[str, pd.DataFrame | None] = {
+    frames: dict[str, pd.DataFrame | None] = {
         TABLE: ev.results, "equal_bits": ev.summary, "recommended": ev.recommended,
         "ground_truth": ev.truth, "truth_correlations": ev.correlations}
+    tables = {stem: df for stem, df in frames.items() if df is not None and not df.empty}
     files: dict[str, Path] = {}
     for stem, df in tables.items():
-        if df is not None and not df.empty:
-            csv = out_dir / f"{stem}.csv"
-            df.to_csv(csv, index=False)
-            files[csv.name] = csv
-            run.log_table(df, stem)
+        csv = out_dir / f"{stem}.csv"
+        df.to_csv(csv, index=False)
+        files[csv.name] = csv
     for path in recipes.write_recipes(ev.chosen, out_dir / "recipes"):
         files[f"recipes/{path.name}"] = path
     if not ev.summary.empty:
         files[f"figures/{figures.QUALITY_VS_BITS}"] = figures.write_quality_vs_bits(ev.summary,
                                                                                    out_dir)
     scalars, line = headline(ev)
-    run.log_metrics([*scalars, *metrics(ev)])  # the headline first: MLflow lists in logged order
-    run.set_tags({"mlflow.note.content": f"{line}\n\nEqual-bits evaluation: {len(ev.results)} "
-                  "recipes measured (guided, random draws, reverse and rules at each LM bit "
-                  "budget), test captions held out. Curves `eval/*_by_bits` (step = bits x 100); tables "
-                  f"`equal_bits`, `recommended`, `{TABLE}`.\n"})
-    run.log_files(files)
-    return files
+    return Outputs(
+        metrics=[*scalars, *metrics(ev)],  # the headline first: MLflow lists in logged order
+        tables=tables,
+        description=f"{line}\n\nEqual-bits evaluation: {len(ev.results)} recipes measured "
+                    "(guided, random draws, reverse and rules at each LM bit budget), test "
+                    "captions held out. Curves `eval/*_by_bits` (step = bits x 100); tables "
+                    f"`equal_bits`, `recommended`, `{TABLE}`.\n",
+        files=files)
+
+
+class EvaluateTask(Task["EqualBits"]):
+    """``evaluate``: a finished run's recipes at equal bits, logged as a run nested under it."""
+
+    def __init__(self, store: RunStore, run_id: str, out_dir: Path, *,
+                 keep: Sequence[float] | None = None, eval_captions: str | None = None,
+                 max_eval_samples: int | None = None, draws: int | None = None,
+                 truth: bool = True, truth_subset: int | None = None) -> None:
+        from . import baselines, equal_bits
+
+        self.store, self.run_id, self.out_dir = store, run_id, out_dir
+        self.headroom = list(keep) if keep is not None else list(equal_bits.DEFAULT_HEADROOM)
+        self.draws = baselines.DEFAULT_DRAWS if draws is None else draws
+        self.eval_captions, self.max_eval_samples = eval_captions, max_eval_samples
+        self.truth, self.truth_subset = truth, truth_subset
+        self.run_name, self.doc = "", dict[str, Any]()
+
+    def validate(self) -> None:
+        self.run_name = self.store.finished(self.run_id).run_name
+        with tempfile.TemporaryDirectory() as tmp:
+            self.doc = manifest.load(self.store.fetch_manifest(self.run_id, Path(tmp)))
+
+    def spec(self) -> RunSpec:
+        return RunSpec(f"evaluate {self.run_name}", parent_id=self.run_id,
+                       tags={"evaluate.of": self.run_name})
+
+    def params(self) -> dict[str, Any]:
+        from .baselines import EQUAL_BITS_TOLERANCE
+
+        truth = ("off" if not self.truth else f"{self.truth_subset} groups" if self.truth_subset
+                 else "all groups")
+        return {"evaluate.headroom": ",".join(f"{k:g}" for k in self.headroom),
+                "evaluate.random_draws": self.draws, "evaluate.ground_truth": truth,
+                "evaluate.bits_tolerance": EQUAL_BITS_TOLERANCE,
+                "evaluate.eval_captions": self.eval_captions or "held-out bundled captions",
+                "evaluate.max_eval_samples": self.max_eval_samples}
+
+    def execute(self, run: Run, phases: Phases) -> EqualBits:
+        from . import equal_bits
+
+        with phases("evaluate"):
+            if equal_bits.is_single_format(self.doc):
+                return equal_bits.evaluate_equal_bits(
+                    self.doc, headroom=self.headroom, draws=self.draws, truth=self.truth,
+                    truth_subset=self.truth_subset, eval_captions_path=self.eval_captions,
+                    max_eval_samples=self.max_eval_samples)
+            return equal_bits.own_recipes_only(self.doc, eval_captions_path=self.eval_captions,
+                                               max_eval_samples=self.max_eval_samples)
+
+    def outputs(self, result: EqualBits) -> Outputs:
+        return equal_bits_outputs(result, self.out_dir)
 
 
 def evaluate_run(store: RunStore, tracker: Tracker, run_id: str, out_dir: Path, *,
                  keep: Sequence[float] | None = None, eval_captions: str | None = None,
                  max_eval_samples: int | None = None, draws: int | None = None,
                  truth: bool = True, truth_subset: int | None = None) -> EqualBits:
-    """Evaluate a finished single-format sensitivity run at equal bits; log under the run."""
-    from . import baselines, equal_bits
-
-    headroom = list(keep) if keep is not None else list(equal_bits.DEFAULT_HEADROOM)
-    draws = baselines.DEFAULT_DRAWS if draws is None else draws
-    record = store.finished(run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        doc: dict[str, Any] = manifest.load(store.fetch_manifest(run_id, Path(tmp)))
-    with tracker.run(f"evaluate {record.run_name}", parent_id=run_id,
-                     tags={"evaluate.of": record.run_name}) as run:
-        run.log_params({"evaluate.headroom": ",".join(f"{k:g}" for k in headroom),
-                        "evaluate.random_draws": draws,
-                        "evaluate.ground_truth": ("off" if not truth else
-                                                  f"{truth_subset} groups" if truth_subset
-                                                  else "all groups"),
-                        "evaluate.bits_tolerance": baselines.EQUAL_BITS_TOLERANCE,
-                        "evaluate.eval_captions": eval_captions or "held-out bundled captions",
-                        "evaluate.max_eval_samples": max_eval_samples})
-        if equal_bits.is_single_format(doc):
-            ev = equal_bits.evaluate_equal_bits(doc, headroom=headroom, draws=draws, truth=truth,
-                                                truth_subset=truth_subset,
-                                                eval_captions_path=eval_captions,
-                                                max_eval_samples=max_eval_samples)
-        else:
-            ev = equal_bits.own_recipes_only(doc, eval_captions_path=eval_captions,
-                                             max_eval_samples=max_eval_samples)
-        log_equal_bits(run, ev, out_dir)
-    log.info("evaluated %d recipes of run %s -> %s", len(ev.results), run_id, out_dir)
-    return ev
+    """Evaluate a finished sensitivity run at equal bits; log under the run."""
+    done = run_task(EvaluateTask(store, run_id, out_dir, keep=keep, eval_captions=eval_captions,
+                                 max_eval_samples=max_eval_samples, draws=draws, truth=truth,
+                                 truth_subset=truth_subset), tracker)
+    log.info("evaluated %d recipes of run %s -> %s", len(done.result.results), run_id, out_dir)
+    return done.result

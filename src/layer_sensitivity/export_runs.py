@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import export, manifest, recipe_files
 from .errors import UserError
+from .lifecycle import Outputs, RunSpec, Task, run_task
+from .phases import Phases
 
 if TYPE_CHECKING:
-    from .tracking import Tracker
+    from .tracking import Run, Tracker
     from .tracking.runs import RunStore
 
 log = logging.getLogger(__name__)
@@ -53,47 +55,83 @@ def model_name(doc: dict[str, Any], recipe: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-")
 
 
+class ExportTask(Task["export.ExportResult"]):
+    """``export``: one recipe of a finished run as a checkpoint, logged as a run nested under the
+    analysis run, the checkpoint as a logged model whose source is the analysis run."""
+
+    def __init__(self, store: RunStore, run_id: str, recipe: str, out_dir: Path, tmp: Path, *,
+                 force: bool = False, register_as: str | None = None,
+                 eval_captions: str | None = None, max_eval_samples: int | None = None,
+                 device: str = "auto") -> None:
+        self.store, self.run_id, self.recipe, self.out_dir, self.tmp = (store, run_id, recipe,
+                                                                         out_dir, tmp)
+        self.force, self.register_as, self.device = force, register_as, device
+        self.eval_captions, self.max_eval_samples = eval_captions, max_eval_samples
+        self.model_id: str | None = None
+
+    def validate(self) -> None:
+        """The run, its manifest and recipe, the output directory and the export's own checks."""
+        self.record = self.store.get(self.run_id)
+        export.check_output(self.out_dir)
+        self.doc: dict[str, Any] = manifest.load(self.store.fetch_manifest(self.run_id, self.tmp))
+        self.path = find_recipe(self.store, self.run_id, self.recipe, self.tmp / "recipe")
+        self.plan = export.plan(self.doc, self.path, self.out_dir, force=self.force,
+                                eval_captions_path=self.eval_captions,
+                                max_eval_samples=self.max_eval_samples)
+        r = self.plan.recipe
+        self.pairs = recipe_files.pairs_of(self.doc, sorted(set(r.quantized.values())))
+        self.description = recipe_files.description(r, self.doc, self.run_id)
+
+    def spec(self) -> RunSpec:
+        return RunSpec(f"export {self.plan.recipe.name}", parent_id=self.run_id,
+                       tags={"export.of": self.record.run_name,
+                             "export.out": str(self.plan.out_dir)},
+                       description=self.description)
+
+    def params(self) -> dict[str, Any]:
+        p, r = self.plan, self.plan.recipe
+        return {"export.recipe": r.name, "export.pairs": self.pairs,
+                "export.formats": ",".join(sorted(set(r.quantized.values()))),
+                "export.lm_bits": f"{r.lm_bits:.4f}", "export.kept_groups": len(r.kept),
+                "export.quantized_groups": len(r.quantized),
+                "export.runtimes": ",".join(p.serving.runtimes) or "none",
+                "export.forced": self.force,
+                "export.eval_captions": self.eval_captions or "held-out bundled captions"}
+
+    def execute(self, run: Run, phases: Phases) -> export.ExportResult:
+        p, r = self.plan, self.plan.recipe
+        with phases("export"):
+            result = export.run(p, self.device)
+        with phases("log_model"):
+            self.model_id = run.log_model(
+                model_name(self.doc, r.name), result.out_dir,
+                params={"recipe": r.name, "pairs": self.pairs, "lm_bits": f"{r.lm_bits:.4f}",
+                        "quant_algo": result.quant_algo,
+                        "runtimes": ",".join(p.serving.runtimes) or "none",
+                        "source_run": self.run_id, "export_run": run.run_id,
+                        "description": self.description},
+                metrics=result.metrics(), register_as=self.register_as,
+                source_run_id=self.run_id)
+        return result
+
+    def outputs(self, result: export.ExportResult) -> Outputs:
+        return Outputs(
+            params={"export.quant_algo": result.quant_algo, "export.verified": result.verified},
+            metrics=[(k, v, None) for k, v in result.metrics().items()],
+            tags={"export.model_id": self.model_id} if self.model_id else {},
+            files={f"recipe/{self.path.name}": self.path,
+                   f"checkpoint/{export.HF_QUANT_CONFIG}": result.out_dir / export.HF_QUANT_CONFIG})
+
+
 def export_run(store: RunStore, tracker: Tracker, run_id: str, recipe: str, out_dir: Path, *,
                force: bool = False, register_as: str | None = None,
                eval_captions: str | None = None, max_eval_samples: int | None = None,
                device: str = "auto") -> tuple[export.ExportResult, str | None]:
     """Export a finished run's recipe; returns the result and the logged model's id."""
-    record = store.get(run_id)
-    export.check_output(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        doc: dict[str, Any] = manifest.load(store.fetch_manifest(run_id, Path(tmp)))
-        path = find_recipe(store, run_id, recipe, Path(tmp) / "recipe")
-        p = export.plan(doc, path, out_dir, force=force, eval_captions_path=eval_captions,
-                        max_eval_samples=max_eval_samples)
-        r = p.recipe
-        pairs = recipe_files.pairs_of(doc, sorted(set(r.quantized.values())))
-        with tracker.run(f"export {r.name}", parent_id=run_id,
-                         tags={"export.of": record.run_name, "export.out": str(p.out_dir)},
-                         description=recipe_files.description(r, doc, run_id)) as run:
-            params = {"export.recipe": r.name, "export.pairs": pairs,
-                      "export.formats": ",".join(sorted(set(r.quantized.values()))),
-                      "export.lm_bits": f"{r.lm_bits:.4f}", "export.kept_groups": len(r.kept),
-                      "export.quantized_groups": len(r.quantized),
-                      "export.runtimes": ",".join(p.serving.runtimes) or "none",
-                      "export.forced": force,
-                      "export.eval_captions": eval_captions or "held-out bundled captions"}
-            run.log_params(params)
-            result = export.run(p, device)
-            run.log_params({"export.quant_algo": result.quant_algo,
-                            "export.verified": result.verified})
-            run.log_metrics([(k, v, None) for k, v in result.metrics().items()])
-            run.log_files({f"recipe/{path.name}": path,
-                           f"checkpoint/{export.HF_QUANT_CONFIG}":
-                               result.out_dir / export.HF_QUANT_CONFIG})
-            model_id = run.log_model(
-                model_name(doc, r.name), result.out_dir,
-                params={"recipe": r.name, "pairs": pairs, "lm_bits": f"{r.lm_bits:.4f}",
-                        "quant_algo": result.quant_algo,
-                        "runtimes": ",".join(p.serving.runtimes) or "none",
-                        "source_run": run_id, "export_run": run.run_id,
-                        "description": recipe_files.description(r, doc, run_id)},
-                metrics=result.metrics(), register_as=register_as, source_run_id=run_id)
-            if model_id:
-                run.set_tags({"export.model_id": model_id})
-    log.info("exported recipe %s of run %s to %s", r.name, run_id, result.out_dir)
-    return result, model_id
+        task = ExportTask(store, run_id, recipe, out_dir, Path(tmp), force=force,
+                          register_as=register_as, eval_captions=eval_captions,
+                          max_eval_samples=max_eval_samples, device=device)
+        result = run_task(task, tracker).result
+    log.info("exported recipe %s of run %s to %s", task.plan.recipe.name, run_id, result.out_dir)
+    return result, task.model_id

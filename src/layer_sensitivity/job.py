@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import catalogue, paths, pipeline, profiles
-from .errors import UserError, out_of_space
+from . import catalogue, paths, pipeline, profiles, sweep
+from .errors import UserError
+from .lifecycle import Ended, Outputs, RunSpec, Task, run_task, seconds_metrics
+from .phases import Phases
 from .redact import redact_text
 from .reuse import Resources
 from .schema import OutputLayout, SensitivityConfig
-from .tracking import Interrupted, Run, Tracker
+from .tracking import Run, Tracker
+from .tracking.base import end_status, error_text
 
 log = logging.getLogger(__name__)
 
@@ -149,99 +153,130 @@ def summary_lines(m: dict[str, Any], run_id: str | None, out_dir: Path) -> list[
             f"run {run_id}" if run_id else "not tracked (tracking=none)"]
 
 
-def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = None
-            ) -> pipeline.Result:
+def write_config(path: Path, config_yaml: str) -> Path:
+    """The composed config next to the outputs, credentials redacted."""
+    path.write_text(redact_text(config_yaml))
+    return path
+
+
+def log_inputs(run: Run, plan: pipeline.Plan, output_dir: Path, config_file: Path | None) -> None:
+    """What a job ran on, logged before it runs: device, model, data, config, where it writes."""
+    run.set_tags({"device": plan.device, "model.fingerprint": plan.fingerprint,
+                  "output_dir": str(output_dir)})
+    run.log_dataset(list(plan.captions.lines), str(plan.captions.path), plan.cfg.dataset.name,
+                    plan.captions.sha256)
+    if config_file is not None:
+        run.log_files({config_file.name: config_file})
+
+
+def provenance_tags(m: dict[str, Any]) -> dict[str, str]:
+    """Library versions, and whether the scores came from the score cache."""
+    cache = m["score_cache"]
+    return {f"version.{k}": v for k, v in m["versions"].items()} | {
+        "score_cache": "off" if cache is None else "hit" if cache["hit"] else "miss"}
+
+
+class SensitivityTask(Task[pipeline.Result]):
+    """One sensitivity job: the pipeline's plan, run and outputs as one run's lifecycle."""
+
+    def __init__(self, req: JobRequest, resources: Resources | None = None) -> None:
+        self.req, self.resources = req, resources
+        self.plan: pipeline.Plan | None = None
+        self.final_dir = self.out_dir = req.out_dir  # out_dir: a staging directory when publishing
+
+    def validate(self) -> None:
+        cfg = self.req.cfg
+        self.plan = pipeline.plan(cfg)
+        self.final_dir = output_dir(cfg, self.plan, self.req.out_dir)
+        _check_publish_target(cfg, self.final_dir)  # e.g. a publish root on a read-only disk
+
+    def spec(self) -> RunSpec:
+        cfg, req = self.req.cfg, self.req
+        tags = req.tags | {"quant_pair": cfg.quant_pair.name,
+                           "quant_pair.alias": req.choices.get("quant_pair", cfg.quant_pair.name),
+                           "experimental": str(cfg.quant_pair.experimental).lower(),
+                           "host.platform": platform.platform()}
+        return RunSpec(req.run_name or cfg.tracking.run_name or default_run_name(cfg),
+                       req.parent_id, tags)
+
+    def params(self) -> dict[str, Any]:
+        return config_params(self.req)
+
+    @contextmanager
+    def workspace(self) -> Iterator[None]:
+        """Hydra's output directory itself, or for ``output_layout=publish`` a staging directory
+        beside the analysis directory, renamed into place once everything is logged (a full disk
+        or an interruption leaves nothing half-written in the publish tree)."""
+        if self.req.cfg.output_layout.kind == OutputLayout.publish:
+            from .publish import staged
+
+            with staged(self.final_dir) as self.out_dir:
+                yield
+            return
+        self.final_dir.mkdir(parents=True, exist_ok=True)
+        yield
+
+    def execute(self, run: Run, phases: Phases) -> pipeline.Result:
+        cfg, req, plan, out_dir = self.req.cfg, self.req, self.plan, self.out_dir
+        assert plan is not None  # validated
+        warning = catalogue.experimental_warning(cfg.quant_pair)
+        if warning:
+            log.warning(warning)
+        log.info("job %s -> %s", plan.scheme_name, self.final_dir)
+        run.log_params(resolved_params(plan))
+        log_inputs(run, plan, self.final_dir, write_config(out_dir / CONFIG_FILE, req.config_yaml))
+        return pipeline.run(plan, out_dir, self.resources, phases)
+
+    def outputs(self, result: pipeline.Result) -> Outputs:
+        m = result.manifest
+        return Outputs(
+            metrics=[*profiles.run_metrics(m), *seconds_metrics(result.seconds)],
+            tables={KEY_TABLE: profiles.key_table(m)},
+            tags=provenance_tags(m) | profiles.headline_tags(m),
+            description=describe(m),
+            files={f.relative_to(self.out_dir).as_posix(): f for f in result.files})
+
+
+def run_job(req: JobRequest, tracker: Tracker, resources: Resources | None = None,
+            on_end: Callable[[Ended], None] | None = None) -> pipeline.Result:
     """Validate, then run and log into one run.
 
     A job of its own validates before anything is logged (bad input leaves no run); a sweep's
     job validates inside its child run, so a bad combination is a FAILED child with error.txt.
     """
-    cfg = req.cfg
-    plan = None if req.parent_id else pipeline.plan(cfg)
-    if plan is not None:  # e.g. a publish root on a file or read-only: refused before any run
-        _check_publish_target(cfg, output_dir(cfg, plan, req.out_dir))
-    name = req.run_name or cfg.tracking.run_name or default_run_name(cfg)
-    tags = req.tags | {"quant_pair": cfg.quant_pair.name,
-                       "quant_pair.alias": req.choices.get("quant_pair", cfg.quant_pair.name),
-                       "experimental": str(cfg.quant_pair.experimental).lower(),
-                       "host.platform": platform.platform()}
-    with tracker.run(name, parent_id=req.parent_id, tags=tags) as run:
-        try:
-            run.log_params(config_params(req))  # also for a sweep job that fails to validate
-            try:
-                result = _run_and_log(req, plan or pipeline.plan(cfg), run, resources)
-            except OSError as e:  # a full disk or read-only target: one paragraph, no traceback
-                clean = out_of_space(e, "the job's outputs")
-                if clean is None:
-                    raise
-                raise clean from None
-        except BaseException as e:
-            e.run_id = run.run_id  # type: ignore[attr-defined]  # for the sweep's summary
-            raise
-        finally:
-            if req.log_file is not None and req.log_file.is_file():
-                with suppress(Exception):  # partial logs of a failed run help; never mask it
-                    run.log_files({req.log_file.name: req.log_file})
-        if run.run_id:
-            log.info("run %s (%s) in %s", run.run_id, name, tracker.where)
-    result.run_id = run.run_id
-    return result
-
-
-def _run_and_log(req: JobRequest, plan: pipeline.Plan, run: Run, resources: Resources | None
-                 ) -> pipeline.Result:
-    cfg = req.cfg
-    warning = catalogue.experimental_warning(cfg.quant_pair)
-    if warning:
-        log.warning(warning)
-    final_dir = output_dir(cfg, plan, req.out_dir)
-    with _writing_into(cfg, final_dir) as out_dir:
-        result = _run_into(req, plan, run, resources, out_dir, final_dir)
+    task = SensitivityTask(req, resources)
+    done = run_task(task, tracker, validate_in_run=bool(req.parent_id), log_file=req.log_file,
+                    on_end=on_end, out_of_space_what="the job's outputs")
     # The files where they ended up (a staging directory was renamed into place).
-    return replace(result, files=[final_dir / f.relative_to(out_dir) for f in result.files])
+    files = [task.final_dir / f.relative_to(task.out_dir) for f in done.result.files]
+    return replace(done.result, files=files, run_id=done.run_id)
 
 
-@contextmanager
-def _writing_into(cfg: SensitivityConfig, final_dir: Path) -> Iterator[Path]:
-    """Where the job writes: Hydra's output directory itself, or for ``output_layout=publish`` a
-    staging directory beside the analysis directory, renamed into place once complete (a disk
-    full or an interruption leaves nothing half-written in the publish tree)."""
-    if cfg.output_layout.kind == OutputLayout.publish:
-        from .publish import staged
+def run_sweep_job(req: JobRequest, make_tracker: Callable[[], Tracker], resources: Resources, *,
+                  num: int, overrides: list[str]) -> pipeline.Result:
+    """One job of a sweep: a child run of the sweep's parent, and ``job_status.json`` in its
+    output directory however it ends (what the sweep's summary and progress read)."""
+    started = time.monotonic()
+    recorded: list[Ended] = []
 
-        with staged(final_dir) as stage:
-            yield stage
-        return
-    final_dir.mkdir(parents=True, exist_ok=True)
-    yield final_dir
+    def record(ended: Ended) -> None:
+        recorded.append(ended)
+        result = ended.result
+        sweep.write_status(req.out_dir, num=num, name=req.run_name or "", overrides=overrides,
+                           status=ended.status, run_id=ended.run_id,
+                           manifest=result.manifest if result is not None else _planned(req.cfg),
+                           error=ended.error, seconds=time.monotonic() - started)
+        log.info("sweep: %s", sweep.progress(req.out_dir.parent))
 
-
-def _run_into(req: JobRequest, plan: pipeline.Plan, run: Run, resources: Resources | None,
-              out_dir: Path, final_dir: Path) -> pipeline.Result:
-    cfg = req.cfg
-    config_file = out_dir / CONFIG_FILE
-    config_file.write_text(redact_text(req.config_yaml))
-    log.info("job %s -> %s", plan.scheme_name, final_dir)
-    run.set_tags({"device": plan.device, "model.fingerprint": plan.fingerprint,
-                  "output_dir": str(final_dir)})
-    run.log_params(resolved_params(plan))
-    run.log_dataset(list(plan.captions.lines), str(plan.captions.path), cfg.dataset.name,
-                    plan.captions.sha256)
-    run.log_files({CONFIG_FILE: config_file})
-    phases = pipeline.Phases()
     try:
-        result = pipeline.run(plan, out_dir, resources, phases)
-    except Interrupted as e:
-        e.where = phases.current
+        return run_job(req, make_tracker(), resources, on_end=record)
+    except BaseException as e:
+        if not recorded:  # it never got as far as a run (e.g. the store could not be opened)
+            record(Ended(None, end_status(e), error_text(e)))
         raise
-    m = result.manifest
-    run.log_metrics([*profiles.run_metrics(m),
-                     *((f"seconds/{k}", v, None) for k, v in result.seconds.items())])
-    run.log_table(profiles.key_table(m), KEY_TABLE)
-    run.set_tags({f"version.{k}": v for k, v in m["versions"].items()} | profiles.headline_tags(m) | {
-        "score_cache": ("off" if m["score_cache"] is None
-                        else "hit" if m["score_cache"]["hit"] else "miss"),
-        "mlflow.note.content": describe(m),
-    })
-    run.log_files({f.relative_to(out_dir).as_posix(): f for f in result.files})
-    return result
+
+
+def _planned(cfg: SensitivityConfig) -> dict[str, Any]:
+    """What a job that produced no manifest is known by in the sweep's table."""
+    return {"quantization": {"pair": cfg.quant_pair.name, "granularity": cfg.quant_granularity.name},
+            "dataset": {"size": cfg.dataset.size.value}}

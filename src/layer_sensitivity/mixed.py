@@ -36,16 +36,28 @@ from typing import Any
 
 import pandas as pd
 
-from . import autoquant, calibration, catalogue, figures, manifest, model, pipeline, profiles, recipes
+from . import (
+    autoquant,
+    calibration,
+    catalogue,
+    figures,
+    job,
+    manifest,
+    model,
+    pipeline,
+    profiles,
+    recipes,
+)
 from . import recipe_files as recipe_file_io
 from .baselines import EQUAL_BITS_TOLERANCE
 from .errors import UserError
 from .groups import GroupStats, depth_key, format_bits, layer_and_kind, min_scope_bits
 from .html_report import write_html
-from .redact import redact_text
+from .lifecycle import Outputs, RunSpec, Task, run_task, seconds_metrics
+from .phases import Phases
 from .reuse import Resources
 from .schema import Coverage, QuantPairConfig, SensitivityConfig
-from .tracking import Interrupted, Tracker
+from .tracking import Run, Tracker
 from .tracking.base import Metric
 
 log = logging.getLogger(__name__)
@@ -733,47 +745,61 @@ def describe(doc: dict[str, Any], heldout: dict[str, Any] | None = None) -> str:
             f"{doc['mixed']['reason']}. Report: `{REPORT_NAME.replace('.md', '.html')}`.\n")
 
 
-def run_and_log(req: MixedRequest, tracker: Tracker, resources: Resources | None = None
-                ) -> MixedResult:
-    """Validate (bad input: no run, no model), then run and log one run."""
-    mp = plan(req.cfgs, req.budgets, requested=req.requested, strategy=req.strategy)
-    name = req.run_name or mp.cfg.tracking.run_name or default_run_name(mp)
-    tags = {"entry_point": "recipe", "mixed.formats": mp.tag, "mixed.strategy": mp.strategy,
-            "experimental": str(any(p.cfg.quant_pair.experimental for p in mp.formats)).lower(),
-            "host.platform": platform.platform()}
-    with tracker.run(name, tags=tags) as tracked:
-        p = mp.formats[0]
-        req.out_dir.mkdir(parents=True, exist_ok=True)
-        tracked.set_tags({"device": p.device, "model.fingerprint": p.fingerprint,
-                          "output_dir": str(req.out_dir)})
-        tracked.log_params(params(req, mp))
-        tracked.log_dataset(list(p.captions.lines), str(p.captions.path), mp.cfg.dataset.name,
-                            p.captions.sha256)
-        if req.config_yaml is not None:
-            config_file = req.out_dir / CONFIG_FILE
-            config_file.write_text(redact_text(req.config_yaml))
-            tracked.log_files({CONFIG_FILE: config_file})
-        phases = pipeline.Phases()
-        try:
-            result = run(mp, req.out_dir, resources, phases, heldout=req.heldout)
-        except Interrupted as e:
-            e.where = phases.current
-            raise
-        doc = result.manifest
-        tracked.log_metrics([*heldout_metrics(result.heldout), *run_metrics(doc),
-                             *((f"seconds/{k}", v, None) for k, v in result.seconds.items())])
-        tracked.log_table(choices_frame(doc), CHOICES_TABLE)
-        cache = doc["score_cache"]
-        tracked.set_tags({f"version.{k}": v for k, v in doc["versions"].items()} | {
-            "mixed.composed": str(doc["mixed"]["composed"]).lower(),
-            "mixed.reason": doc["mixed"]["reason"],
-            "score_cache": "off" if cache is None else "hit" if cache["hit"] else "miss",
-            "mlflow.note.content": describe(doc, result.heldout),
-        })
-        tracked.log_files({f.relative_to(req.out_dir).as_posix(): f for f in result.files
-                           if f.name != f"{CHOICES_TABLE}.csv"})  # log_table wrote it
-        if tracked.run_id:
-            log.info("run %s (%s) in %s", tracked.run_id, name, tracker.where)
-    result.run_id = tracked.run_id
-    return result
+class RecipeTask(Task[MixedResult]):
+    """A ``recipe`` job: the mixed search's plan, run and outputs as one run's lifecycle."""
 
+    def __init__(self, req: MixedRequest, resources: Resources | None = None) -> None:
+        self.req, self.resources = req, resources
+        self.mp: MixedPlan | None = None
+
+    def validate(self) -> None:
+        req = self.req
+        self.mp = plan(req.cfgs, req.budgets, requested=req.requested, strategy=req.strategy)
+
+    def _plan(self) -> MixedPlan:
+        assert self.mp is not None, "validate() first"
+        return self.mp
+
+    def spec(self) -> RunSpec:
+        mp = self._plan()
+        tags = {"entry_point": "recipe", "mixed.formats": mp.tag, "mixed.strategy": mp.strategy,
+                "experimental": str(any(p.cfg.quant_pair.experimental for p in mp.formats)).lower(),
+                "host.platform": platform.platform()}
+        return RunSpec(self.req.run_name or mp.cfg.tracking.run_name or default_run_name(mp),
+                       tags=tags)
+
+    def params(self) -> dict[str, Any]:
+        return params(self.req, self._plan())
+
+    def execute(self, tracked: Run, phases: Phases) -> MixedResult:
+        mp, req = self._plan(), self.req
+        for warning in filter(None, (catalogue.experimental_warning(p.cfg.quant_pair)
+                                     for p in mp.formats)):
+            log.warning(warning)
+        req.out_dir.mkdir(parents=True, exist_ok=True)
+        config = (None if req.config_yaml is None
+                  else job.write_config(req.out_dir / CONFIG_FILE, req.config_yaml))
+        job.log_inputs(tracked, mp.formats[0], req.out_dir, config)
+        return run(mp, req.out_dir, self.resources, phases, heldout=req.heldout)
+
+    def outputs(self, result: MixedResult) -> Outputs:
+        doc, out_dir = result.manifest, self.req.out_dir
+        return Outputs(
+            metrics=[*heldout_metrics(result.heldout), *run_metrics(doc),
+                     *seconds_metrics(result.seconds)],
+            tables={CHOICES_TABLE: choices_frame(doc)},
+            tags=job.provenance_tags(doc) | {
+                "mixed.composed": str(doc["mixed"]["composed"]).lower(),
+                "mixed.reason": doc["mixed"]["reason"]},
+            description=describe(doc, result.heldout),
+            files={f.relative_to(out_dir).as_posix(): f for f in result.files
+                   if f.name != f"{CHOICES_TABLE}.csv"})  # the table is logged as a table
+
+
+def run_and_log(req: MixedRequest, tracker: Tracker, resources: Resources | None = None,
+                log_file: Path | None = None) -> MixedResult:
+    """Validate (bad input: no run, no model), then run and log one run."""
+    done = run_task(RecipeTask(req, resources), tracker, log_file=log_file,
+                    out_of_space_what="the recipe's outputs")
+    done.result.run_id = done.run_id
+    return done.result

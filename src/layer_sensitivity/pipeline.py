@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +31,7 @@ from . import (
 )
 from .errors import UserError
 from .groups import GroupStats, min_scope_bits
+from .phases import Phases
 from .reuse import Resources
 from .schema import Coverage, QuantPairConfig, SensitivityConfig
 
@@ -171,24 +169,6 @@ def bit_targets(value: Any, natural: float) -> list[float]:
     if len(set(targets)) != len(targets):
         raise UserError(f"autoquant.effective_bits={value!r} repeats a target; list each once.")
     return targets
-
-
-# --- Phases -----------------------------------------------------------------------------------
-
-
-class Phases:
-    """Wall time of each named phase, and the phase a job was in when it stopped."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.current = ""
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        self.current, t = name, time.perf_counter()
-        log.info("phase %s", name)
-        yield
-        self.seconds[name] = time.perf_counter() - t
 
 
 @dataclass

@@ -56,15 +56,10 @@ def main(argv: list[str] | None = None) -> None:
                             "its own, e.g. models.")
         check_out_dir(root, "--root")
         store = tracking.run_store(args.tracking_uri)
-        store.finished(args.run_id)
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
-        with tracker.run("publish", parent_id=args.run_id) as run:
-            result = publish.publish_run(store, args.run_id, root, force, models)
-            run.log_params({"publish.path": str(result.path), "publish.status": result.status,
-                            "publish.force": force, "publish.models": models})
-            run.set_tags({"mlflow.note.content": f"Run {args.run_id} {result.status} at "
-                          f"`{result.path}`."})
+        result = publish.publish_tracked(store, tracker, args.run_id, root, force=force,
+                                         models=models).result
     if result.status == "unchanged":
         done = f"run {args.run_id} is already published at {result.path}; nothing to do"
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .. import console, tracking
-from ..regenerate import check_run, regenerate_run
+from ..regenerate import report_run
 from ..schema import TrackingConfig
 from .common import install_signal_handlers, setup_plain_logging, user_errors
 
@@ -27,18 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     setup_plain_logging()
     with user_errors():
         store = tracking.run_store(args.tracking_uri)
-        check_run(store, args.run_id)  # refused before anything is recorded
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
-        with tracker.run("report", parent_id=args.run_id) as run:
-            names = regenerate_run(store, args.run_id)
-            run.log_params({"report.files": ", ".join(names)})
-            run.set_tags({"mlflow.note.content": f"Regenerated {len(names)} files of run "
-                          f"{args.run_id} from its manifest (the manifest is never replaced)."})
-    console.summary([f"regenerated {', '.join(names)}", f"into run {args.run_id} (record: run "
-                     f"{run.run_id})" if run.run_id else f"into run {args.run_id}",
+        done = report_run(store, tracker, args.run_id)
+    console.summary([f"regenerated {', '.join(done.result)}", f"into run {args.run_id} (record: "
+                     f"run {done.run_id})" if done.run_id else f"into run {args.run_id}",
                      console.ui_hint(store.where)])
-
 
 if __name__ == "__main__":
     main()

@@ -10,9 +10,7 @@ import logging
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -127,25 +125,11 @@ def run_task(cfg: DictConfig) -> None:
         console.summary(job.summary_lines(result.manifest, result.run_id, where)
                         + [console.ui_hint(tracker.where) if result.run_id else ""])
         return
-    run_id, status, error = None, "FINISHED", None
-    manifest: dict[str, Any] = {"quantization": {"pair": spec.quant_pair.name,  # the real one later
-                                 "granularity": spec.quant_granularity.name},
-                "dataset": {"size": spec.dataset.size.value}}
-    job_started = time.monotonic()
     try:
-        result = job.run_job(req, tracking.create(spec.tracking), _MULTIRUN_RESOURCES)
-        manifest, run_id = result.manifest, result.run_id
-    except BaseException as e:
-        status, error = tracking.end_status(e), tracking.error_text(e)
-        run_id = getattr(e, "run_id", None)
-        if isinstance(e, ReportedError):
-            raise JobFailed(f"{name}: {e}") from None
-        raise
-    finally:
-        sweep.write_status(out_dir, num=hc.job.num, name=name, overrides=list(hc.overrides.task),
-                           status=status, run_id=run_id, manifest=manifest, error=error,
-                           seconds=time.monotonic() - job_started)
-        log.info("sweep: %s", sweep.progress(out_dir.parent))
+        job.run_sweep_job(req, lambda: tracking.create(spec.tracking), _MULTIRUN_RESOURCES,
+                          num=hc.job.num, overrides=list(hc.overrides.task))
+    except ReportedError as e:
+        raise JobFailed(f"{name}: {e}") from None
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sensitivity")
