@@ -1,7 +1,7 @@
 """Sweep bookkeeping: one parent run, a status file per job, a summary when the sweep ends.
 
 Hydra's multirun runs the jobs (any launcher); ``cli/sweep_callback.py`` calls in here at the
-sweep's start and end. Jobs find their parent through the environment (``PARENT_ENV``), and each
+sweep's start and end. Jobs find their parent through the environment (``SweepContext``), and each
 job leaves ``job_status.json`` in its own output directory, so the summary needs neither the
 launcher's return values nor a shared process. No Hydra, no MLflow.
 """
@@ -25,6 +25,9 @@ from .tracking import Run, Tracker
 
 log = logging.getLogger(__name__)
 
+# A sweep's state reaches its jobs through these environment variables and nothing else:
+# launchers run jobs in other processes (joblib's workers, submitit and SLURM jobs), which inherit
+# the environment of the process that started the sweep. ``SweepContext`` reads and writes them.
 PARENT_ENV = "LAYER_SENSITIVITY_PARENT_RUN_ID"  # the sweep's parent run, for every job
 SWEPT_ENV = "LAYER_SENSITIVITY_SWEPT_KEYS"  # override keys whose value varies across jobs
 TOTAL_ENV = "LAYER_SENSITIVITY_SWEEP_JOBS"  # how many jobs the sweep plans (progress)
@@ -37,6 +40,39 @@ NAME_KEYS = ("quant_pair", "quant_granularity", "dataset.size", "autoquant.metho
              "autoquant.effective_bits")  # already in a child's name
 COLUMNS = ["job", "name", "overrides", "pair", "granularity", "size", "status", "total_score",
            "effective_bits_achieved", "run_id", "output_dir", "error"]
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every job of a sweep needs from the process that started it (see ``*_ENV``)."""
+
+    parent_run_id: str | None = None
+    swept_keys: frozenset[str] = frozenset()
+    total_jobs: int = 0  # 0: the plan is unknown (e.g. glob sweeps)
+    workers: int = 1
+
+    def export(self) -> None:
+        """Into this process's environment, which the launcher's jobs inherit."""
+        os.environ[SWEPT_ENV] = ",".join(sorted(self.swept_keys))
+        os.environ[TOTAL_ENV] = str(self.total_jobs)
+        os.environ[WORKERS_ENV] = str(self.workers)
+        if self.parent_run_id:
+            os.environ[PARENT_ENV] = self.parent_run_id
+        else:
+            SweepContext.clear()
+
+    @classmethod
+    def current(cls) -> SweepContext:
+        """The context a job was started in (empty outside a sweep)."""
+        env = os.environ
+        return cls(env.get(PARENT_ENV) or None,
+                   frozenset(filter(None, env.get(SWEPT_ENV, "").split(","))),
+                   int(env.get(TOTAL_ENV, "0") or 0), int(env.get(WORKERS_ENV, "1") or 1))
+
+    @staticmethod
+    def clear() -> None:
+        for name in (PARENT_ENV, SWEPT_ENV, TOTAL_ENV, WORKERS_ENV):
+            os.environ.pop(name, None)
 
 
 class JobsFailed(ReportedError):
@@ -106,14 +142,15 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def progress(sweep_dir: Path) -> str:
+def progress(sweep_dir: Path, context: SweepContext | None = None) -> str:
     """``3 of 8 jobs done; estimate: about 5.0 min left (100 s per job, 2 at a time)``.
 
     From the status files, whatever the launcher: the finished jobs' mean duration times the
     rounds of jobs left (jobs left / parallel workers, rounded up). No estimate before a job
     has finished: the first one also loads the model and data, the sweep's start says nothing.
     """
-    total = int(os.environ.get(TOTAL_ENV, "0") or 0)
+    context = context or SweepContext.current()
+    total = context.total_jobs
     statuses = read_statuses(sweep_dir)
     done = len(statuses)
     if not total:
@@ -124,7 +161,7 @@ def progress(sweep_dir: Path) -> str:
     left = total - done
     if not durations or left <= 0:
         return head
-    workers = max(1, min(int(os.environ.get(WORKERS_ENV, "1") or 1), left))
+    workers = max(1, min(context.workers, left))
     mean = sum(durations) / len(durations)
     rounds = -(-left // workers)  # ceil: the last round runs as long as a whole job
     return (f"{head}; estimate: about {_minutes(mean * rounds)} left ({_minutes(mean)} per job, "
@@ -153,6 +190,8 @@ class Sweep:
     name: str
     definition: dict[str, Any]
     planned: list[str] = field(default_factory=list)
+    swept: frozenset[str] = frozenset()  # override keys that vary across jobs
+    workers: int = 1  # jobs the launcher runs at once
     started: float = field(default_factory=time.time)
     run: Run | None = None
     verdict: list[str] = field(default_factory=list)  # the parent's description, in lines
@@ -164,9 +203,7 @@ class Sweep:
         self.run.log_params({"sweep.overrides": " ".join(self.definition.get("overrides", [])),
                              "sweep.num_jobs": len(self.planned) or "unknown"})
         self.run.log_text(json.dumps(self.definition, indent=2) + "\n", DEFINITION)
-        if self.run.run_id:
-            os.environ[PARENT_ENV] = self.run.run_id
-        os.environ[TOTAL_ENV] = str(len(self.planned))
+        SweepContext(self.run.run_id, self.swept, len(self.planned), self.workers).export()
         log.info("sweep of %s jobs -> %s", len(self.planned) or "?", self.sweep_dir)
 
     def record_shared_scores(self, report: dict[str, Any]) -> None:
@@ -187,7 +224,7 @@ class Sweep:
         if self._done:
             return None
         self._done = True
-        os.environ.pop(PARENT_ENV, None)
+        SweepContext.clear()
         table = summary(read_statuses(self.sweep_dir), self.planned)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / f"{SUMMARY}.csv").write_text(redact_text(table.to_csv(index=False)))

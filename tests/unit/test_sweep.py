@@ -165,7 +165,7 @@ def test_launcher_workers_never_fails_the_sweep() -> None:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """What Sweep.start exports is removed again after the test."""
-    for name in (sweep.PARENT_ENV, sweep.TOTAL_ENV, sweep.WORKERS_ENV):
+    for name in (sweep.PARENT_ENV, sweep.SWEPT_ENV, sweep.TOTAL_ENV, sweep.WORKERS_ENV):
         monkeypatch.delenv(name, raising=False)
 
 

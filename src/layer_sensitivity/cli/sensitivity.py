@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,19 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from .. import console, job, paths, sweep, tracking
 from ..errors import ReportedError, UserError
 from ..redact import redact_text
-from ..reuse import Resources
 from ..schema import SensitivityConfig
 from . import config_store  # noqa: F401 - registers the schemas and resolvers
+from .app_state import APP
 from .common import fail, flatten, install_signal_handlers, redact_logging, user_errors
 from .config_store import CONF_DIR, check_known_keys
-from .sweep_callback import finish_active, jobs_started
+from .sweep_callback import finish_active
 from .typos import check_overrides
 
 log = logging.getLogger(__name__)
 
-# Hydra's -m with the basic launcher runs every job in this process: share models and batches.
-_MULTIRUN_RESOURCES = Resources(keep=True)
-_TASK_STARTED: list[bool] = []  # whether Hydra got as far as a job (else: a compose error)
 
 
 class JobFailed(CompactHydraException):
@@ -80,7 +76,7 @@ def _other_mode(spec: SensitivityConfig, out_dir: Path) -> None:
 
 def run_task(cfg: DictConfig) -> None:
     """One job, as Hydra hands it over: build the request, make one call."""
-    _TASK_STARTED.append(True)
+    APP.task_started = True
     redact_logging()
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -102,13 +98,13 @@ def run_task(cfg: DictConfig) -> None:
         return
     multirun = hc.mode == RunMode.MULTIRUN
     name = spec.tracking.run_name or job.default_run_name(spec)
+    context = sweep.SweepContext.current() if multirun else sweep.SweepContext()
     if multirun:
-        swept = set(filter(None, os.environ.get(sweep.SWEPT_ENV, "").split(",")))
-        name = sweep.job_name(name, list(hc.overrides.task), swept)
+        name = sweep.job_name(name, list(hc.overrides.task), set(context.swept_keys))
     req = job.JobRequest(
         cfg=spec, out_dir=out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         flat_config=flatten(cfg), choices=dict(hc.runtime.choices), run_name=name,
-        parent_id=os.environ.get(sweep.PARENT_ENV) if multirun else None,
+        parent_id=context.parent_run_id,
         tags={"sweep.job": str(hc.job.num)} if multirun else {},
         log_file=out_dir / f"{hc.job.name}.log")
     if not multirun:
@@ -126,7 +122,7 @@ def run_task(cfg: DictConfig) -> None:
                         + [console.ui_hint(tracker.where) if result.run_id else ""])
         return
     try:
-        job.run_sweep_job(req, lambda: tracking.create(spec.tracking), _MULTIRUN_RESOURCES,
+        job.run_sweep_job(req, lambda: tracking.create(spec.tracking), APP.resources,
                           num=hc.job.num, overrides=list(hc.overrides.task))
     except ReportedError as e:
         raise JobFailed(f"{name}: {e}") from None
@@ -147,7 +143,7 @@ def main() -> None:
         try:
             _hydra_main()
         except SystemExit as e:
-            if e.code == 1 and not _TASK_STARTED and not jobs_started():
+            if e.code == 1 and APP.nothing_ran():
                 # Hydra's compose error (no job ran here nor in a launcher's worker): exit 2
                 finish_active(UserError("The sweep's configuration does not compose (see the "
                                         "message above); no job ran."))

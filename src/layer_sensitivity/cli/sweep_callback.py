@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ from .. import console, sweep, tracking
 from ..errors import UserError
 from ..schema import TrackingConfig
 from . import common
+from .app_state import APP
 from .common import fail
 from .config_store import check_known_keys
 
 log = logging.getLogger(__name__)
-_ACTIVE: list[sweep.Sweep] = []  # the multirun of this process, if any
 
 
 def planned_jobs(cfg: DictConfig) -> tuple[list[str], set[str], list[str]]:
@@ -87,16 +86,14 @@ class SweepRuns(Callback):
             fail(str(e))
         jobs, swept, args = planned_overrides(config)
         planned = [sweep.overrides_key(j) for j in jobs]
-        os.environ[sweep.SWEPT_ENV] = ",".join(sorted(swept))
-        os.environ[sweep.WORKERS_ENV] = str(sweep.launcher_workers(
-            OmegaConf.select(config, "hydra.launcher") or {}))
         tcfg: TrackingConfig = OmegaConf.to_object(  # type: ignore[assignment]
             OmegaConf.merge(OmegaConf.structured(TrackingConfig), config.tracking))
         s = sweep.Sweep(tracking.create(tcfg), Path(str(config.hydra.sweep.dir)).resolve(),
                         sweep_name(args, len(planned)), {"overrides": args, "jobs": planned},
-                        planned)
+                        planned, frozenset(swept),
+                        sweep.launcher_workers(OmegaConf.select(config, "hydra.launcher") or {}))
         s.start()
-        _ACTIVE.append(s)
+        APP.sweep = s
         if self.share_scores:
             share_scores(config, jobs, s)
 
@@ -132,9 +129,9 @@ def share_scores(config: DictConfig, jobs: list[list[str]], s: sweep.Sweep) -> N
 
 def finish_active(error: BaseException | None) -> bool:
     """End this process's sweep (if any) once; True when it had failed or interrupted jobs."""
-    if not _ACTIVE:
+    active, APP.sweep = APP.sweep, None
+    if active is None:
         return False
-    active = _ACTIVE.pop()
     table = active.finish(error)
     if table is not None:
         run_id = active.run.run_id if active.run is not None else None
@@ -142,12 +139,6 @@ def finish_active(error: BaseException | None) -> bool:
                          f"sweep parent run {run_id}" if run_id else "",
                          console.ui_hint(active.tracker.where) if run_id else ""])
     return table is not None and bool((table["status"] != "FINISHED").any())
-
-
-def jobs_started() -> bool:
-    """Whether a job of this process's sweep recorded its end, whichever process ran it (the
-    basic launcher runs jobs here, joblib and submitit in other processes)."""
-    return bool(_ACTIVE) and any(_ACTIVE[-1].sweep_dir.glob(f"*/{sweep.STATUS_FILE}"))
 
 
 def sweep_name(args: list[str], jobs: int) -> str:
