@@ -59,7 +59,7 @@ class SweepContext:
         if self.parent_run_id:
             os.environ[PARENT_ENV] = self.parent_run_id
         else:
-            SweepContext.clear()
+            os.environ.pop(PARENT_ENV, None)
 
     @classmethod
     def current(cls) -> SweepContext:
