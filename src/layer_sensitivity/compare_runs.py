@@ -20,12 +20,12 @@ from .phases import Phases
 
 if TYPE_CHECKING:
     from .tracking import Run, Tracker
-    from .tracking.runs import RunRecord, RunStore
+    from .tracking.base import RunReader, RunRecord
 
 log = logging.getLogger(__name__)
 
 
-def select_runs(store: RunStore, *, run_ids: list[str] | None = None,
+def select_runs(store: RunReader, *, run_ids: list[str] | None = None,
                 parent_run_id: str | None = None, experiment: str | None = None,
                 filter_string: str = "") -> list[RunRecord]:
     """The runs to compare: FINISHED sensitivity jobs only (sweep parents and failures skipped)."""
@@ -59,7 +59,7 @@ def _labels(records: list[RunRecord]) -> list[str]:
             for n, r in zip(names, records, strict=True)]
 
 
-def load_manifests(store: RunStore, records: list[RunRecord], tmp: Path) -> dict[str, Any]:
+def load_manifests(store: RunReader, records: list[RunRecord], tmp: Path) -> dict[str, Any]:
     docs = {}
     for label, r in zip(_labels(records), records, strict=True):
         docs[label] = manifest.load(store.fetch_manifest(r.run_id, tmp / r.run_id))
@@ -87,7 +87,7 @@ class CompareTask(Task[tuple[compare.Comparison, list[Path]]]):
     """``compare``: the selected runs' manifests compared, logged as a run (nested under the
     sweep's parent when one is given)."""
 
-    def __init__(self, store: RunStore, out_dir: Path, which: _Selection) -> None:
+    def __init__(self, store: RunReader, out_dir: Path, which: _Selection) -> None:
         self.store, self.out_dir, self.which = store, out_dir, which
         self.records: list[RunRecord] = []
         self.docs: dict[str, Any] = {}
@@ -129,7 +129,7 @@ class CompareTask(Task[tuple[compare.Comparison, list[Path]]]):
             files={f.relative_to(self.out_dir).as_posix(): f for f in files})
 
 
-def compare_runs(store: RunStore, tracker: Tracker, out_dir: Path, *,
+def compare_runs(store: RunReader, tracker: Tracker, out_dir: Path, *,
                  run_ids: list[str] | None = None, parent_run_id: str | None = None,
                  experiment: str | None = None, filter_string: str = "") -> Compared:
     """Compare the selected runs into ``out_dir`` and log it (nested under ``parent_run_id``)."""

@@ -39,7 +39,7 @@ from .tracking.base import Metric
 if TYPE_CHECKING:
     from .equal_bits import EqualBits
     from .tracking import Run, Tracker
-    from .tracking.runs import RunStore
+    from .tracking.base import RunReader
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def equal_bits_outputs(ev: EqualBits, out_dir: Path) -> Outputs:
 class EvaluateTask(Task["EqualBits"]):
     """``evaluate``: a finished run's recipes at equal bits, logged as a run nested under it."""
 
-    def __init__(self, store: RunStore, run_id: str, out_dir: Path, *,
+    def __init__(self, store: RunReader, run_id: str, out_dir: Path, *,
                  keep: Sequence[float] | None = None, eval_captions: str | None = None,
                  max_eval_samples: int | None = None, draws: int | None = None,
                  truth: bool = True, truth_subset: int | None = None) -> None:
@@ -197,7 +197,7 @@ class EvaluateTask(Task["EqualBits"]):
         return equal_bits_outputs(result, self.out_dir)
 
 
-def evaluate_run(store: RunStore, tracker: Tracker, run_id: str, out_dir: Path, *,
+def evaluate_run(store: RunReader, tracker: Tracker, run_id: str, out_dir: Path, *,
                  keep: Sequence[float] | None = None, eval_captions: str | None = None,
                  max_eval_samples: int | None = None, draws: int | None = None,
                  truth: bool = True, truth_subset: int | None = None) -> EqualBits:

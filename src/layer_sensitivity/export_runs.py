@@ -22,14 +22,14 @@ from .phases import Phases
 
 if TYPE_CHECKING:
     from .tracking import Run, Tracker
-    from .tracking.runs import RunStore
+    from .tracking.base import RunReader
 
 log = logging.getLogger(__name__)
 
 RECIPES = "recipes/"
 
 
-def find_recipe(store: RunStore, run_id: str, recipe: str, dst: Path) -> Path:
+def find_recipe(store: RunReader, run_id: str, recipe: str, dst: Path) -> Path:
     """A recipe file: an existing local path, or the name of one of the run's recipe artifacts
     (``keep_top_25pct``, ``keep_top_25pct.yaml`` or ``recipes/keep_top_25pct.yaml``)."""
     local = Path(recipe).expanduser()
@@ -59,7 +59,7 @@ class ExportTask(Task["export.ExportResult"]):
     """``export``: one recipe of a finished run as a checkpoint, logged as a run nested under the
     analysis run, the checkpoint as a logged model whose source is the analysis run."""
 
-    def __init__(self, store: RunStore, run_id: str, recipe: str, out_dir: Path, tmp: Path, *,
+    def __init__(self, store: RunReader, run_id: str, recipe: str, out_dir: Path, tmp: Path, *,
                  force: bool = False, register_as: str | None = None,
                  eval_captions: str | None = None, max_eval_samples: int | None = None,
                  device: str = "auto") -> None:
@@ -123,7 +123,7 @@ class ExportTask(Task["export.ExportResult"]):
                    f"checkpoint/{export.HF_QUANT_CONFIG}": result.out_dir / export.HF_QUANT_CONFIG})
 
 
-def export_run(store: RunStore, tracker: Tracker, run_id: str, recipe: str, out_dir: Path, *,
+def export_run(store: RunReader, tracker: Tracker, run_id: str, recipe: str, out_dir: Path, *,
                force: bool = False, register_as: str | None = None,
                eval_captions: str | None = None, max_eval_samples: int | None = None,
                device: str = "auto") -> tuple[export.ExportResult, str | None]:

@@ -33,7 +33,7 @@ from .schema import SensitivityConfig
 
 if TYPE_CHECKING:
     from .tracking import Run, Tracker
-    from .tracking.runs import RunRecord, RunStore
+    from .tracking.base import RunReader, RunRecord
 
 log = logging.getLogger(__name__)
 PUBLISHED_TAG = "published.path"
@@ -444,7 +444,7 @@ def provenance(record: RunRecord, where: str, manifest_name: str) -> dict[str, o
     }
 
 
-def publish_run(store: RunStore, run_id: str, root: Path, force: bool,
+def publish_run(store: RunReader, run_id: str, root: Path, force: bool,
                 models: bool = False) -> Published:
     """Copy a FINISHED run's manifest, reports, config and figures under ``root``; with
     ``models``, also the checkpoints exported from it (its READY logged models) under
@@ -477,7 +477,7 @@ def publish_run(store: RunStore, run_id: str, root: Path, force: bool,
     return result
 
 
-def _model_files(store: RunStore, run_id: str, tmp: Path) -> dict[str, Path]:
+def _model_files(store: RunReader, run_id: str, tmp: Path) -> dict[str, Path]:
     """``checkpoints/<name>/<file>`` -> local copy, for each READY logged model of the run."""
     out: dict[str, Path] = {}
     seen: set[str] = set()
@@ -497,7 +497,7 @@ def _model_files(store: RunStore, run_id: str, tmp: Path) -> dict[str, Path]:
 class PublishTask(Task[Published]):
     """``publish``: a finished run copied into the analysis tree, recorded as a nested run."""
 
-    def __init__(self, store: RunStore, run_id: str, root: Path, force: bool, models: bool) -> None:
+    def __init__(self, store: RunReader, run_id: str, root: Path, force: bool, models: bool) -> None:
         self.store, self.run_id, self.root = store, run_id, root
         self.force, self.models = force, models
 
@@ -517,7 +517,7 @@ class PublishTask(Task[Published]):
                        description=f"Run {self.run_id} {result.status} at `{result.path}`.")
 
 
-def publish_tracked(store: RunStore, tracker: Tracker, run_id: str, root: Path, *,
+def publish_tracked(store: RunReader, tracker: Tracker, run_id: str, root: Path, *,
                     force: bool = False, models: bool = False) -> Tracked[Published]:
     """Check the run, publish it, record that as a run nested under it."""
     return run_task(PublishTask(store, run_id, root, force, models), tracker)

@@ -20,7 +20,7 @@ from .phases import Phases
 
 if TYPE_CHECKING:
     from .tracking import Run, Tracker
-    from .tracking.runs import RunStore
+    from .tracking.base import RunReader
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,14 @@ def report_only(output_dir: str | None) -> list[Path]:
     return files
 
 
-def check_run(store: RunStore, run_id: str) -> None:
+def check_run(store: RunReader, run_id: str) -> None:
     """A FINISHED run with a readable manifest of at least one group (before anything is logged)."""
     store.finished(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         manifest.load(store.fetch_manifest(run_id, Path(tmp)))
 
 
-def regenerate_run(store: RunStore, run_id: str) -> list[str]:
+def regenerate_run(store: RunReader, run_id: str) -> list[str]:
     """Download a run's manifest, regenerate its reports and log them back to the same run,
     replacing the old report artifacts; returns their artifact paths."""
     store.get(run_id)
@@ -88,7 +88,7 @@ def regenerate_run(store: RunStore, run_id: str) -> list[str]:
 class ReportTask(Task[list[str]]):
     """``report``: a run's reports regenerated into it, recorded as a run nested under it."""
 
-    def __init__(self, store: RunStore, run_id: str) -> None:
+    def __init__(self, store: RunReader, run_id: str) -> None:
         self.store, self.run_id = store, run_id
 
     def validate(self) -> None:
@@ -107,6 +107,6 @@ class ReportTask(Task[list[str]]):
                                    "its manifest (the manifest is never replaced).")
 
 
-def report_run(store: RunStore, tracker: Tracker, run_id: str) -> Tracked[list[str]]:
+def report_run(store: RunReader, tracker: Tracker, run_id: str) -> Tracked[list[str]]:
     """Check the run, regenerate its reports into it, record that as a nested run."""
     return run_task(ReportTask(store, run_id), tracker)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from .. import console, tracking
 from ..compare_runs import compare_runs
-from ..schema import TrackingConfig
 from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
 
 
@@ -33,10 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors(), tempfile.TemporaryDirectory(prefix="comparison-") as tmp:
         if args.out:
             check_out_dir(Path(args.out), "--out")
-        store = tracking.run_store(args.tracking_uri)
-        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False,
-                                                 experiment=args.experiment or
-                                                 TrackingConfig.experiment))
+        store, tracker = tracking.open_store(args.tracking_uri, args.experiment)
         out = Path(args.out or tmp)  # without --out the files live in the logged run only
         done = compare_runs(store, tracker, out,
                              run_ids=[r for r in args.run_ids.split(",") if r.strip()] or None,

@@ -14,7 +14,6 @@ from .. import console, tracking
 from ..equal_bits import wide
 from ..errors import UserError
 from ..evaluate_runs import evaluate_run, headline
-from ..schema import TrackingConfig
 from .common import (
     check_input_file,
     check_out_dir,
@@ -76,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             check_input_file(Path(args.eval_captions), "--eval-captions")
         if args.out:
             check_out_dir(Path(args.out), "--out")
-        store = tracking.run_store(args.tracking_uri)
-        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
+        store, tracker = tracking.open_store(args.tracking_uri)
         out = Path(args.out or tmp)  # without --out the files live in the logged run only
         ev = evaluate_run(store, tracker, args.run_id, out, keep=keep,
                           eval_captions=args.eval_captions or None,

@@ -17,7 +17,6 @@ import datetime as dt
 from pathlib import Path
 
 from .. import paths, tracking
-from ..schema import TrackingConfig
 from .common import install_signal_handlers, setup_plain_logging, user_errors
 from .publish import parse_bool
 
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         name = Path(args.recipe).name.removesuffix(".yaml")
         out = Path(args.out) if args.out else (paths.project_root() / "outputs" / "export"
                                                / name / stamp)
-        store = tracking.run_store(args.tracking_uri)
-        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
+        store, tracker = tracking.open_store(args.tracking_uri)
         result, model_id = export_run(store, tracker, args.run_id, args.recipe, out, force=force,
                                       register_as=args.register_as or None,
                                       eval_captions=args.eval_captions or None,

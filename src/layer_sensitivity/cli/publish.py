@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .. import console, publish, tracking
 from ..errors import UserError
-from ..schema import TrackingConfig
 from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
@@ -55,9 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                             "<model>/layer-analysis/... under it. Set --root to a directory of "
                             "its own, e.g. models.")
         check_out_dir(root, "--root")
-        store = tracking.run_store(args.tracking_uri)
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
-        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
+        store, tracker = tracking.open_store(args.tracking_uri)
         result = publish.publish_tracked(store, tracker, args.run_id, root, force=force,
                                          models=models).result
     if result.status == "unchanged":

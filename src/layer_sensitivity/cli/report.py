@@ -10,7 +10,6 @@ import argparse
 
 from .. import console, tracking
 from ..regenerate import report_run
-from ..schema import TrackingConfig
 from .common import install_signal_handlers, setup_plain_logging, user_errors
 
 
@@ -26,9 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_plain_logging()
     with user_errors():
-        store = tracking.run_store(args.tracking_uri)
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
-        tracker = tracking.create(TrackingConfig(uri=store.uri, system_metrics=False))
+        store, tracker = tracking.open_store(args.tracking_uri)
         done = report_run(store, tracker, args.run_id)
     console.summary([f"regenerated {', '.join(done.result)}", f"into run {args.run_id} (record: "
                      f"run {done.run_id})" if done.run_id else f"into run {args.run_id}",

@@ -3,19 +3,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..schema import TrackingConfig
 from .base import (
     ERROR_ARTIFACT,
     Interrupted,
     NoopTracker,
     Run,
+    RunReader,
+    RunRecord,
     Tracker,
     end_status,
     error_text,
 )
 
-__all__ = ["ERROR_ARTIFACT", "Interrupted", "NoopTracker", "Run", "Tracker",
-           "create", "discard_launched_run", "end_status", "error_text", "run_store"]
+if TYPE_CHECKING:
+    from .runs import RunStore
+
+__all__ = ["ERROR_ARTIFACT", "Interrupted", "NoopTracker", "Run", "RunReader", "RunRecord", "Tracker",
+           "create", "discard_launched_run", "open_store", "end_status", "error_text", "run_store"]
 
 
 def create(cfg: TrackingConfig) -> Tracker:
@@ -40,7 +47,18 @@ def discard_launched_run(message: str) -> bool:
     return discard(message)
 
 
-def run_store(uri: str | None = None):  # type: ignore[no-untyped-def]
+def open_store(uri: str | None = None, experiment: str | None = None
+               ) -> tuple[RunReader, Tracker]:
+    """An existing store's runs, and the tracker that records what is done to them (report,
+    publish, evaluate, export: runs nested under the run they act on; compare: in
+    ``experiment`` unless nested under a sweep's parent). Refuses a store that does not exist."""
+    reader = run_store(uri)
+    default = TrackingConfig()
+    return reader, create(TrackingConfig(uri=reader.uri, system_metrics=False,
+                                         experiment=experiment or default.experiment))
+
+
+def run_store(uri: str | None = None) -> RunStore:
     """Finished runs of a store (``MLFLOW_TRACKING_URI`` or the project's default when None)."""
     from .runs import RunStore
     from .store import bound_http_retries, check_existing_store, resolve_uri

@@ -9,6 +9,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,6 +70,40 @@ class Run(Protocol):
     def log_model(self, name: str, directory: Path, *, params: Mapping[str, Any],
                   metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
                   register_as: str | None = None, source_run_id: str | None = None) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What report, publish, compare, evaluate and export need of a run, as plain data."""
+
+    run_id: str
+    run_name: str
+    status: str
+    experiment_id: str
+    experiment_name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+class RunReader(Protocol):
+    """The read side: finished runs of one store, by id (MLflow's ``RunStore`` implements it).
+    Bad ids, deleted or unfinished runs are ``UserError`` paragraphs."""
+
+    where: str  # the store, credentials redacted: for messages
+
+    def get(self, run_id: str) -> RunRecord: ...
+    def finished(self, run_id: str) -> RunRecord: ...  # refused unless FINISHED
+    def children(self, parent_id: str) -> list[RunRecord]: ...
+    def search(self, experiment: str, filter_string: str = "") -> list[RunRecord]: ...
+    def artifact_files(self, run_id: str) -> list[str]: ...
+    def download(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path: ...
+    def manifest_name(self, run_id: str, files: list[str] | None = None) -> str: ...
+    def fetch_manifest(self, run_id: str, dst_dir: Path | None = None) -> Path: ...
+    def logged_models(self, run_id: str) -> list[dict[str, str]]: ...
+    def download_model(self, model_id: str, dst_dir: Path) -> Path: ...
+    # Annotating a finished run (report's regenerated files, publish's tag): the only writes.
+    def upload(self, run_id: str, files: dict[str, Path]) -> None: ...
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
 
 
 class Tracker(Protocol):

@@ -51,6 +51,15 @@ def _first_words(e: BaseException) -> str:
     return text.split(" with exception")[0][:200]
 
 
+def upload(client: MlflowClient, run_id: str, files: Mapping[str, Path]) -> None:
+    """Local files to a run at the given artifact paths (the one upload path of the project)."""
+    for artifact_path, local in files.items():
+        folder = Path(artifact_path).parent.as_posix()
+        if Path(artifact_path).name != Path(local).name:
+            raise ValueError(f"{local} cannot be logged as {artifact_path}: names differ")
+        client.log_artifact(run_id, str(local), None if folder == "." else folder)
+
+
 class TrackingServerGone(ReportedError):
     """The tracking server stopped answering mid-run: one paragraph, exit 1."""
 
@@ -74,11 +83,7 @@ class MlflowRun:
             self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS])
 
     def log_files(self, files: Mapping[str, Path]) -> None:
-        for artifact_path, local in files.items():
-            folder = Path(artifact_path).parent.as_posix()
-            if Path(artifact_path).name != Path(local).name:
-                raise ValueError(f"{local} cannot be logged as {artifact_path}: names differ")
-            self.client.log_artifact(self.run_id, str(local), None if folder == "." else folder)
+        upload(self.client, self.run_id, files)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, redact_text(text), artifact_file)

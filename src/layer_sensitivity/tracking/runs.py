@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -13,24 +12,12 @@ from mlflow.tracking import MlflowClient
 from ..errors import UserError
 from ..manifest import MANIFEST_SUFFIX
 from ..redact import redact_text
-from .mlflow_tracker import PARENT_TAG
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """What report, publish and compare need from a run, as plain data."""
-
-    run_id: str
-    run_name: str
-    status: str
-    experiment_id: str
-    experiment_name: str
-    params: dict[str, str]
-    tags: dict[str, str]
+from .base import RunRecord
+from .mlflow_tracker import PARENT_TAG, upload
 
 
 class RunStore:
-    """One tracking store, read (and annotated) by run id."""
+    """One tracking store, read (and annotated) by run id: MLflow behind ``base.RunReader``."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -103,11 +90,7 @@ class RunStore:
 
     def upload(self, run_id: str, files: dict[str, Path]) -> None:
         """Log local files to a run at the given artifact paths, replacing files already there."""
-        for artifact_path, local in files.items():
-            folder = Path(artifact_path).parent.as_posix()
-            if Path(artifact_path).name != local.name:
-                raise ValueError(f"{local} cannot be logged as {artifact_path}: names differ")
-            self.client.log_artifact(run_id, str(local), None if folder == "." else folder)
+        upload(self.client, run_id, files)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
