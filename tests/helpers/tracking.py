@@ -3,15 +3,19 @@ task (the tracking interface is a protocol; MLflow itself is exercised in tests/
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from tempfile import mkdtemp
 from typing import Any
 
 import pandas as pd
 
+from layer_sensitivity.errors import UserError
 from layer_sensitivity.lifecycle import RunSpec
-from layer_sensitivity.tracking.base import end_status
+from layer_sensitivity.tracking.base import RunRecord, end_status
 
 
 class RecordedRun:
@@ -77,3 +81,68 @@ class RecordingTracker:
             run.status = end_status(e)
             raise
         run.status = "FINISHED"
+
+
+class MemoryReader:
+    """Finished runs held in memory, each with a manifest file: the read side of the tracking
+    interface (``tracking.base.RunReader``) for unit tests of report, compare, evaluate, export."""
+
+    where = "memory"
+
+    def __init__(self) -> None:
+        self.records: dict[str, RunRecord] = {}
+        self.manifests: dict[str, Path] = {}
+        self.uploads: list[tuple[str, list[str]]] = []
+
+    def add(self, run_id: str, name: str, manifest: Path | None, status: str = "FINISHED",
+            tags: dict[str, str] | None = None) -> None:
+        self.records[run_id] = RunRecord(run_id, name, status, "1", "exp", {}, dict(tags or {}))
+        if manifest is not None:
+            self.manifests[run_id] = manifest
+
+    def get(self, run_id: str) -> RunRecord:
+        if run_id not in self.records:
+            raise UserError(f"Run '{run_id}' was not found in the tracking store memory.")
+        return self.records[run_id]
+
+    def finished(self, run_id: str) -> RunRecord:
+        record = self.get(run_id)
+        if record.status != "FINISHED":
+            raise UserError(f"Run {run_id} is {record.status}.")
+        return record
+
+    def children(self, parent_id: str) -> list[RunRecord]:
+        return [r for r in self.records.values() if r.tags.get("mlflow.parentRunId") == parent_id]
+
+    def search(self, experiment: str, filter_string: str = "") -> list[RunRecord]:
+        return list(self.records.values())
+
+    def artifact_files(self, run_id: str) -> list[str]:
+        return [self.manifests[run_id].name] if run_id in self.manifests else []
+
+    def download(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        target = dst_dir / artifact_path
+        shutil.copy(self.manifests[run_id], target)
+        return target
+
+    def manifest_name(self, run_id: str, files: list[str] | None = None) -> str:
+        if run_id not in self.manifests:
+            raise UserError(f"Run {run_id} has no manifest.")
+        return self.manifests[run_id].name
+
+    def fetch_manifest(self, run_id: str, dst_dir: Path | None = None) -> Path:
+        return self.download(run_id, self.manifest_name(run_id), dst_dir or Path(mkdtemp()))
+
+    def logged_models(self, run_id: str) -> list[dict[str, str]]:
+        return []
+
+    def download_model(self, model_id: str, dst_dir: Path) -> Path:
+        raise UserError(f"No logged model {model_id}.")
+
+    def upload(self, run_id: str, files: dict[str, Path]) -> None:
+        self.uploads.append((run_id, sorted(files)))
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        record = self.records[run_id]
+        self.records[run_id] = dataclasses.replace(record, tags=record.tags | tags)
