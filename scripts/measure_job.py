@@ -131,7 +131,8 @@ class Recorder:
 
 def instrument(rec: Recorder) -> None:
     """Wrap the pipeline's phases, the model load and torch's peak reset (this process only)."""
-    from layer_sensitivity import model, pipeline
+    from layer_sensitivity import pipeline
+    from layer_sensitivity.model import loader
 
     original_call = pipeline.Phases.__call__
 
@@ -141,14 +142,14 @@ def instrument(rec: Recorder) -> None:
             yield
 
     pipeline.Phases.__call__ = measured  # type: ignore[method-assign]
-    original_load = model.load
+    original_load = loader.load
 
     def load(*args: Any, **kwargs: Any) -> Any:
         loaded = original_load(*args, **kwargs)
         rec.model_loaded()
         return loaded
 
-    model.load = load  # type: ignore[assignment]
+    loader.load = load  # type: ignore[assignment]
     rec.torch.cuda.reset_peak_memory_stats = rec.modelopt_reset  # type: ignore[assignment]
 
 

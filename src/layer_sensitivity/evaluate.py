@@ -33,9 +33,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import budgets, calibration, model, recipes
+from . import budgets, calibration, recipes
 from .console import prints_to_log
 from .errors import UserError
+from .model import loader, placement
 from .recipes import Recipe
 from .schema import ModelConfig
 
@@ -241,7 +242,7 @@ def _row(r: Recipe) -> dict[str, Any]:
             "lm_bits": r.lm_bits, "kept": len(r.kept)}
 
 
-def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Recipe],
+def evaluate(model_dir: str | Path | loader.LoadedModel, recipe_list: Sequence[Recipe],
              calib_captions: Sequence[str], eval_captions: Sequence[str], *,
              batch_size: int = 4, seq_len: int = 128, eval_batch_size: int = EVAL_BATCH_SIZE,
              device: str = "auto", progress: bool = True,
@@ -260,12 +261,12 @@ def evaluate(model_dir: str | Path | model.LoadedModel, recipe_list: Sequence[Re
     if test_captions:
         check_disjoint(test_captions, calib_captions)
         check_disjoint(test_captions, eval_captions)
-    if isinstance(model_dir, model.LoadedModel):
+    if isinstance(model_dir, loader.LoadedModel):
         loaded = model_dir
     else:
         path = Path(model_dir)
-        dev = model.resolve_device(device)
-        loaded = model.load(ModelConfig(name=path.name, path=str(path), device=dev), path, dev)
+        dev = placement.resolve_device(device)
+        loaded = loader.load(ModelConfig(name=path.name, path=str(path), device=dev), path, dev)
     tok, dev = loaded.tokenizer, loaded.device
     calib = [{k: v.to(dev) for k, v in b.items()}
              for b in calibration.build_batches(list(calib_captions), tok, batch_size, seq_len)]

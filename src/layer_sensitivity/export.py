@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 
-from . import calibration, evaluate, model, recipe_files
+from . import calibration, evaluate, recipe_files
 from .catalogue import runtimes
 from .errors import UserError
+from .model import loader, placement
 from .recipes import Recipe
 from .schema import ModelConfig
 
@@ -258,7 +259,7 @@ def rebuild(directory: Path, source_dir: Path, device: str) -> tuple[torch.nn.Mo
     """A fresh unquantized model (the source architecture) holding the export's weights,
     dequantized, with its activation scales applied; and the export's hf_quant_config."""
     hf_quant = json.loads((directory / HF_QUANT_CONFIG).read_text(encoding="utf-8"))
-    loaded = model.load(ModelConfig(name=source_dir.name, path=str(source_dir), device=device),
+    loaded = loader.load(ModelConfig(name=source_dir.name, path=str(source_dir), device=device),
                         source_dir, device)
     fresh = loaded.model
     dtype = next(fresh.parameters()).dtype
@@ -334,8 +335,8 @@ def run(p: ExportPlan, device: str = "auto") -> ExportResult:
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    dev = model.resolve_device(device)
-    loaded = model.load(ModelConfig(name=p.model_dir.name, path=str(p.model_dir), device=dev),
+    dev = placement.resolve_device(device)
+    loaded = loader.load(ModelConfig(name=p.model_dir.name, path=str(p.model_dir), device=dev),
                         p.model_dir, dev)
     d = p.manifest["dataset"]
     batch_size, seq_len = int(d.get("batch_size") or 4), int(d.get("seq_len") or 128)

@@ -23,7 +23,6 @@ from . import (
     calibration,
     catalogue,
     manifest,
-    model,
     recipe_files,
     recipes,
     report,
@@ -31,6 +30,8 @@ from . import (
 )
 from .errors import UserError
 from .groups import GroupStats, min_scope_bits
+from .model import checkpoint, digest, loader, placement, scope
+from .model.random_init import RandomInit
 from .phases import Phases
 from .reuse import Resources
 from .schema import Coverage, QuantPairConfig, SensitivityConfig
@@ -59,6 +60,9 @@ class Plan:
     score_samples: int
     frozen_patterns: list[str]
     weights_sha256: str | None = None  # the weights' bytes, for the score key (reuse on)
+    # Decided here, written by the first phase (``write_planned``): plan writes nothing.
+    random_init: RandomInit | None = None  # model.init=random: its weightless directory
+    digest_memos: list[digest.ShardMemo] = field(default_factory=list)
 
     @property
     def target_bits(self) -> float:
@@ -68,9 +72,9 @@ class Plan:
     @property
     def scheme_name(self) -> str:
         c = self.cfg
-        scope = "lm" if c.autoquant.coverage == Coverage.lm_only else "full"
-        scope += "" if c.autoquant.lm_head else "_nohead"
-        return f"{c.model.name}_autoquant_{c.quant_pair.name}_{scope}_{c.dataset.size.value}"
+        covered = "lm" if c.autoquant.coverage == Coverage.lm_only else "full"
+        covered += "" if c.autoquant.lm_head else "_nohead"
+        return f"{c.model.name}_autoquant_{c.quant_pair.name}_{covered}_{c.dataset.size.value}"
 
     @property
     def score_steps(self) -> int:
@@ -98,7 +102,7 @@ def sample_count(cfg: SensitivityConfig) -> int:
 
 
 def plan(cfg: SensitivityConfig) -> Plan:
-    """Validate the job and resolve every input that does not need the model."""
+    """Validate the job and resolve every input that does not need the model; writes nothing."""
     aq, pair = cfg.autoquant, cfg.quant_pair
     for name, value in (("autoquant.batch_size", aq.batch_size),
                         ("dataset.calib_seq_len", cfg.dataset.calib_seq_len),
@@ -106,28 +110,38 @@ def plan(cfg: SensitivityConfig) -> Plan:
                         ("dataset.max_calib_samples", cfg.dataset.max_calib_samples)):
         if value is not None and value <= 0:
             raise UserError(f"{name}={value} must be a positive integer. Set it to 1 or more.")
-    device = model.resolve_device(cfg.model.device)
-    model.check_placement(cfg.model, device)
+    device = placement.resolve_device(cfg.model.device)
+    placement.check_placement(cfg.model, device)
     if aq.reuse_scores:
         _check_cache_dir(Path(aq.score_cache_dir))
         scorecache.check_key_file()  # e.g. world-readable: refused now, not inside the run
-    frozen = [*model.FROZEN_PATTERNS[aq.coverage], *([] if aq.lm_head else [LM_HEAD_PATTERN])]
+    frozen = [*scope.FROZEN_PATTERNS[aq.coverage], *([] if aq.lm_head else [LM_HEAD_PATTERN])]
     # Pair and overlay: preset available, overlay meaningful, runnable on this device.
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
     catalogue.check_device(pair, cfg.quant_granularity, quant_cfg, device)
-    checkpoint = model.checkpoint_dir(cfg.model)
-    catalogue.check_layer_fit(cfg.quant_granularity, checkpoint, frozen, cfg.model.trust_remote_code)
+    ckpt = checkpoint.resolve(cfg.model)
+    catalogue.check_layer_fit(cfg.quant_granularity, ckpt.path, frozen, cfg.model.trust_remote_code,
+                              ckpt.random_init.config if ckpt.random_init else None)
     captions = calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg))
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
     targets = checked_targets(aq.effective_bits, fmt_bits, pair)
     score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
     # Read once per checkpoint (remembered by file identity); refuses NaN / inf weights here,
     # before any run exists. With reuse off, the loaded model is checked instead.
-    weights = (model.weights_digest(checkpoint, Path(aq.score_cache_dir) / WEIGHT_DIGESTS)
-               if aq.reuse_scores else None)
-    return Plan(cfg, checkpoint, model.fingerprint(checkpoint), device, captions, quant_cfg,
+    weights, memos = (digest.weights_digest(ckpt.path, Path(aq.score_cache_dir) / WEIGHT_DIGESTS)
+                      if aq.reuse_scores else (None, []))
+    return Plan(cfg, ckpt.path, ckpt.fingerprint, device, captions, quant_cfg,
                 catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
-                score_samples, frozen, weights)
+                score_samples, frozen, weights, ckpt.random_init, memos)
+
+
+def write_planned(p: Plan) -> None:
+    """What ``plan`` decided but left unwritten: the random-init checkpoint directory and the
+    weights' digest memos. Idempotent; the first phase (``calibration_data``) calls it."""
+    if p.random_init is not None:
+        p.random_init.write()
+    for memo in p.digest_memos:
+        memo.write()
 
 
 def _check_cache_dir(path: Path) -> None:
@@ -183,7 +197,7 @@ class Scores:
 
     def modelopt_bits(self, target: float) -> float:
         """ModelOpt averages over every quantizable layer it sees; frozen ones cost 16 bits."""
-        return model.modelopt_bits(target, self.weights_in_scope, self.weights_frozen)
+        return scope.modelopt_bits(target, self.weights_in_scope, self.weights_frozen)
 
 
 @dataclass
@@ -194,7 +208,11 @@ class Solution:
 
 
 def calibration_data(p: Plan, resources: Resources) -> list[calibration.Batch]:
-    """Token batches (CPU): needed for the score key even when the scores are stored."""
+    """Token batches (CPU): needed for the score key even when the scores are stored.
+
+    The first phase of every job, so it first writes what the plan left unwritten.
+    """
+    write_planned(p)
     c = p.cfg
     tokenizer = resources.tokenizer(c.model, p.checkpoint)
     batches = resources.batches(p.captions, tokenizer, f"{p.checkpoint.resolve()}",
@@ -238,7 +256,7 @@ def score_key_ingredients(p: Plan, dtype: torch.dtype, batches: list[calibration
 def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> Scores:
     """Stored scores when everything they depend on matches (no model load), else a search."""
     c = p.cfg
-    dtype = model.resolve_dtype(c.model.dtype, p.device)
+    dtype = placement.resolve_dtype(c.model.dtype, p.device)
     cache = key = None
     if c.autoquant.reuse_scores:
         cache = scorecache.ScoreCache(Path(c.autoquant.score_cache_dir))
@@ -250,16 +268,16 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
             _check_reachable(p, stored)
             return stored
     loaded = resources.model(c.model, p.checkpoint, p.device)
-    model.check_finite(loaded.model, p.checkpoint)
-    in_scope, frozen = model.weight_counts(loaded.model, p.frozen_patterns)
-    given = model.modelopt_bits(p.target_bits, in_scope, frozen)
+    loader.check_finite(loaded.model, p.checkpoint)
+    in_scope, frozen = scope.weight_counts(loaded.model, p.frozen_patterns)
+    given = scope.modelopt_bits(p.target_bits, in_scope, frozen)
     on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
     try:
         # No checkpoint file: ModelOpt saves one mid-search too, and only a completed search may
         # become a cache entry.
         state = _search(p, loaded.model, on_device, given)
     except autoquant.InfeasibleTarget as e:
-        lm_min = model.scope_bits(e.minimum_bits, in_scope, frozen)
+        lm_min = scope.scope_bits(e.minimum_bits, in_scope, frozen)
         raise UserError(
             f"autoquant.effective_bits={p.target_bits:g} is infeasible for quant_pair="
             f"{c.quant_pair.name} on this model: the language model can reach at least "

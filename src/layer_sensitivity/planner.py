@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from . import model as model_lib
 from .errors import UserError
 from .groups import RECIPE_SUFFIX, layer_and_kind
+from .model import architecture, scope
 from .schema import Coverage, DType, Method, ModelConfig, ModelInit, SensitivityConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def layer_groups(net: torch.nn.Module, frozen_patterns: list[str]) -> dict[str, 
 
     by_key: dict[tuple[int, str], list[tuple[str, int]]] = {}
     for name, module in net.named_modules():
-        n = model_lib.quantizable_weight_numel(module)
+        n = scope.quantizable_weight_numel(module)
         if not n:
             continue
         key = (-1, name)
@@ -219,11 +219,11 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
     ``cfg.config``) and return the plan as plain data. Reads no weights and no data."""
     if batch_size <= 0 or seq_len <= 0:
         raise UserError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive.")
-    values, source = model_lib.architecture(cfg)
-    config = model_lib.hf_config(values, cfg.trust_remote_code)
-    net = model_lib.meta_model(config, cfg.trust_remote_code)
-    frozen_patterns = model_lib.FROZEN_PATTERNS[coverage]
-    in_scope, frozen = model_lib.weight_counts(net, frozen_patterns)
+    values, source = architecture.architecture(cfg)
+    config = architecture.hf_config(values, cfg.trust_remote_code)
+    net = architecture.meta_model(config, cfg.trust_remote_code)
+    frozen_patterns = scope.FROZEN_PATTERNS[coverage]
+    in_scope, frozen = scope.weight_counts(net, frozen_patterns)
     groups = layer_groups(net, frozen_patterns)
     scoped = [g for g in groups.values() if g.in_scope]
     kinds = Counter(layer_and_kind(g.handle)[1] for g in scoped)
@@ -234,7 +234,7 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
     on_cpu = torch.device(planned_for).type == "cpu"
     modules = {name: m for name, m in net.named_modules()}
     quantized = [modules[n] for g in scoped for n in g.modules]
-    largest = max((model_lib.quantizable_weight_numel(m) for m in quantized), default=0)
+    largest = max((scope.quantizable_weight_numel(m) for m in quantized), default=0)
     out_features = sum(int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0) or 0)
                        for m in quantized)
     params = parameter_counts(net)
@@ -269,7 +269,7 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
         },
         "bits": {
             "format_bits": format_bits,
-            "targets": [{"requested": t, "modelopt": model_lib.modelopt_bits(t, in_scope, frozen)}
+            "targets": [{"requested": t, "modelopt": scope.modelopt_bits(t, in_scope, frozen)}
                         for t in targets],
         },
         "job": {"batch_size": batch_size, "seq_len": seq_len, "method": method.value,

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import calibration, model
+from . import calibration
+from .model import loader
 from .schema import ModelConfig
 
 
@@ -21,21 +22,21 @@ class Resources:
     """``keep=False`` (one job per process) loads directly and keeps nothing."""
 
     keep: bool = False
-    _models: dict[tuple[Any, ...], model.LoadedModel] = field(default_factory=dict)
+    _models: dict[tuple[Any, ...], loader.LoadedModel] = field(default_factory=dict)
     _batches: dict[tuple[Any, ...], list[calibration.Batch]] = field(default_factory=dict)
     _tokenizers: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     loads: int = 0  # checkpoint loads from disk (what a sweep saves)
     tokenizations: int = 0
 
-    def model(self, cfg: ModelConfig, path: Path, device: str) -> model.LoadedModel:
+    def model(self, cfg: ModelConfig, path: Path, device: str) -> loader.LoadedModel:
         """A model this job may modify freely."""
         if not self.keep:
             self.loads += 1
-            return model.load(cfg, path, device)
+            return loader.load(cfg, path, device)
         key = (str(path.resolve()), cfg.dtype.value, device, cfg.trust_remote_code)
         if key not in self._models:
             self.loads += 1
-            self._models[key] = model.load(cfg, path, device)
+            self._models[key] = loader.load(cfg, path, device)
         pristine = self._models[key]
         return replace(pristine, model=copy.deepcopy(pristine.model))
 
@@ -43,7 +44,7 @@ class Resources:
         """The checkpoint's tokenizer alone (stored scores need no model)."""
         key = (str(path.resolve()), cfg.trust_remote_code)
         if key not in self._tokenizers:
-            self._tokenizers[key] = model.load_tokenizer(cfg, path)
+            self._tokenizers[key] = loader.load_tokenizer(cfg, path)
         return self._tokenizers[key]
 
     def batches(self, captions: calibration.Captions, tokenizer: Any, tokenizer_id: str,

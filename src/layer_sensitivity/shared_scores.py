@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import autoquant, model, pipeline, scorecache
+from . import autoquant, pipeline, scorecache
 from .errors import UserError
+from .model import placement, scope
 from .reuse import Resources
 from .schema import Method, SensitivityConfig
 
@@ -142,7 +143,7 @@ def _member(cfg: SensitivityConfig, resources: Resources, report: SharedReport
         skip(f"the job does not validate: {str(e).splitlines()[0]}")
         return None
     ingredients = pipeline.score_key_ingredients(
-        p, model.resolve_dtype(cfg.model.dtype, p.device), batches)
+        p, placement.resolve_dtype(cfg.model.dtype, p.device), batches)
     key = cache.key(ingredients)
     outcome = _outcome(cfg, "pending")
     outcome.key = share_key(ingredients, cfg.autoquant.score_cache_dir)
@@ -195,7 +196,7 @@ def _search(plans: list[pipeline.Plan], resources: Resources) -> list[dict[str, 
     p = plans[0]
     batches = pipeline.calibration_data(p, resources)
     loaded = resources.model(p.cfg.model, p.checkpoint, p.device)
-    in_scope, frozen = model.weight_counts(loaded.model, p.frozen_patterns)
+    in_scope, frozen = scope.weight_counts(loaded.model, p.frozen_patterns)
     on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
     log.info("shared search: one AutoQuantize search over %s",
              ", ".join(f"{q.cfg.quant_pair.name}/{q.cfg.quant_granularity.name}" for q in plans))
@@ -203,7 +204,7 @@ def _search(plans: list[pipeline.Plan], resources: Resources) -> list[dict[str, 
     try:
         return autoquant.run_shared(
             loaded.model, on_device, [q.quant_cfg for q in plans], method=p.cfg.autoquant.method,
-            modelopt_bits=model.modelopt_bits(SEARCH_BITS, in_scope, frozen),
+            modelopt_bits=scope.modelopt_bits(SEARCH_BITS, in_scope, frozen),
             frozen_patterns=p.frozen_patterns, num_score_steps=p.score_steps)
     finally:
         del loaded, on_device

@@ -20,12 +20,12 @@ from layer_sensitivity import (
     calibration,
     evaluate,
     mixed,
-    model,
     paths,
     pipeline,
     recipe_files,
     recipes,
 )
+from layer_sensitivity.model import loader
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import (
     AutoQuantConfig,
@@ -130,7 +130,7 @@ def test_composition_is_exact_when_scores_are_clipped() -> None:
 
     from layer_sensitivity import autoquant
 
-    loaded = model.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
+    loaded = loader.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
     captions = calibration.read_captions(paths.asset("captions/captions.txt"), 8).lines
     batches = calibration.build_batches(captions, loaded.tokenizer, 4, 128)
     cfgs = [copy.deepcopy(c) for c in (mtq.FP8_DEFAULT_CFG, mtq.INT8_DEFAULT_CFG,
@@ -162,7 +162,7 @@ def test_mixed_recipes_split_formats_and_load_into_mtq_quantize(runs: Runs) -> N
     assert path.name == "mixed_wfp8_afp8+wint4_afp16_6bits.yaml"
     meta = recipe_files.read_recipe(path, doc)
     assert meta.kind == recipes.MIXED and meta.lm_bits == pytest.approx(point["achieved_bits"])
-    loaded = model.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
+    loaded = loader.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
     captions = calibration.read_captions(paths.asset("captions/captions.txt"), 8).lines
     batches = calibration.build_batches(captions, loaded.tokenizer, 4, 128)
 

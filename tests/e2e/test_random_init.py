@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from layer_sensitivity import model, paths, planner
+from layer_sensitivity import paths, planner
+from layer_sensitivity.model import checkpoint, digest, loader, random_init, scope
 from layer_sensitivity.schema import ModelConfig, ModelInit, SensitivityConfig
 
 pytestmark = pytest.mark.slow
@@ -36,23 +37,26 @@ def small_random() -> ModelConfig:
 
 def test_random_init_is_seeded_and_marked() -> None:
     cfg = small_random()
-    directory = model.checkpoint_dir(cfg)
-    assert directory == model.checkpoint_dir(cfg)  # created once, found again
-    assert json.loads((directory / model.RANDOM_INIT_MARKER).read_text()) == {
-        "init": "random", "seed": model.RANDOM_INIT_SEED, "tokenizer": "embedded"}
+    planned = checkpoint.resolve(cfg)
+    assert planned.random_init is not None
+    directory = planned.random_init.write()
+    assert directory == planned.path == planned.random_init.write()  # created once, found again
+    assert planned.fingerprint == digest.fingerprint(directory) == checkpoint.resolve(cfg).fingerprint
+    assert json.loads((directory / digest.RANDOM_INIT_MARKER).read_text()) == {
+        "init": "random", "seed": random_init.RANDOM_INIT_SEED, "tokenizer": "embedded"}
     assert not list(directory.glob("*.safetensors"))
-    first, second = model.load(cfg, directory, "cpu"), model.load(cfg, directory, "cpu")
-    trained = model.load(ModelConfig(path=str(TINY)), TINY, "cpu")
+    first, second = loader.load(cfg, directory, "cpu"), loader.load(cfg, directory, "cpu")
+    trained = loader.load(ModelConfig(path=str(TINY)), TINY, "cpu")
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
     w = first.model.model.language_model.layers[0].mlp.down_proj.weight
     assert not torch.equal(w, trained.model.model.language_model.layers[0].mlp.down_proj.weight)
     assert 0.01 < float(w.std()) < 0.05  # transformers' initializer_range 0.02, not zeros
-    assert model.weight_counts(first.model, ["*visual*"]) == \
-        model.weight_counts(trained.model, ["*visual*"])
+    assert scope.weight_counts(first.model, ["*visual*"]) == \
+        scope.weight_counts(trained.model, ["*visual*"])
     # Random weights never share a fingerprint (score-cache key) with a real checkpoint.
-    assert model.fingerprint(directory) != model.fingerprint(TINY)
+    assert digest.fingerprint(directory) != digest.fingerprint(TINY)
 
 
 def test_random_init_job_runs_end_to_end(tmp_path: Path) -> None:
@@ -114,4 +118,4 @@ def test_loader_options_are_checked_before_anything_loads(changes: dict, message
 
     cfg = ModelConfig(path=str(TINY), **changes)
     with pytest.raises(UserError, match=message):
-        model.checkpoint_dir(cfg)
+        checkpoint.resolve(cfg)

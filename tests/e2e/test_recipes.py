@@ -21,12 +21,12 @@ from layer_sensitivity import (
     calibration,
     ground_truth,
     manifest,
-    model,
     paths,
     pipeline,
     recipe_files,
     recipes,
 )
+from layer_sensitivity.model import loader, scope
 from layer_sensitivity.schema import (
     AutoQuantConfig,
     DatasetConfig,
@@ -63,7 +63,7 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Any, list[calibration.Batch]]:
-    loaded = model.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
+    loaded = loader.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
     captions = calibration.read_captions(paths.asset("captions/captions.txt"), 8).lines
     return loaded.model, calibration.build_batches(captions, loaded.tokenizer, 4, 128)
 
@@ -168,9 +168,9 @@ def test_mixed_recipe_equals_modelopts_own_config(tiny: tuple[Any, list[calibrat
     base, batches = tiny
     cfgs = {"FP8_DEFAULT_CFG": copy.deepcopy(mtq.FP8_DEFAULT_CFG),
             "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": copy.deepcopy(mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG)}
-    in_scope, frozen = model.weight_counts(base, ["*visual*"])
+    in_scope, frozen = scope.weight_counts(base, ["*visual*"])
     _, state = mtq.auto_quantize(
-        copy.deepcopy(base), constraints={"effective_bits": model.modelopt_bits(6.0, in_scope, frozen)},
+        copy.deepcopy(base), constraints={"effective_bits": scope.modelopt_bits(6.0, in_scope, frozen)},
         quantization_formats=list(cfgs.values()), data_loader=batches,
         forward_step=lambda m, b: m(**b, use_cache=False), loss_func=lambda out, b: out.loss,
         disabled_layers=["*visual*"], num_calib_steps=len(batches), num_score_steps=len(batches),

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import torch
 
-from layer_sensitivity import autoquant, calibration, model, scorecache
+from layer_sensitivity import autoquant, calibration, scorecache
+from layer_sensitivity.model import loader, scope
 from layer_sensitivity.schema import Method, ModelConfig
 from layer_sensitivity.scorecache import InvalidState, ScoreCache
 
@@ -46,8 +47,8 @@ class Search:
     final_checkpoint: Path  # a copy of what ModelOpt wrote to checkpoint= by the end
 
 
-def _load() -> model.LoadedModel:
-    return model.load(ModelConfig(name="tiny", path=str(TINY_MODEL)), TINY_MODEL, "cpu")
+def _load() -> loader.LoadedModel:
+    return loader.load(ModelConfig(name="tiny", path=str(TINY_MODEL)), TINY_MODEL, "cpu")
 
 
 def _env(key_file: Path) -> dict[str, str]:
@@ -77,8 +78,8 @@ def search(tmp_path_factory: pytest.TempPathFactory, key_file: Path) -> Search:
     captions = calibration.read_captions(ASSETS / "captions" / "captions.txt", 8)
     batches = calibration.build_batches(captions.lines, loaded.tokenizer, 4, 32)
     quant_cfg = copy.deepcopy(mtq.FP8_DEFAULT_CFG)
-    in_scope, frozen = model.weight_counts(loaded.model, FROZEN)
-    given = model.modelopt_bits(12.0, in_scope, frozen)
+    in_scope, frozen = scope.weight_counts(loaded.model, FROZEN)
+    given = scope.modelopt_bits(12.0, in_scope, frozen)
     cache = ScoreCache(work / "cache", key_file=key_file)
     with cache.private_checkpoint() as checkpoint:
         state = autoquant.run(loaded.model, batches, quant_cfg, method=Method.gradient,

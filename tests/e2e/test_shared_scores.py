@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from layer_sensitivity import autoquant, calibration, model, paths, pipeline, shared_scores
+from layer_sensitivity import autoquant, calibration, paths, pipeline, shared_scores
+from layer_sensitivity.model import loader
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import (
     AutoQuantConfig,
@@ -63,7 +64,7 @@ def test_split_states_equal_single_format_searches(method: Method, pairs: tuple[
     signatures) equals a single-format search's, though ModelOpt clipped the shared search's
     scores (the W8A8 / W8A16 pair ties by construction)."""
     p = pipeline.plan(SensitivityConfig(dataset=DatasetConfig(max_calib_samples=4)))
-    loaded = model.load(p.cfg.model, p.checkpoint, "cpu")
+    loaded = loader.load(p.cfg.model, p.checkpoint, "cpu")
     batches = calibration.build_batches(list(p.captions.lines), loaded.tokenizer, 2, 128)
     cfgs = [pipeline.plan(dataclasses.replace(p.cfg, quant_pair=_pair(n))).quant_cfg for n in pairs]
     kw: dict[str, Any] = {"method": method, "modelopt_bits": 16.0,

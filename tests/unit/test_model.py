@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from layer_sensitivity import model
-from layer_sensitivity.model import modelopt_bits, scope_bits, weight_counts
+from layer_sensitivity.model import digest
+from layer_sensitivity.model.scope import modelopt_bits, scope_bits, weight_counts
 from tests.helpers import TINY_MODEL
 
 
@@ -52,17 +52,20 @@ def test_weights_digest_is_remembered_by_file_identity(tmp_path: Path,
     ckpt = tmp_path / "ckpt"
     shutil.copytree(TINY_MODEL, ckpt)
     memo = tmp_path / "memo"
-    first = model.weights_digest(ckpt, memo)
+    first, memos = digest.weights_digest(ckpt, memo)
+    assert not memo.exists()  # nothing written while digesting: the caller writes the memos
+    for m in memos:
+        m.write()
     assert len(list(memo.glob("*.json"))) == 1
 
     def unread(shard: Path) -> list[str]:
         raise AssertionError(f"{shard} was read again")
 
-    monkeypatch.setattr(model, "_non_finite_tensors", unread)
-    assert model.weights_digest(ckpt, memo) == first  # same identity: one stat, no read
+    monkeypatch.setattr(digest, "_non_finite_tensors", unread)
+    assert digest.weights_digest(ckpt, memo) == (first, [])  # same identity: one stat, no read
     monkeypatch.undo()
     weights = ckpt / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-4] ^= 1  # the lowest mantissa bit of the last float: same size, same header
     weights.write_bytes(bytes(data))
-    assert model.weights_digest(ckpt, memo) != first
+    assert digest.weights_digest(ckpt, memo)[0] != first

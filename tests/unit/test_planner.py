@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layer_sensitivity import model, paths, planner
+from layer_sensitivity import paths, planner
 from layer_sensitivity.errors import UserError
-from layer_sensitivity.schema import Method, ModelConfig
+from layer_sensitivity.model import architecture, loader, scope
+from layer_sensitivity.schema import Coverage, Method, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(paths.asset("tiny-qwen3-vl"))
@@ -30,18 +31,18 @@ def preset(name: str, monkeypatch: pytest.MonkeyPatch) -> ModelConfig:
 def test_meta_plan_of_the_tiny_model_matches_the_loaded_model() -> None:
     cfg = ModelConfig(path=str(TINY), device="cpu")
     plan = planner.plan_model(cfg, format_bits=8.0, device="cpu")
-    loaded = model.load(cfg, TINY, "cpu").model
-    frozen = model.FROZEN_PATTERNS[model.Coverage.lm_only]
+    loaded = loader.load(cfg, TINY, "cpu").model
+    frozen = scope.FROZEN_PATTERNS[Coverage.lm_only]
 
     assert plan["parameters"] == planner.parameter_counts(loaded)
     assert plan["parameters"]["total"] == sum(p.numel() for p in loaded.parameters())
-    in_scope, frozen_weights = model.weight_counts(loaded, frozen)
+    in_scope, frozen_weights = scope.weight_counts(loaded, frozen)
     assert plan["quantizable_weights"]["in_scope"] == in_scope
     assert plan["quantizable_weights"]["frozen"] == frozen_weights
     real_groups = planner.layer_groups(loaded, frozen)
     assert plan["groups"]["handles"] == [h for h, g in real_groups.items() if g.in_scope]
     assert plan["bits"]["targets"][0]["modelopt"] == pytest.approx(
-        model.modelopt_bits(8.0, in_scope, frozen_weights))
+        scope.modelopt_bits(8.0, in_scope, frozen_weights))
     assert plan["model"]["architecture_source"] == str(TINY / "config.json")
 
 
@@ -75,8 +76,8 @@ def test_four_b_is_the_145_groups_of_the_issue(monkeypatch: pytest.MonkeyPatch) 
 
 def test_memory_grows_with_batch_and_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = preset("qwen3_vl_2b", monkeypatch)
-    values, _ = model.architecture(cfg)
-    shape = planner.TextShape.from_config(model.hf_config(values))
+    values, _ = architecture.architecture(cfg)
+    shape = planner.TextShape.from_config(architecture.hf_config(values))
 
     def peak(batch: int, seq: int, method: Method = Method.gradient) -> float:
         return planner.memory_estimate(shape, parameters=2_000_000_000, largest_weight=300_000_000,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from ..schema import QuantGranularityConfig, QuantPairConfig, WeightGranularity
@@ -84,16 +85,18 @@ def check_device(pair: QuantPairConfig, granularity: QuantGranularityConfig, cfg
 
 
 def weight_last_dims(checkpoint: Path, frozen_patterns: list[str],
-                     trust_remote_code: bool = False) -> dict[str, int]:
+                     trust_remote_code: bool = False, config: Any = None) -> dict[str, int]:
     """Last weight dimension (input features of a linear layer) of each quantizable module in scope.
 
-    Built from config.json on the meta device: no weights are read.
+    Built from config.json (or ``config``, a transformers config, for a checkpoint directory not
+    written yet) on the meta device: no weights are read.
     """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(checkpoint, local_files_only=True,
-                                        trust_remote_code=trust_remote_code)
+    if config is None:
+        config = AutoConfig.from_pretrained(checkpoint, local_files_only=True,
+                                            trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         meta = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -105,12 +108,13 @@ def weight_last_dims(checkpoint: Path, frozen_patterns: list[str],
 
 
 def check_layer_fit(granularity: QuantGranularityConfig, checkpoint: Path,
-                    frozen_patterns: list[str], trust_remote_code: bool = False) -> None:
+                    frozen_patterns: list[str], trust_remote_code: bool = False,
+                    config: Any = None) -> None:
     """A weight group size must divide the input features of every quantized layer."""
     if granularity.weight != WeightGranularity.group or not granularity.group_size:
         return
     size = granularity.group_size
-    dims = weight_last_dims(checkpoint, frozen_patterns, trust_remote_code)
+    dims = weight_last_dims(checkpoint, frozen_patterns, trust_remote_code, config)
     bad = {n: d for n, d in dims.items() if d % size}
     if bad:
         shown = ", ".join(f"{n} ({d})" for n, d in list(bad.items())[:4])
