@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from layer_sensitivity import pipeline, scorecache
 from layer_sensitivity.cli.config_store import CONF_DIR
 from layer_sensitivity.errors import UserError
+from layer_sensitivity.model import digest
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import Coverage, Method, SensitivityConfig
 
@@ -109,6 +110,23 @@ def test_plan_resolves_the_job_without_the_model(tmp_path: Path) -> None:
     assert p.device == "cpu" and len(p.fingerprint) == 16
     assert p.format_name == "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"
     assert any("visual" in pattern for pattern in p.frozen_patterns)  # the vision tower is frozen
+
+
+@pytest.mark.parametrize("init", ["random", "pretrained"])
+def test_plan_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, init: str) -> None:
+    """``plan`` only validates: the random-init directory and the weights' digest memos (both in
+    the cache) are written by the first phase, and are what the plan said they would be."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LAYER_SENSITIVITY_CACHE_DIR", str(cache))  # random-init and score cache
+    p = pipeline.plan(_cfg(tmp_path, f"model.init={init}"))
+    assert p.cfg.autoquant.reuse_scores and Path(p.cfg.autoquant.score_cache_dir).is_relative_to(cache)
+    assert not cache.exists()
+    assert (p.random_init is not None) == (init == "random") == (not p.checkpoint.exists())
+    pipeline.write_planned(p)
+    assert p.checkpoint.is_dir() and p.fingerprint == digest.fingerprint(p.checkpoint)
+    memos = list((Path(p.cfg.autoquant.score_cache_dir) / pipeline.WEIGHT_DIGESTS).glob("*.json"))
+    assert len(memos) == (init == "pretrained")  # the embedded checkpoint's one shard
+    assert pipeline.plan(_cfg(tmp_path, f"model.init={init}")).fingerprint == p.fingerprint
 
 
 @pytest.mark.parametrize("value,targets", [(None, [8.0]), (6, [6.0]), ("7.5", [7.5]),
