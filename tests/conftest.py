@@ -48,6 +48,34 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "mlflow.db"
 
 
+@pytest.fixture(scope="session")
+def pristine_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store created by prepare_store (the slow part), with an experiment and a tagged run;
+    tests change copies of it (``store_copy``)."""
+    import mlflow
+
+    from layer_sensitivity.tracking.store import prepare_store
+
+    db = tmp_path_factory.mktemp("pristine") / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    prepare_store(uri)
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment("kept", artifact_location=str(db.parent / "art"))
+    run = client.create_run(experiment_id, tags={"kept": "yes"})
+    client.set_terminated(run.info.run_id)
+    return db
+
+
+@pytest.fixture
+def store_copy(pristine_store: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(pristine_store, db)
+    return db
+
+
 @pytest.fixture
 def out_args(tmp_path: Path) -> list[str]:
     """Keep Hydra's output directories inside the test's temporary directory."""

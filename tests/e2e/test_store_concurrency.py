@@ -30,7 +30,9 @@ WORKER = """
 import sys, time
 from pathlib import Path
 import mlflow
-from layer_sensitivity.tracking.store import artifacts_beside_store, get_or_create_experiment, prepare_store
+from layer_sensitivity.tracking.experiments import get_or_create_experiment
+from layer_sensitivity.tracking.store import prepare_store
+from layer_sensitivity.tracking.uris import artifacts_beside_store
 
 uri, experiment, index, work, artifact, metrics = sys.argv[1:]
 index, work = int(index), Path(work)

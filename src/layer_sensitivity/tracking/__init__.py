@@ -30,7 +30,7 @@ def create(cfg: TrackingConfig) -> Tracker:
     if not cfg.enabled:
         return NoopTracker()
     from .mlflow_tracker import MlflowTracker
-    from .store import bound_http_retries, resolve_uri
+    from .uris import bound_http_retries, resolve_uri
 
     bound_http_retries()
     return MlflowTracker(resolve_uri(cfg.uri), cfg.experiment, cfg.system_metrics)
@@ -61,7 +61,8 @@ def open_store(uri: str | None = None, experiment: str | None = None
 def run_store(uri: str | None = None) -> RunStore:
     """Finished runs of a store (``MLFLOW_TRACKING_URI`` or the project's default when None)."""
     from .runs import RunStore
-    from .store import bound_http_retries, check_existing_store, resolve_uri
+    from .store import check_existing_store
+    from .uris import bound_http_retries, resolve_uri
 
     bound_http_retries()
     resolved = resolve_uri(uri)

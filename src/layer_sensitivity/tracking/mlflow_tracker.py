@@ -24,7 +24,7 @@ from .. import signals
 from ..console import quiet_loggers
 from ..errors import ReportedError
 from ..redact import redact_text
-from . import stale, store
+from . import experiments, stale, store, uris
 from .base import ERROR_ARTIFACT, Interrupted, end_status, error_text
 
 quiet_loggers()  # after MLflow set up its loggers
@@ -171,8 +171,8 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=uri)
 
     def _experiment_id(self) -> str:
-        return store.get_or_create_experiment(
-            self.experiment, store.artifacts_beside_store(self.uri, self.experiment),
+        return experiments.get_or_create_experiment(
+            self.experiment, uris.artifacts_beside_store(self.uri, self.experiment),
             client=self.client)
 
     def _start(self, name: str, parent_id: str | None, tags: dict[str, str]) -> str:
@@ -227,7 +227,7 @@ class MlflowTracker:
             yield run
         except BaseException as e:
             error = e
-            if store.server_gone(self.uri, e):
+            if uris.server_gone(self.uri, e):
                 error = TrackingServerGone(
                     f"The tracking server {self.where} stopped answering while run "
                     f"{run.run_id} was logging ({_first_words(e)}). "

@@ -1,18 +1,18 @@
-"""Where the MLflow tracking store is, and setting it up before any job logs to it.
+"""Setting up a SQLite tracking store before any job logs to it, and checking one a reading
+command opens.
 
 MLflow 3.17 creates and migrates a SQLite store on first open, in every process that opens it,
 without a lock: jobs started together on a new file race in alembic (``table
 _alembic_tmp_experiments already exists``), lose runs, and can leave a ``_alembic_tmp_*`` table
 behind that breaks every later open. ``prepare_store`` does that set-up once, under a file lock
 beside the database, and repairs (or refuses, with a clear message) such a leftover.
-``get_or_create_experiment`` resolves an experiment by name race-free, so a run always lands in
-the experiment asked for.
 
-Call order for a job::
+Call order for a job (``uris``: which store; ``experiments``: race-free get-or-create)::
 
+    uri = uris.resolve_uri(configured)
     prepare_store(uri)
     mlflow.set_tracking_uri(uri)
-    experiment_id = get_or_create_experiment(name)
+    experiment_id = experiments.get_or_create_experiment(name)
     mlflow.start_run(experiment_id=experiment_id, ...)
 
 SQLite suits one machine: the lock and SQLite's own locking need a local file system (not NFS or
@@ -25,11 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import mlflow
 from filelock import FileLock, Timeout
@@ -38,156 +36,14 @@ from mlflow.exceptions import MlflowException
 from .. import paths
 from ..errors import UserError
 from ..redact import redact_uri
-from . import credentials
+from .uris import ARTIFACTS_DIR, DEFAULT_STORE, SQLITE_PREFIX, check_server, check_uri, sqlite_path
 
 logger = logging.getLogger(__name__)
 
-SQLITE_PREFIX = "sqlite:///"
-ARTIFACTS_DIR = "mlartifacts"  # beside the database, like `mlflow server`'s default
 _TMP_TABLE_PREFIX = "_alembic_tmp_"
 _DEFAULT_EXPERIMENT_ID = 0
 _LOCK_TIMEOUT_S = 300.0  # a first migration takes seconds; minutes means a stuck process
 _SQLITE_TIMEOUT_S = 30.0
-# Schemes MLflow 3.17 ships stores for; plugins may register more (read from MLflow below).
-_KNOWN_SCHEMES = {"http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql",
-                  "sqlite"}
-_EXPERIMENT_ATTEMPTS = 8
-
-
-# --- HTTP -----------------------------------------------------------------------------------------
-
-# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) keep a job whose tracking server
-# died retrying for minutes per request. A user's own settings win.
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-
-
-def bound_http_retries() -> None:
-    """At most about 10 s of retries and 30 s per request against a server that is gone."""
-    for var, value in HTTP_LIMITS.items():
-        os.environ.setdefault(var, value)
-
-
-def server_gone(uri: str, e: BaseException) -> bool:
-    """Whether ``e`` is MLflow giving up on an HTTP tracking server that does not answer."""
-    if _scheme(uri) not in ("http", "https"):
-        return False
-    try:
-        import requests
-
-        if isinstance(e, requests.exceptions.RequestException):
-            return True
-    except ImportError:
-        pass
-    return isinstance(e, MlflowException) and "API request to" in (e.message or "") and any(
-        s in e.message for s in ("Max retries exceeded", "Connection", "timed out"))
-
-
-# --- URIs -----------------------------------------------------------------------------------------
-
-DEFAULT_STORE = "mlflow.db"
-
-
-def resolve_uri(configured: str | None) -> str:
-    """The one store every job uses, whatever directory it runs in.
-
-    Order: the configured URI, ``MLFLOW_TRACKING_URI``, then ``<project root>/mlflow.db``.
-    Relative SQLite paths are made absolute against the launch directory.
-    """
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        return f"{SQLITE_PREFIX}{(paths.project_root() / DEFAULT_STORE).resolve()}"
-    if uri.startswith(SQLITE_PREFIX) and not uri.startswith("sqlite:////"):
-        return f"{SQLITE_PREFIX}{Path(uri.removeprefix(SQLITE_PREFIX)).resolve()}"
-    return _postgresql_driver(credentials.move_credentials(uri))
-
-
-def _postgresql_driver(uri: str) -> str:
-    """``postgresql://`` names no driver: SQLAlchemy 2.1 then picks psycopg 3, which this project
-    does not install; the psycopg2 it does install is named explicitly."""
-    if not uri.lower().startswith("postgresql://"):
-        return uri
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return "postgresql+psycopg2://" + uri[len("postgresql://"):]
-    return uri
-
-
-
-def _scheme(uri: str) -> str:
-    """The store scheme without a SQLAlchemy driver suffix (``postgresql+psycopg2`` -> postgresql)."""
-    return urlsplit(uri).scheme.lower().split("+", 1)[0]
-
-
-def _registered_schemes() -> set[str]:
-    try:  # MLflow's registry knows plugin schemes too; it is private, so fall back to the list
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
-        return set(_tracking_store_registry._registry) - {"", "file"} | _KNOWN_SCHEMES
-    except (ImportError, AttributeError):
-        return set(_KNOWN_SCHEMES)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The absolute database path of a file-backed SQLite URI; None for other URIs and in-memory.
-
-    Relative paths (``sqlite:///mlflow.db``) are resolved against the current directory, as
-    MLflow does.
-    """
-    if _scheme(uri) != "sqlite" or not uri.startswith(SQLITE_PREFIX):
-        return None
-    path = unquote(uri[len(SQLITE_PREFIX):].split("?", 1)[0])
-    if path in ("", ":memory:"):
-        return None
-    return Path(path).absolute()
-
-
-def artifacts_beside_store(uri: str, experiment_name: str | None = None) -> str | None:
-    """``<dir of the database>/mlartifacts[/<experiment>]`` for a SQLite store, None otherwise.
-
-    Pass it as ``artifact_location`` when creating an experiment so artifacts live next to the
-    store whatever the working directory (MLflow's own default is ``./mlruns`` of the process
-    that creates the experiment). Remote stores keep their server's artifact store (None).
-    """
-    path = sqlite_path(uri)
-    if path is None:
-        return None
-    root = path.parent / ARTIFACTS_DIR
-    return str(root / _safe_dir_name(experiment_name) if experiment_name else root)
-
-
-def _safe_dir_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "experiment"
-
-
-def _check_uri(uri: str) -> str:
-    """The scheme of a usable tracking URI; a UserError naming the fix otherwise."""
-    shown = redact_uri(uri)
-    scheme = _scheme(uri)
-    if scheme in ("", "file") or (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):  # C:\ paths too
-        raise UserError(
-            f"tracking.uri={shown!r} is a plain path or file: URI, which MLflow reads as a file "
-            f"store, and MLflow {mlflow.__version__} refuses file stores. Use a SQLite file instead, "
-            f"e.g. tracking.uri=sqlite:///{_suggested_db(uri)} (created on first use), or run "
-            "`mlflow server` and set tracking.uri=http://127.0.0.1:5000."
-        )
-    if scheme not in _registered_schemes():
-        raise UserError(
-            f"tracking.uri={shown!r} has the unknown scheme '{scheme}'. Use a SQLite file "
-            "(sqlite:////abs/path/mlflow.db), a tracking server (http://host:5000 or https://...) "
-            "or a database (postgresql://host/db); leave it unset for the project's mlflow.db."
-        )
-    return scheme
-
-
-def _suggested_db(uri: str) -> str:
-    """An absolute SQLite file for a path the user gave: itself if it names a .db, else inside it."""
-    path = Path(unquote(urlsplit(uri).path) if uri.startswith("file:") else uri).absolute()
-    return str(path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "mlflow.db")
-
-
-# --- SQLite set-up ----------------------------------------------------------------------------------
 
 
 def prepare_store(uri: str) -> None:
@@ -197,9 +53,9 @@ def prepare_store(uri: str) -> None:
     ``<db>.lock``; a store that is already current costs one read-only query. Server and
     database URIs are only checked for a known scheme.
     """
-    scheme = _check_uri(uri)
+    scheme = check_uri(uri)
     if scheme in ("http", "https"):
-        _check_server(uri)
+        check_server(uri)
     if scheme != "sqlite":
         return
     path = sqlite_path(uri)
@@ -228,9 +84,9 @@ def prepare_store(uri: str) -> None:
 def check_existing_store(uri: str) -> None:
     """For commands that read runs (report, publish, compare, evaluate): the store must exist
     and be an MLflow store; nothing is created (a typo'd path must not become an empty store)."""
-    scheme = _check_uri(uri)
+    scheme = check_uri(uri)
     if scheme in ("http", "https"):
-        _check_server(uri)
+        check_server(uri)
     path = sqlite_path(uri) if scheme == "sqlite" else None
     if path is None:
         return
@@ -249,31 +105,6 @@ def check_existing_store(uri: str) -> None:
             f"tracking.uri={redact_uri(uri)!r}: {path} is an SQLite database but not an MLflow "
             "tracking store (no runs table). Point it at the store that holds the run."
         )
-
-
-def _check_server(uri: str) -> None:
-    """A tracking server that does not answer fails now, not after minutes of MLflow's retries."""
-    import base64
-    import urllib.request
-
-    parts = urlsplit(uri)
-    bare = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl().rstrip("/")
-    request = urllib.request.Request(f"{bare}/health")
-    auth = credentials.http_basic_auth(uri)
-    if auth:  # HTTP basic auth, as MLflow sends it (from the URI or the environment)
-        token = f"{auth[0]}:{auth[1]}".encode()
-        request.add_header("Authorization", f"Basic {base64.b64encode(token).decode()}")
-    try:
-        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - http(s) only
-            return
-    except Exception as e:  # noqa: BLE001 - any failure to reach it is the same answer
-        if getattr(e, "code", None) is not None:  # it answered (e.g. 401/404): it is there
-            return
-        raise UserError(
-            f"The tracking server {redact_uri(uri)} does not answer ({redact_uri(str(e))}). Start "
-            "it (scripts/tracking_server.sh) or fix tracking.uri / MLFLOW_TRACKING_URI; with "
-            "tracking=none the job runs without MLflow."
-        ) from None
 
 
 def _head_revision() -> str:
@@ -495,50 +326,3 @@ def _row_count(db: sqlite3.Connection, table: str) -> int:
 def _first_line(e: BaseException) -> str:
     text = e.message if isinstance(e, MlflowException) else str(e)
     return redact_uri((text or type(e).__name__).strip().splitlines()[0])
-
-
-# --- Experiments ----------------------------------------------------------------------------------
-
-
-def get_or_create_experiment(name: str, artifact_location: str | None = None, *,
-                             client: mlflow.MlflowClient | None = None,
-                             tracking_uri: str | None = None) -> str:
-    """The id of the active experiment called ``name``, created if missing.
-
-    Race-free: when another process creates it between our look-up and our create, the create
-    fails and the next look-up finds theirs. ``artifact_location`` applies only when this call
-    creates the experiment (see ``artifacts_beside_store``). Talks to the store through
-    ``client``, else a client for ``tracking_uri``, else for the current tracking URI.
-    """
-    if not name.strip():
-        raise UserError("tracking.experiment is empty. Name the MLflow experiment, e.g. "
-                        "tracking.experiment=qwen3-vl-layer-sensitivity.")
-    client = client or mlflow.MlflowClient(tracking_uri=tracking_uri)
-    error: MlflowException | None = None
-    for attempt in range(_EXPERIMENT_ATTEMPTS):
-        try:
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                return str(client.create_experiment(name, artifact_location=artifact_location))
-        except MlflowException as e:  # most often: another process created it since our look-up
-            if e.error_code == "INVALID_PARAMETER_VALUE":  # the name or location itself is bad
-                raise UserError(f"Cannot create the MLflow experiment '{name}' "
-                                f"(artifact location {artifact_location!r}): {_first_line(e)}. Fix "
-                                "tracking.experiment or the artifact location.") from None
-            error = e
-            logger.debug("Get-or-create of experiment %r failed (%s); retrying", name, e.error_code)
-            time.sleep(0.05 * 2**attempt)
-            continue
-        if experiment.lifecycle_stage == "deleted":
-            raise UserError(
-                f"The MLflow experiment '{name}' is deleted (id {experiment.experiment_id}). "
-                f"Restore it (mlflow experiments restore --experiment-id {experiment.experiment_id}) "
-                "or choose another tracking.experiment."
-            )
-        return str(experiment.experiment_id)
-    raise UserError(
-        f"Could not get or create the MLflow experiment '{name}' in {redact_uri(client.tracking_uri)} "
-        f"after {_EXPERIMENT_ATTEMPTS} attempts ({_first_line(error) if error else 'unknown error'}). "
-        "Check that the tracking store is reachable and writable."
-    )
-
