@@ -24,10 +24,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
-import io
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -36,7 +34,6 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +42,7 @@ import torch
 
 from .calibration import Batch
 from .errors import UserError
+from .search_state import check_torch_load_environment, serialize, state_problem, weights_only_load
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ class ScoreCache:
     """Entries under ``root`` (created 0700), authenticated with the secret in ``key_file``."""
 
     def __init__(self, root: Path, key_file: Path | None = None) -> None:
-        _check_torch_load_environment()
+        check_torch_load_environment()
         self.root = Path(root)
         _private_dir(self.root, "autoquant.score_cache_dir")
         self.key_file = key_file or default_key_file()
@@ -165,7 +163,7 @@ class ScoreCache:
         if not hmac.compare_digest(self._mac(key, payload), digest):
             return "integrity check failed (HMAC does not match this user's secret)", None
         try:
-            state = _weights_only_load(payload)
+            state = weights_only_load(payload)
         except Exception as e:  # anything the unpickler or torch raises is a bad entry
             return f"not loadable with weights_only=True ({type(e).__name__}: {_first_line(e)})", None
         problem = state_problem(state, expected_formats)
@@ -201,13 +199,13 @@ class ScoreCache:
         :class:`InvalidState` and writes nothing.
         """
         path = self.path(key)
-        loaded = _weights_only_load(state.read_bytes()) if isinstance(state, Path) else state
+        loaded = weights_only_load(state.read_bytes()) if isinstance(state, Path) else state
         problem = state_problem(loaded)
         if problem:
             raise InvalidState(f"search state not stored under {key}: {problem}")
-        payload = _serialize(loaded)
+        payload = serialize(loaded)
         try:  # what load will do: fail here rather than publish an entry every reader rejects
-            problem = state_problem(_weights_only_load(payload))
+            problem = state_problem(weights_only_load(payload))
         except Exception as e:
             problem = f"does not load back with weights_only=True ({type(e).__name__}: {_first_line(e)})"
         if problem:
@@ -234,104 +232,6 @@ class ScoreCache:
 
     def _mac(self, key: str, payload: bytes) -> str:
         return hmac.new(self._secret, key.encode() + b"\0" + payload, hashlib.sha256).hexdigest()
-
-
-# The state's shape -----------------------------------------------------------------------------
-
-def state_problem(state: Any, expected_formats: list[str] | None = None) -> str | None:
-    """Why ``state`` is not a complete AutoQuantize search state, or None if it is."""
-    try:
-        return _state_problem(state, expected_formats)
-    except Exception as e:  # a malformed state may break any access below
-        return f"{type(e).__name__}: {_first_line(e)}"
-
-
-def _state_problem(state: Any, expected_formats: list[str] | None) -> str | None:
-    if not isinstance(state, Mapping):
-        return f"state is a {type(state).__name__}, not a dict"
-    if state.get("method") not in ("gradient", "kl_div"):
-        return f"method {state.get('method')!r} is not gradient or kl_div"
-    groups = state.get("candidate_stats")
-    if not isinstance(groups, Mapping) or not groups:
-        return "candidate_stats is missing or empty (scoring did not finish)"
-    for handle, stats in groups.items():
-        problem = _group_problem(stats)
-        if problem:
-            return f"group {handle}: {problem}"
-    # ModelOpt saves its checkpoint before it solves (best.recipe empty); readers re-solve anyway.
-    best = state.get("best", {})
-    recipe = best.get("recipe") if isinstance(best, Mapping) else None
-    if not isinstance(recipe, Mapping):
-        return "best is not a dict with a recipe"
-    if recipe and set(recipe) != set(groups):
-        return "best.recipe does not choose a format for every group"
-    for handle, chosen in recipe.items():
-        if chosen not in groups[handle]["formats"]:
-            return f"best.recipe[{handle}] = {chosen} is not one of the group's formats"
-    if expected_formats is not None:
-        stored = {_format_name(f) for s in groups.values() for f in s["formats"]} - {"NONE"}
-        wanted = {_format_name(f) for f in expected_formats} - {"NONE"}
-        if stored != wanted:
-            return f"formats {sorted(stored)} differ from the expected {sorted(wanted)}"
-    return None
-
-
-def _group_problem(stats: Any) -> str | None:
-    if not isinstance(stats, Mapping):
-        return "stats are not a dict"
-    formats, scores, costs = stats.get("formats"), stats.get("scores"), stats.get("costs")
-    if not isinstance(formats, list) or not formats:
-        return "no formats"
-    if not isinstance(scores, list) or len(scores) != len(formats):
-        return "no score for every format (scoring did not finish)"
-    if not isinstance(costs, list) or len(costs) != len(formats):
-        return "no cost for every format"
-    if not all(_finite(v) for v in [*scores, *costs]):
-        return "scores and costs must be finite numbers"
-    modules = stats.get("module_names")
-    if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
-        return "module_names missing"
-    return None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _format_name(fmt: Any) -> str:
-    """``FP8_DEFAULT_CFG(effective-bits: 8.0)`` and ``FP8_DEFAULT_CFG`` both name FP8_DEFAULT_CFG."""
-    return str(fmt).split("(", 1)[0].strip()
-
-
-# Serialization -----------------------------------------------------------------------------------
-
-def _check_torch_load_environment() -> None:
-    # torch.load raises for every file when both are set; valid entries must not be quarantined.
-    both = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    if all(os.environ.get(v, "0").lower() in ("1", "y", "yes", "true") for v in both):
-        raise UserError(
-            f"Both {both[0]} and {both[1]} are set, so torch refuses to load any file. Unset "
-            f"{both[1]} (stored scores are always read with weights_only=True anyway)."
-        )
-
-
-def _register_modelopt_types() -> None:
-    # ModelOpt registers QuantRecipe and its config classes as torch safe globals on import.
-    import modelopt.torch.quantization.algorithms  # noqa: F401
-
-
-def _weights_only_load(payload: bytes) -> Any:
-    _register_modelopt_types()
-    # weights_only passed explicitly: torch 2.13 then ignores TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.
-    return torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
-
-
-def _serialize(state: Mapping[str, Any]) -> bytes:
-    from modelopt.torch.utils.serialization import safe_save  # defaultdict -> dict, etc.
-
-    buffer = io.BytesIO()
-    safe_save(dict(state), buffer)
-    return buffer.getvalue()
 
 
 # Files ---------------------------------------------------------------------------------------------
