@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from safetensors import safe_open
 
-from layer_sensitivity import export, mixed, tracking
+from layer_sensitivity import export, exported_checkpoint, mixed, tracking
 from layer_sensitivity.catalogue import runtimes
 from layer_sensitivity.export_runs import export_run
 from layer_sensitivity.schema import AutoQuantConfig, DatasetConfig, SensitivityConfig, TrackingConfig
@@ -29,7 +29,7 @@ def _checkpoint_facts(directory: Path) -> tuple[dict[str, str], list[str]]:
         keys = list(f.keys())
         vision_scaled = [k for k in keys if "visual" in k and "scale" in k]
         vision_int = [k for k in keys if "visual" in k and not f.get_tensor(k).is_floating_point()]
-    return export.layer_algos(hf), vision_scaled + vision_int
+    return exported_checkpoint.layer_algos(hf), vision_scaled + vision_int
 
 
 def test_export_fp8_keep_recipe_through_mlflow_run(swept: SweepRun, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from layer_sensitivity import budgets, catalogue, export, paths, recipe_files, recipes
@@ -106,18 +105,6 @@ def test_export_refuses_unserved_recipes_and_bad_outputs_before_loading(tmp_path
             nothing, tmp_path / "keep_top_100pct.yaml", synthetic([INT4])), tmp_path / "out")
     export.check_output(tmp_path / "new" / "out")
     assert not (tmp_path / "new").exists()  # checking leaves nothing behind
-
-
-def test_int4_unpacking_inverts_modelopts_packing() -> None:
-    from modelopt.torch.export.quant_utils import pack_int4_in_uint8
-
-    torch.manual_seed(0)
-    w = torch.randn(6, 256)
-    scale = w.abs().reshape(6, 2, 128).amax(-1) / 7
-    packed = pack_int4_in_uint8(w, scale, 128)
-    q = export._unpack_int4(packed)
-    expected = (w / scale.repeat_interleave(128, dim=1)).round().clamp(-8, 7)
-    assert torch.equal(q.float(), expected)
 
 
 def all_pair_kinds() -> dict[str, tuple[str, str]]:
