@@ -1,4 +1,5 @@
-"""Translating a language-model bit target into ModelOpt's whole-model budget, and back."""
+"""The model package without loading a model: a language-model bit target in ModelOpt's whole-model
+budget and back (``scope``), and the weights' digest remembered by file identity (``digest``)."""
 
 from __future__ import annotations
 
