@@ -3,13 +3,16 @@ budget and back (``scope``), and the weights' digest remembered by file identity
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from layer_sensitivity.model import digest
+from layer_sensitivity.errors import UserError
+from layer_sensitivity.model import digest, random_init
 from layer_sensitivity.model.scope import modelopt_bits, scope_bits, weight_counts
+from layer_sensitivity.schema import ModelConfig, ModelInit
 from tests.helpers import TINY_MODEL
 
 
@@ -70,3 +73,26 @@ def test_weights_digest_is_remembered_by_file_identity(tmp_path: Path,
     data[-4] ^= 1  # the lowest mantissa bit of the last float: same size, same header
     weights.write_bytes(bytes(data))
     assert digest.weights_digest(ckpt, memo)[0] != first
+
+
+def _random_cfg(**text: object) -> ModelConfig:
+    """A random-init config of the embedded model's shape (its config.json values)."""
+    values = json.loads((TINY_MODEL / "config.json").read_text())
+    for key in ("dtype", "transformers_version"):
+        values.pop(key, None)
+    values["text_config"].update(text)
+    return ModelConfig(name="small random", path=None, config=values, init=ModelInit.random)
+
+
+def test_random_init_is_checked_and_described_before_it_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAYER_SENSITIVITY_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="vocabulary has only 100"):
+        random_init.describe(_random_cfg(vocab_size=100))  # the embedded tokenizer has 2048 ids
+    spec = random_init.describe(_random_cfg())
+    planned = spec.fingerprint()
+    assert not (tmp_path / "cache").exists()  # described: nothing written
+    directory = spec.write()
+    assert directory == spec.directory and directory.name.startswith("small-random-")
+    assert planned == digest.fingerprint(directory) == spec.fingerprint()
+    assert random_init.describe(_random_cfg()).directory == directory  # found again, same name
