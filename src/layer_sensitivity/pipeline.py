@@ -1,4 +1,5 @@
-"""One sensitivity job as plain function calls: ``plan`` (validate, no model) then ``run``.
+"""One sensitivity job as plain function calls: ``plan`` (validate, no model, writes nothing)
+then ``run``.
 
 ``run`` reads top to bottom as named phases: calibration data -> scores (stored, or load the model
 and search) -> solve every bit target -> manifest and reports. No Hydra, no MLflow: callers pass a
@@ -126,8 +127,9 @@ def plan(cfg: SensitivityConfig) -> Plan:
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
     targets = checked_targets(aq.effective_bits, fmt_bits, pair)
     score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
-    # Read once per checkpoint (remembered by file identity); refuses NaN / inf weights here,
-    # before any run exists. With reuse off, the loaded model is checked instead.
+    # Read once per checkpoint (remembered by file identity: the memos are written by the first
+    # phase); refuses NaN / inf weights here, before any run exists. With reuse off, the loaded
+    # model is checked instead.
     weights, memos = (digest.weights_digest(ckpt.path, Path(aq.score_cache_dir) / WEIGHT_DIGESTS)
                       if aq.reuse_scores else (None, []))
     return Plan(cfg, ckpt.path, ckpt.fingerprint, device, captions, quant_cfg,
