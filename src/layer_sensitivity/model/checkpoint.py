@@ -26,6 +26,7 @@ from .architecture import (
     meta_model,
     read_config,
 )
+from .random_init import RandomInit
 
 # model.name names output files and directories (<name>_autoquant_<pair>_..._quant_manifest.json
 # and the publish layout): short enough for a file name on any file system, and a plain name.
@@ -39,7 +40,7 @@ class Checkpoint:
 
     path: Path
     fingerprint: str
-    random_init: random_init.RandomInit | None = None  # model.init=random: ``write()`` makes it
+    random_init: RandomInit | None = None  # model.init=random: ``write()`` makes the directory
 
 
 def resolve(cfg: ModelConfig) -> Checkpoint:
