@@ -17,13 +17,11 @@ from ..redact import redact_uri
 from . import credentials
 
 SQLITE_PREFIX = "sqlite:///"
+DEFAULT_STORE = "mlflow.db"  # in the project root
 ARTIFACTS_DIR = "mlartifacts"  # beside the database, like `mlflow server`'s default
 # Schemes MLflow 3.17 ships stores for; plugins may register more (read from MLflow below).
 _KNOWN_SCHEMES = {"http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql",
                   "sqlite"}
-
-
-DEFAULT_STORE = "mlflow.db"
 
 
 def resolve_uri(configured: str | None) -> str:
