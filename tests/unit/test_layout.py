@@ -41,10 +41,7 @@ TESTED_ELSEWHERE = {
     "export.py": "exports a quantized model: tests/e2e/test_export.py; refusals before loading in "
                  "tests/unit/catalogue/test_runtimes.py",
     "export_runs.py": "a tracked export: tests/e2e/test_export.py",
-    "tracking/mlflow_tracker.py": "tests/unit/test_tracking_store.py (MlflowRun), "
-                                  "tests/unit/test_signals.py (MlflowTracker)",
     "tracking/runs.py": "reads a real store: tests/e2e/test_report_run.py, tests/e2e/test_publish_run.py",
-    "tracking/store.py": "tests/unit/test_tracking_store.py (flat while the store is being split)",
     "cli/sensitivity.py": "an entry point (parse, one call): tests/e2e/test_sensitivity.py",
     "cli/sweep.py": "an entry point: tests/e2e/test_sweep.py",
     "cli/recipe.py": "an entry point: tests/e2e/test_mixed.py",
@@ -54,6 +51,13 @@ TESTED_ELSEWHERE = {
     "cli/evaluate.py": "an entry point: tests/e2e/test_compare_evaluate.py",
     "cli/export.py": "an entry point: tests/e2e/test_export.py",
     "phases.py": "timed by every task: tests/unit/test_lifecycle.py",
+    "model/architecture.py": "shape values refused in tests/unit/test_bad_input_checks.py; the meta "
+                             "model in tests/unit/test_planner.py",
+    "model/checkpoint.py": "weights vs config.json in tests/unit/test_bad_input_checks.py; every "
+                           "refusal before loading in tests/e2e/test_random_init.py, "
+                           "tests/e2e/test_faults.py",
+    "model/loader.py": "loads the embedded model: tests/unit/test_planner.py, "
+                       "tests/e2e/test_random_init.py",
     "cli/sweep_callback.py": "tests/unit/test_sweep.py (planned jobs and names), tests/e2e/test_sweep.py",
 }
 
