@@ -21,10 +21,10 @@ cannot overshoot). No torch.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from . import budgets, groups, recipes
+from .manifest_model import Manifest
 from .recipes import KEEP_TOP, Group, QuantCfg, Recipe
 
 GUIDED, GUIDED_RANK, REVERSE, RANDOM = KEEP_TOP, "keep_top_rank", "reverse", "random"
@@ -69,7 +69,7 @@ def data_free_rankings(gs: Sequence[Group], fmt: str) -> dict[str, list[str]]:
     return rule_orders(gs, fmt)
 
 
-def equal_bits_recipes(manifest: Mapping[str, Any], headroom: Sequence[float],
+def equal_bits_recipes(manifest: Manifest, headroom: Sequence[float],
                        draws: int = DEFAULT_DRAWS, quant_cfg: QuantCfg | None = None,
                        format_name: str | None = None) -> list[Recipe]:
     """At each budget: guided, keep_top_rank, reverse, every rule and ``draws`` random orders."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import recipes
 from .errors import UserError
+from .manifest_model import Manifest
 from .recipes import KEEP_TOP, Group, QuantCfg, Recipe
 
 DEFAULT_HEADROOM = (0.0, 0.10, 0.25, 0.50)
@@ -105,7 +106,7 @@ def fill(groups: Sequence[Group], fmt: str, order: Sequence[str], bits: float) -
     return kept
 
 
-def recipe_for(manifest: Mapping[str, Any], groups: list[Group], fmt: str,
+def recipe_for(manifest: Manifest, groups: list[Group], fmt: str,
                cfgs: Mapping[str, QuantCfg], kept: Sequence[str], name: str, kind: str,
                **info: Any) -> Recipe:
     """A single-format recipe keeping ``kept`` at 16 bits."""
@@ -119,7 +120,7 @@ def headroom_name(kind: str, headroom: float) -> str:
     return f"{kind}_{100 * headroom:g}pct"
 
 
-def keep_top(manifest: Mapping[str, Any], quant_cfg: QuantCfg | None = None,
+def keep_top(manifest: Manifest, quant_cfg: QuantCfg | None = None,
              headroom: Sequence[float] = DEFAULT_HEADROOM,
              format_name: str | None = None) -> list[Recipe]:
     """One guided recipe per headroom fraction (``keep_top_<pct>pct``): the most sensitive groups
@@ -137,7 +138,7 @@ def keep_top(manifest: Mapping[str, Any], quant_cfg: QuantCfg | None = None,
     return out
 
 
-def keep_top_for_bits(manifest: Mapping[str, Any], bits: float, quant_cfg: QuantCfg | None = None,
+def keep_top_for_bits(manifest: Manifest, bits: float, quant_cfg: QuantCfg | None = None,
                       format_name: str | None = None) -> Recipe:
     """The guided recipe at an explicit LM bit budget (e.g. a mixed recipe's achieved bits)."""
     groups = recipes.manifest_groups(manifest)

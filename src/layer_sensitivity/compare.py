@@ -33,6 +33,7 @@ from . import manifest as manifest_mod
 from .errors import UserError
 from .groups import depth_key, layer_and_kind, module_of
 from .html_report import write_html
+from .manifest import Manifest
 from .profiles import group_name
 
 log = logging.getLogger(__name__)
@@ -114,46 +115,36 @@ class Comparison:
 # --- reading manifests -----------------------------------------------------------------------------
 
 
-def _normalised(label: str, m: Any) -> dict[str, Any]:
-    """The manifest in the current schema (legacy ones converted), checked enough to compare."""
+def _normalised(label: str, m: Any) -> Manifest:
+    """The run's manifest; a parsed JSON document (current or legacy schema) is read first."""
+    if isinstance(m, Manifest):
+        return m
     if not isinstance(m, Mapping):
         raise UserError(f"Run '{label}' is not a manifest (got {type(m).__name__}). Pass the parsed "
                         "*_quant_manifest.json of each run, e.g. from layer_sensitivity.manifest.load.")
-    m = dict(m)
-    if m.get("schema_version") is None and "scheme" in m and "layer_sensitivity" in m:
-        m = manifest_mod.from_legacy(m, f"Manifest of run '{label}'")
-    elif m.get("schema_version") != manifest_mod.SCHEMA_VERSION:
+    version = m.get("schema_version")
+    if version != manifest_mod.SCHEMA_VERSION and not (
+            version is None and "scheme" in m and "layer_sensitivity" in m):
         raise UserError(
-            f"Run '{label}' has no readable manifest (schema_version {m.get('schema_version')!r}, "
+            f"Run '{label}' has no readable manifest (schema_version {version!r}, "
             f"keys {sorted(m)[:6]}). Pass the run's *_quant_manifest.json as loaded by "
             "layer_sensitivity.manifest.load; this version reads schema_version "
             f"{manifest_mod.SCHEMA_VERSION} and legacy manifests."
         )
-    sens = m.get("layer_sensitivity")
-    if not isinstance(sens, dict) or not sens:
-        raise UserError(f"Run '{label}' has no layer groups in its manifest's 'layer_sensitivity'. "
-                        "Compare runs whose sensitivity job finished.")
-    return m
+    return manifest_mod.parse(dict(m), f"Manifest of run '{label}'")
 
 
-def _importances(label: str, m: dict[str, Any]) -> pd.Series:
-    values = {}
-    for handle, s in m["layer_sensitivity"].items():
-        x = s.get("importance") if isinstance(s, dict) else None
-        if not (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)):
-            raise UserError(f"Run '{label}': layer_sensitivity['{handle}'].importance is {x!r}, not "
-                            "a finite number. Regenerate the manifest with the sensitivity job.")
-        values[handle] = float(x)
-    return pd.Series(values, dtype=float)
+def _importances(m: Manifest) -> pd.Series:
+    return pd.Series({h: float(s.importance) for h, s in m.layer_sensitivity.items()}, dtype=float)
 
 
-def _run_fields(m: dict[str, Any]) -> dict[str, Any]:
-    q, d, s = m.get("quantization") or {}, m.get("dataset") or {}, m.get("scheme") or {}
-    return {"scheme": s.get("name"), "pair": q.get("pair"), "granularity": q.get("granularity"),
-            "size": d.get("size"), "method": s.get("method"), "samples": d.get("samples_used")}
+def _run_fields(m: Manifest) -> dict[str, Any]:
+    q, d, s = m.quantization, m.dataset, m.scheme
+    return {"scheme": s.name, "pair": q.pair, "granularity": q.granularity,
+            "size": d.size, "method": s.method, "samples": d.samples_used}
 
 
-def run_label(manifest: dict[str, Any]) -> str:
+def run_label(manifest: Manifest) -> str:
     """``<pair>/<granularity>/<size>`` of a run (the parts it records), else its scheme name."""
     f = _run_fields(manifest)
     parts = [str(f[k]) for k in ("pair", "granularity", "size") if f[k] not in (None, "")]
@@ -268,7 +259,7 @@ def _movers(ranks: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
         .reset_index(drop=True)
 
 
-def compare(manifests: Mapping[str, dict[str, Any]]) -> Comparison:
+def compare(manifests: Mapping[str, Manifest | Mapping[str, Any]]) -> Comparison:
     """Compare the rankings of two or more runs (label -> manifest, current or legacy schema)."""
     if len(manifests) < 2:
         got = ", ".join(f"'{k}'" for k in manifests) or "none"
@@ -276,7 +267,7 @@ def compare(manifests: Mapping[str, dict[str, Any]]) -> Comparison:
                         "more run ids, a sweep parent with several children, or a wider filter.")
     labels = [str(k) for k in manifests]
     docs = {label: _normalised(label, m) for label, m in zip(labels, manifests.values(), strict=True)}
-    importance = pd.DataFrame({label: _importances(label, m) for label, m in docs.items()})
+    importance = pd.DataFrame({label: _importances(m) for label, m in docs.items()})
     handles = _depth_order(importance.index)
     importance = importance.loc[handles]
     table = _group_table(handles, importance.notna())
@@ -617,14 +608,14 @@ def write_comparison(cmp: Comparison, out_dir: Path) -> list[Path]:
     return written
 
 
-def sweep_labels(manifests: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+def sweep_labels(manifests: Mapping[str, Manifest | Mapping[str, Any]]) -> dict[str, str]:
     """Label -> ``pair/granularity/size``; the label is appended where two runs would look alike."""
     names = {str(k): run_label(_normalised(str(k), m)) for k, m in manifests.items()}
     seen = pd.Series(list(names.values())).value_counts()
     return {k: f"{n} ({k})" if seen[n] > 1 else n for k, n in names.items()}
 
 
-def sweep_figures(manifests: Mapping[str, dict[str, Any]], out_dir: Path) -> list[Path]:
+def sweep_figures(manifests: Mapping[str, Manifest | Mapping[str, Any]], out_dir: Path) -> list[Path]:
     """A sweep parent's figures from its children's manifests (label -> manifest), into out_dir:
     shares as runs (``pair/granularity/size``) x groups in depth order, and the Spearman matrix
     between children. One child gives only the shares figure; groups not in every child are grey."""
@@ -644,9 +635,9 @@ def sweep_figures(manifests: Mapping[str, dict[str, Any]], out_dir: Path) -> lis
             spearman_figure(cmp, out_dir / SWEEP_SPEARMAN_FIGURE, run_names=run_names)]
 
 
-def _single_run(label: str, m: dict[str, Any]) -> Comparison:
+def _single_run(label: str, m: Manifest | Mapping[str, Any]) -> Comparison:
     """A one-run 'comparison' holding only what the shares figure needs."""
-    importance = _importances(label, _normalised(label, m))
+    importance = _importances(_normalised(label, m))
     handles = _depth_order(importance.index)
     total = importance.sum()
     shares = pd.DataFrame({label: importance.loc[handles] / (total if total > 0 else math.nan)})

@@ -59,7 +59,8 @@ def _labels(records: list[RunRecord]) -> list[str]:
             for n, r in zip(names, records, strict=True)]
 
 
-def load_manifests(store: RunReader, records: list[RunRecord], tmp: Path) -> dict[str, Any]:
+def load_manifests(store: RunReader, records: list[RunRecord], tmp: Path
+                   ) -> dict[str, manifest.Manifest]:
     docs = {}
     for label, r in zip(_labels(records), records, strict=True):
         docs[label] = manifest.load(store.fetch_manifest(r.run_id, tmp / r.run_id))
@@ -90,7 +91,7 @@ class CompareTask(Task[tuple[compare.Comparison, list[Path]]]):
     def __init__(self, store: RunReader, out_dir: Path, which: _Selection) -> None:
         self.store, self.out_dir, self.which = store, out_dir, which
         self.records: list[RunRecord] = []
-        self.docs: dict[str, Any] = {}
+        self.docs: dict[str, manifest.Manifest] = {}
 
     def validate(self) -> None:
         w = self.which

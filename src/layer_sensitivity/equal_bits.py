@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import baselines, budgets, ground_truth, recipes
 from .baselines import EQUAL_BITS_TOLERANCE, GUIDED, GUIDED_RANK, RANDOM, REVERSE, RULES
+from .manifest_model import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class EqualBits:
     chosen: list[recipes.Recipe] = field(default_factory=list)
 
 
-def plan_recipes(manifest: Mapping[str, Any], headroom: Sequence[float], draws: int,
+def plan_recipes(manifest: Manifest, headroom: Sequence[float], draws: int,
                  quant_cfg: recipes.QuantCfg | None = None, include_frontier: bool = True,
                  truth_subset: int | None = None, truth: bool = True) -> list[recipes.Recipe]:
     """Everything :func:`evaluate_equal_bits` measures, in that order."""
@@ -56,7 +57,7 @@ def plan_recipes(manifest: Mapping[str, Any], headroom: Sequence[float], draws: 
         gs = recipes.manifest_groups(manifest)
         quant_cfg = recipes.format_configs(manifest)[budgets.only_format(gs)]
     todo = baselines.equal_bits_recipes(manifest, headroom, draws, quant_cfg)
-    if include_frontier and manifest.get("frontier"):
+    if include_frontier and manifest.frontier:
         fmt = budgets.only_format(recipes.manifest_groups(manifest))
         todo += recipes.from_frontier(manifest, {fmt: quant_cfg})
     if truth:
@@ -64,7 +65,7 @@ def plan_recipes(manifest: Mapping[str, Any], headroom: Sequence[float], draws: 
     return todo
 
 
-def evaluate_equal_bits(manifest: Mapping[str, Any], *,
+def evaluate_equal_bits(manifest: Manifest, *,
                         headroom: Sequence[float] = DEFAULT_HEADROOM,
                         draws: int = baselines.DEFAULT_DRAWS, truth: bool = True,
                         truth_subset: int | None = None,
@@ -117,12 +118,12 @@ def recommended_recipes(rec: pd.DataFrame, measured: Sequence[recipes.Recipe]
     return out
 
 
-def is_single_format(manifest: Mapping[str, Any]) -> bool:
+def is_single_format(manifest: Manifest) -> bool:
     gs = recipes.manifest_groups(manifest)
     return len({f for g in gs for f in g.costs if f != recipes.NONE}) == 1
 
 
-def own_recipes_only(manifest: Mapping[str, Any], **kwargs: Any) -> EqualBits:
+def own_recipes_only(manifest: Manifest, **kwargs: Any) -> EqualBits:
     """A multi-format (mixed) run: its own recipes on validation and test captions; no single
     format to fill budgets with, so no baselines, recommendation or ground truth."""
     from . import evaluate
@@ -131,7 +132,7 @@ def own_recipes_only(manifest: Mapping[str, Any], **kwargs: Any) -> EqualBits:
     return EqualBits(results, pd.DataFrame(), pd.DataFrame(), None, None)
 
 
-def analyse(manifest: Mapping[str, Any], results: pd.DataFrame) -> EqualBits:
+def analyse(manifest: Manifest, results: pd.DataFrame) -> EqualBits:
     """Summary, recommendation and ground-truth correlations from measured results."""
     truth = corr = None
     if (results["kind"] == ground_truth.ALONE).any():

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from . import budgets, calibration, recipes
 from .console import prints_to_log
 from .errors import UserError
+from .manifest_model import Manifest
 from .model import loader, placement
 from .recipes import Recipe
 from .schema import ModelConfig
@@ -142,16 +143,16 @@ def read_eval_captions(path: str | Path, calibration_lines: Sequence[str],
     return lines
 
 
-def calibration_captions(manifest: Mapping[str, Any]) -> list[str]:
+def calibration_captions(manifest: Manifest) -> list[str]:
     """The captions the manifest's run calibrated on, checked against its recorded digest."""
-    d = manifest.get("dataset") or {}
-    if not d.get("path") or not d.get("samples_used"):
+    d = manifest.dataset
+    if not d.path or not d.samples_used:
         raise UserError("The manifest does not record its calibration captions (dataset.path, "
                         "dataset.samples_used); pass the calibration captions explicitly.")
-    caps = calibration.read_captions(d["path"], int(d["samples_used"]))
-    if d.get("sha256") and caps.sha256 != d["sha256"]:
+    caps = calibration.read_captions(d.path, int(d.samples_used))
+    if d.sha256 and caps.sha256 != d.sha256:
         raise UserError(
-            f"The captions file '{d['path']}' changed since the run calibrated on it (sha256 of "
+            f"The captions file '{d.path}' changed since the run calibrated on it (sha256 of "
             "its first samples differs), so evaluation cannot reproduce the calibration. Restore "
             "the file or pass the calibration captions explicitly."
         )
@@ -300,7 +301,7 @@ def evaluate(model_dir: str | Path | loader.LoadedModel, recipe_list: Sequence[R
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *,
+def _evaluate_like_the_run(manifest: Manifest, todo: Sequence[Recipe], *,
                            model_dir: str | Path | None, eval_captions_path: str | Path | None,
                            max_eval_samples: int | None, device: str, eval_batch_size: int,
                            progress: bool,
@@ -312,13 +313,13 @@ def _evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], 
     test: list[str] = []
     if split:
         held, test = split_validation_test(held)
-    d = manifest["dataset"]
-    return evaluate(mdir, todo, calib, held, batch_size=int(d.get("batch_size") or 4),
-                    seq_len=int(d.get("seq_len") or 128), eval_batch_size=eval_batch_size,
+    d = manifest.dataset
+    return evaluate(mdir, todo, calib, held, batch_size=int(d.batch_size or 4),
+                    seq_len=int(d.seq_len or 128), eval_batch_size=eval_batch_size,
                     device=device, progress=progress, on_result=on_result, test_captions=test)
 
 
-def measure_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *,
+def measure_like_the_run(manifest: Manifest, todo: Sequence[Recipe], *,
                          device: str = "auto") -> pd.DataFrame:
     """``todo`` on the run's model, calibrated as the run did, on its default held-out captions
     split into validation (``kl``) and test (``kl_test``) halves; no progress bar."""
@@ -327,23 +328,23 @@ def measure_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *,
                                   eval_batch_size=EVAL_BATCH_SIZE, progress=False, split=True)
 
 
-def run_inputs(manifest: Mapping[str, Any], model_dir: str | Path | None,
+def run_inputs(manifest: Manifest, model_dir: str | Path | None,
                eval_captions_path: str | Path | None, max_eval_samples: int | None
                ) -> tuple[Path, list[str], list[str]]:
     """(model directory, calibration captions, held-out captions) of the manifest's run."""
-    mdir = Path(model_dir or (manifest.get("model") or {}).get("id") or "")
+    mdir = Path(model_dir or manifest.model.id or "")
     if not (mdir / "config.json").is_file():
         raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
                         "checkpoint the run analysed>.")
     calib = calibration_captions(manifest)
     if eval_captions_path is None:
-        held = held_out_captions(manifest["dataset"]["path"], calib, mdir, max_eval_samples)
+        held = held_out_captions(str(manifest.dataset.path), calib, mdir, max_eval_samples)
     else:
         held = read_eval_captions(eval_captions_path, calib, max_eval_samples)
     return mdir, calib, held
 
 
-def evaluate_manifest(manifest: Mapping[str, Any], *,
+def evaluate_manifest(manifest: Manifest, *,
                       eval_captions_path: str | Path | None = None,
                       max_eval_samples: int | None = None,
                       quant_cfgs: Mapping[str, recipes.QuantCfg] | None = None,
@@ -368,7 +369,7 @@ _SAME_CALIBRATION = (("model", "fingerprint"), ("dataset", "sha256"), ("dataset"
                      ("dataset", "batch_size"), ("dataset", "seq_len"))
 
 
-def evaluate_mixed(mixed_manifest: Mapping[str, Any], single_manifest: Mapping[str, Any], *,
+def evaluate_mixed(mixed_manifest: Manifest, single_manifest: Manifest, *,
                    eval_captions_path: str | Path | None = None,
                    max_eval_samples: int | None = None, model_dir: str | Path | None = None,
                    device: str = "auto", eval_batch_size: int = EVAL_BATCH_SIZE,
@@ -381,8 +382,8 @@ def evaluate_mixed(mixed_manifest: Mapping[str, Any], single_manifest: Mapping[s
     recipes (kind ``mixed``), then the keep-top recipes (kind ``keep_top``), in budget order.
     """
     for section, key in _SAME_CALIBRATION:
-        a = (mixed_manifest.get(section) or {}).get(key)
-        b = (single_manifest.get(section) or {}).get(key)
+        a = getattr(getattr(mixed_manifest, section), key)
+        b = getattr(getattr(single_manifest, section), key)
         if a != b:
             raise UserError(
                 f"The mixed run and the single-format run differ in {section}.{key} ({a!r} vs "

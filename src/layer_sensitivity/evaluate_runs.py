@@ -159,7 +159,8 @@ class EvaluateTask(Task["EqualBits"]):
         self.draws = baselines.DEFAULT_DRAWS if draws is None else draws
         self.eval_captions, self.max_eval_samples = eval_captions, max_eval_samples
         self.truth, self.truth_subset = truth, truth_subset
-        self.run_name, self.doc = "", dict[str, Any]()
+        self.run_name = ""
+        self.doc: manifest.Manifest  # read by validate
 
     def validate(self) -> None:
         self.run_name = self.store.finished(self.run_id).run_name

@@ -36,6 +36,7 @@ from . import calibration, evaluate, recipe_files
 from .catalogue import runtimes
 from .errors import UserError
 from .exported_checkpoint import rebuild
+from .manifest_model import Manifest
 from .model import loader, placement
 from .recipes import Recipe
 from .schema import ModelConfig
@@ -58,7 +59,7 @@ WEIGHT_TOLERANCE = 1e-6  # dequantized file weights vs fake-quantized weights, r
 
 @dataclass
 class ExportPlan:
-    manifest: dict[str, Any]
+    manifest: Manifest
     recipe_path: Path
     recipe: Recipe
     serving: runtimes.Serving
@@ -118,7 +119,7 @@ def check_output(out_dir: Path) -> None:
                         "write to.") from None
 
 
-def plan(manifest: dict[str, Any], recipe_path: str | Path, out_dir: str | Path, *,
+def plan(manifest: Manifest, recipe_path: str | Path, out_dir: str | Path, *,
          force: bool = False, eval_captions_path: str | Path | None = None,
          max_eval_samples: int | None = None, model_dir: str | Path | None = None) -> ExportPlan:
     """Everything decided before the model loads; a UserError for any bad input."""
@@ -144,17 +145,17 @@ def plan(manifest: dict[str, Any], recipe_path: str | Path, out_dir: str | Path,
         log.warning("recipe %s quantizes lm_head; deploy runtimes usually keep it at 16 bits, so "
                     "check that yours loads a quantized lm_head (or rerun with "
                     "autoquant.lm_head=false)", path.name)
-    mdir = Path(model_dir or (manifest.get("model") or {}).get("id") or "")
+    mdir = Path(model_dir or manifest.model.id or "")
     if not (mdir / "config.json").is_file():
         raise UserError(f"Model directory '{mdir}' of the run is not there; pass --model-dir "
                         "<the checkpoint the run analysed>.")
     calib = evaluate.calibration_captions(manifest)
     if eval_captions_path is None:
-        held = evaluate.held_out_captions(manifest["dataset"]["path"], calib, mdir,
+        held = evaluate.held_out_captions(str(manifest.dataset.path), calib, mdir,
                                           max_eval_samples)
     else:
         held = evaluate.read_eval_captions(eval_captions_path, calib, max_eval_samples)
-    return ExportPlan(dict(manifest), path, recipe, serving, out, mdir, calib, held, force)
+    return ExportPlan(manifest, path, recipe, serving, out, mdir, calib, held, force)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,8 +217,8 @@ def run(p: ExportPlan, device: str = "auto") -> ExportResult:
     dev = placement.resolve_device(device)
     loaded = loader.load(ModelConfig(name=p.model_dir.name, path=str(p.model_dir), device=dev),
                         p.model_dir, dev)
-    d = p.manifest["dataset"]
-    batch_size, seq_len = int(d.get("batch_size") or 4), int(d.get("seq_len") or 128)
+    d = p.manifest.dataset
+    batch_size, seq_len = int(d.batch_size or 4), int(d.seq_len or 128)
     tok = loaded.tokenizer
     calib = [{k: v.to(dev) for k, v in b.items()}
              for b in calibration.build_batches(p.calib_captions, tok, batch_size, seq_len)]

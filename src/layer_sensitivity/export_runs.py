@@ -47,10 +47,10 @@ def find_recipe(store: RunReader, run_id: str, recipe: str, dst: Path) -> Path:
     return store.download(run_id, f"{RECIPES}{stem}{recipe_files.SUFFIX}", dst)
 
 
-def model_name(doc: dict[str, Any], recipe: str) -> str:
+def model_name(doc: manifest.Manifest, recipe: str) -> str:
     """A logged-model name: the run's scheme (it names the model) and the recipe, in characters
     MLflow keeps."""
-    scheme = (doc.get("scheme") or {}).get("name") or (doc.get("model") or {}).get("name") or "run"
+    scheme = doc.scheme.name or doc.model.name or "run"
     base = f"{scheme}-{recipe}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-")
 
@@ -73,7 +73,7 @@ class ExportTask(Task["export.ExportResult"]):
         """The run, its manifest and recipe, the output directory and the export's own checks."""
         self.record = self.store.get(self.run_id)
         export.check_output(self.out_dir)
-        self.doc: dict[str, Any] = manifest.load(self.store.fetch_manifest(self.run_id, self.tmp))
+        self.doc = manifest.load(self.store.fetch_manifest(self.run_id, self.tmp))
         self.path = find_recipe(self.store, self.run_id, self.recipe, self.tmp / "recipe")
         self.plan = export.plan(self.doc, self.path, self.out_dir, force=self.force,
                                 eval_captions_path=self.eval_captions,

@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .groups import KIND_ORDER, depth_key, format_bits, layer_and_kind
-from .profiles import GroupProfile, depth_order, group_profiles, kind_order, score_samples
+from .manifest_model import FrontierPoint, Manifest
+from .profiles import GroupProfile, depth_order, kind_order
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ def kind_color(kind: str) -> Any:
     return _PALETTE[index % len(_PALETTE)]
 
 
-def figure_names(manifest: dict[str, Any]) -> list[str]:
+def figure_names(manifest: Manifest) -> list[str]:
     """File names (under ``figures/``) that ``write_figures`` writes for this manifest, in order."""
-    profiles = group_profiles(manifest)
+    profiles = manifest.profiles
     decoder = any(p.layer is not None for p in profiles)
     names = [DEPTH_PROFILE] if decoder else []
     names += [TOP_GROUPS] if profiles else []
@@ -59,11 +60,11 @@ def figure_names(manifest: dict[str, Any]) -> list[str]:
     return names
 
 
-def write_figures(manifest: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_figures(manifest: Manifest, out_dir: Path) -> list[Path]:
     """Render every figure of the manifest into ``out_dir/figures/``; returns the PNG paths."""
     folder = Path(out_dir) / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    profiles = group_profiles(manifest)
+    profiles = manifest.profiles
     draw: dict[str, Callable[[Figure], None]] = {
         DEPTH_PROFILE: lambda fig: draw_depth_profile(fig, manifest, profiles),
         TOP_GROUPS: lambda fig: draw_top_groups(fig, manifest, profiles),
@@ -96,10 +97,9 @@ def _render(draw: Callable[[Figure], None], height: float, path: Path) -> None:
         fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
 
 
-def _subtitle(manifest: dict[str, Any]) -> str:
-    scheme = manifest.get("scheme") or {}
-    samples = score_samples(manifest)
-    parts = [str(scheme.get("name") or ""), str(scheme.get("method") or "method unknown"),
+def _subtitle(manifest: Manifest) -> str:
+    scheme, samples = manifest.scheme, manifest.score_samples
+    parts = [scheme.name, scheme.method or "method unknown",
              f"{samples} score samples" if samples else "score samples unknown"]
     return " | ".join(p for p in parts if p)
 
@@ -108,7 +108,7 @@ def _pct(share: float) -> float:
     return 100.0 * share
 
 
-def draw_depth_profile(fig: Figure, manifest: dict[str, Any],
+def draw_depth_profile(fig: Figure, manifest: Manifest,
                        profiles: Sequence[GroupProfile]) -> None:
     """Share of the run's total per decoder layer, one line per kind (log scale); groups outside
     the decoder (lm_head) as dashed horizontal lines."""
@@ -135,7 +135,7 @@ def draw_depth_profile(fig: Figure, manifest: dict[str, Any],
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
-def draw_top_groups(fig: Figure, manifest: dict[str, Any],
+def draw_top_groups(fig: Figure, manifest: Manifest,
                     profiles: Sequence[GroupProfile]) -> None:
     """The most sensitive groups with their share of the run's total (most sensitive on top)."""
     ax = fig.add_subplot()
@@ -154,7 +154,7 @@ def draw_top_groups(fig: Figure, manifest: dict[str, Any],
     ax.set_title(f"Top {len(top)} of {len(profiles)} groups\n{_subtitle(manifest)}")
 
 
-def draw_layer_kind_heatmap(fig: Figure, manifest: dict[str, Any],
+def draw_layer_kind_heatmap(fig: Figure, manifest: Manifest,
                             profiles: Sequence[GroupProfile]) -> None:
     """Share per (kind, decoder layer), log colour scale; grey where a group is absent or 0."""
     ax = fig.add_subplot()
@@ -186,21 +186,18 @@ def draw_layer_kind_heatmap(fig: Figure, manifest: dict[str, Any],
         fig.colorbar(image, ax=ax, label="share (%)")
 
 
-def _frontier_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    points = [p for p in manifest.get("frontier") or []
-              if isinstance(p.get("achieved_bits"), (int, float))
-              and isinstance(p.get("total_score"), (int, float))]
-    return sorted(points, key=lambda p: (float(p["achieved_bits"]), float(p["target_bits"])))
+def _frontier_points(manifest: Manifest) -> list[FrontierPoint]:
+    return sorted(manifest.frontier, key=lambda p: (float(p.achieved_bits), float(p.target_bits)))
 
 
-def draw_frontier(fig: Figure, manifest: dict[str, Any]) -> None:
+def draw_frontier(fig: Figure, manifest: Manifest) -> None:
     """Total score of the solver's choice per bit target, against the bits it achieved."""
     ax = fig.add_subplot()
     points = _frontier_points(manifest)
-    x = [float(p["achieved_bits"]) for p in points]
-    y = [float(p["total_score"]) for p in points]
+    x = [float(p.achieved_bits) for p in points]
+    y = [float(p.total_score) for p in points]
     ax.plot(x, y, color=_PALETTE[0], linewidth=1.6, zorder=1)
-    met = [bool(p.get("satisfied")) for p in points]
+    met = [p.satisfied for p in points]
     for satisfied in (True, False):
         chosen = [(xi, yi) for xi, yi, m in zip(x, y, met, strict=True) if m == satisfied]
         if chosen:
@@ -209,7 +206,7 @@ def draw_frontier(fig: Figure, manifest: dict[str, Any]) -> None:
                        edgecolors=_PALETTE[0],
                        label="target met" if satisfied else "target missed")
     for p, xi, yi in zip(points, x, y, strict=True):
-        ax.annotate(f"target {float(p['target_bits']):g}", (xi, yi), xytext=(5, 5),
+        ax.annotate(f"target {float(p.target_bits):g}", (xi, yi), xytext=(5, 5),
                     textcoords="offset points", fontsize=9)
     ax.margins(x=0.1, y=0.15)  # room for the target labels
     ax.set_xlabel("effective bits achieved (LM)")
@@ -275,24 +272,22 @@ def _label_name(label: str) -> str:
     return label.split("(", 1)[0].strip()
 
 
-def _mixed_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted(manifest.get("frontier") or [], key=lambda p: float(p["target_bits"]))
+def _mixed_points(manifest: Manifest) -> list[FrontierPoint]:
+    return sorted(manifest.frontier, key=lambda p: float(p.target_bits))
 
 
-def pair_names(manifest: dict[str, Any]) -> dict[str, str]:
+def pair_names(manifest: Manifest) -> dict[str, str]:
     """ModelOpt format name -> the project's pair name (``FP8_DEFAULT_CFG`` -> ``wfp8_afp8``), as
     the mixed manifest records them; 16 bits as ``16 bits (kept)``."""
-    formats = (manifest.get("quantization") or {}).get("formats") or []
-    names = {f["name"]: f.get("pair") or f["name"] for f in formats
-             if isinstance(f, dict) and "name" in f}
+    names = {f.name: f.pair or f.name for f in manifest.quantization.formats or []}
     return names | {_NONE: "16 bits (kept)"}
 
 
-def mixed_format_order(manifest: dict[str, Any]) -> list[str]:
+def mixed_format_order(manifest: Manifest) -> list[str]:
     """The run's formats from most to least compressed, then NONE (16 bits): colour order."""
     bits: dict[str, float] = {}
-    for s in manifest["layer_sensitivity"].values():
-        for label in s["formats"]:
+    for s in manifest.layer_sensitivity.values():
+        for label in s.formats:
             bits.setdefault(_label_name(label), format_bits(label))
     bits.pop(_NONE, None)
     return [*sorted(bits, key=lambda n: (bits[n], n)), _NONE]
@@ -303,13 +298,13 @@ def _format_colors(order: Sequence[str]) -> list[Any]:
             for i, name in enumerate(order)]
 
 
-def mixed_figure_names(manifest: dict[str, Any]) -> list[str]:
+def mixed_figure_names(manifest: Manifest) -> list[str]:
     """Files ``write_mixed_figures`` writes: formats across depth; the frontier for 2+ budgets."""
     points = _mixed_points(manifest)
     return ([MIXED_FORMATS] if points else []) + ([MIXED_FRONTIER] if len(points) > 1 else [])
 
 
-def write_mixed_figures(manifest: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_mixed_figures(manifest: Manifest, out_dir: Path) -> list[Path]:
     """Render a mixed run's figures into ``out_dir/figures/``; returns the PNG paths."""
     folder = Path(out_dir) / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -347,7 +342,7 @@ def _layer_ticks(handles: Sequence[str]) -> tuple[list[int], list[str], list[flo
     return positions, labels, bounds
 
 
-def draw_mixed_formats(fig: Figure, manifest: dict[str, Any]) -> None:
+def draw_mixed_formats(fig: Figure, manifest: Manifest) -> None:
     """One row per bit budget, one column per layer group in depth order, coloured by the format
     the solver chose (grey: kept at 16 bits); each row's label gives the bits achieved."""
     from matplotlib.colors import ListedColormap
@@ -355,9 +350,9 @@ def draw_mixed_formats(fig: Figure, manifest: dict[str, Any]) -> None:
 
     ax = fig.add_subplot()
     order = mixed_format_order(manifest)
-    handles = sorted(manifest["layer_sensitivity"], key=depth_key)
+    handles = sorted(manifest.layer_sensitivity, key=depth_key)
     points = _mixed_points(manifest)
-    grid = np.array([[order.index(_label_name(p["recipe"].get(h, _NONE))) for h in handles]
+    grid = np.array([[order.index(_label_name(p.recipe.get(h, _NONE))) for h in handles]
                      for p in points], dtype=float)
     colors = _format_colors(order)
     ax.imshow(grid, aspect="auto", cmap=ListedColormap(colors), vmin=-0.5,
@@ -366,8 +361,8 @@ def draw_mixed_formats(fig: Figure, manifest: dict[str, Any]) -> None:
     ax.set_xticks(positions, labels, rotation=90 if len(positions) > 12 else 0)
     for x in bounds:
         ax.axvline(x, color="white", linewidth=1.0)
-    ax.set_yticks(range(len(points)), [f"{float(p['target_bits']):g} bits "
-                                       f"(got {float(p['achieved_bits']):.2f})" for p in points])
+    ax.set_yticks(range(len(points)), [f"{float(p.target_bits):g} bits "
+                                       f"(got {float(p.achieved_bits):.2f})" for p in points])
     ax.grid(False)
     ax.set_xlabel("layer groups in depth order (q/k/v, o, gate/up, down per layer)")
     names = pair_names(manifest)
@@ -377,25 +372,25 @@ def draw_mixed_formats(fig: Figure, manifest: dict[str, Any]) -> None:
     ax.set_title(f"Chosen format per layer group across depth\n{_subtitle(manifest)}")
 
 
-def draw_mixed_frontier(fig: Figure, manifest: dict[str, Any]) -> None:
+def draw_mixed_frontier(fig: Figure, manifest: Manifest) -> None:
     """Total score of the mixed solution per budget against the bits achieved, with each format's
     own frontier (the same scores restricted to that format and 16 bits) overlaid."""
     ax = fig.add_subplot()
     order = mixed_format_order(manifest)
     colors = dict(zip(order, _format_colors(order), strict=True))
-    singles = (manifest.get("mixed") or {}).get("single_frontiers") or {}
+    singles = manifest.mixed.single_frontiers if manifest.mixed else {}
     for name in order:
-        points = sorted(singles.get(name) or [], key=lambda p: float(p["achieved_bits"]))
+        points = sorted(singles.get(name) or [], key=lambda p: float(p.achieved_bits))
         if points:
-            ax.plot([float(p["achieved_bits"]) for p in points],
-                    [float(p["total_score"]) for p in points], "s--", color=colors[name],
+            ax.plot([float(p.achieved_bits) for p in points],
+                    [float(p.total_score) for p in points], "s--", color=colors[name],
                     linewidth=1.2, markersize=5, label=f"{pair_names(manifest).get(name, name)} only")
-    mixed = sorted(_mixed_points(manifest), key=lambda p: float(p["achieved_bits"]))
-    x = [float(p["achieved_bits"]) for p in mixed]
-    y = [float(p["total_score"]) for p in mixed]
+    mixed = sorted(_mixed_points(manifest), key=lambda p: float(p.achieved_bits))
+    x = [float(p.achieved_bits) for p in mixed]
+    y = [float(p.total_score) for p in mixed]
     ax.plot(x, y, "o-", color="black", linewidth=1.8, markersize=6, label="mixed", zorder=3)
     for p, xi, yi in zip(mixed, x, y, strict=True):
-        ax.annotate(f"{float(p['target_bits']):g}", (xi, yi), xytext=(5, 5),
+        ax.annotate(f"{float(p.target_bits):g}", (xi, yi), xytext=(5, 5),
                     textcoords="offset points", fontsize=9)
     ax.margins(x=0.08, y=0.12)
     ax.set_xlabel("effective bits achieved (LM)")

@@ -13,14 +13,14 @@ rank order, so the subset spans the ranking) and read :func:`cost_statement` fir
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pandas as pd
 from scipy import stats
 
 from . import baselines, budgets, groups, recipes
 from .errors import UserError
+from .manifest_model import Manifest
 from .recipes import Group, QuantCfg, Recipe
 
 ALONE = "alone"  # kind of a single-group recipe
@@ -38,7 +38,7 @@ def chosen_groups(gs: Sequence[Group], subset: int | None) -> list[Group]:
     return [gs[round(i * step)] for i in range(subset)]
 
 
-def alone_recipes(manifest: Mapping[str, Any], subset: int | None = None,
+def alone_recipes(manifest: Manifest, subset: int | None = None,
                   quant_cfg: QuantCfg | None = None,
                   format_name: str | None = None) -> list[Recipe]:
     """One recipe per chosen group: that group in the run's format, every other one at 16 bits."""
@@ -76,7 +76,7 @@ def _corr(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return rho, tau
 
 
-def correlations(manifest: Mapping[str, Any], truth: pd.DataFrame) -> pd.DataFrame:
+def correlations(manifest: Manifest, truth: pd.DataFrame) -> pd.DataFrame:
     """Spearman and Kendall, against the measured KL and loss change, of the run's scores
     (``ranking``) and of each data-free rule (its order read as a ranking)."""
     gs = recipes.manifest_groups(manifest)

@@ -18,6 +18,7 @@ from typing import Any
 from . import catalogue, paths, pipeline, profiles, sweep
 from .errors import UserError
 from .lifecycle import Ended, Outputs, RunSpec, Task, run_task, seconds_metrics
+from .manifest import Manifest
 from .phases import Phases
 from .redact import redact_text
 from .reuse import Resources
@@ -125,31 +126,31 @@ def resolved_params(plan: pipeline.Plan) -> dict[str, Any]:
     }
 
 
-def describe(m: dict[str, Any]) -> str:
+def describe(m: Manifest) -> str:
     """The run's description (MLflow shows its first lines on the run page): the verdict first,
     then what ran. Shares match the run's ``run/top1_share`` / ``sensitivity/<group>`` metrics."""
-    s, aq, d = m["scheme"], m["autoquant"], m["dataset"]
-    ranked = profiles.group_profiles(m)
+    s, aq, d, q = m.scheme, m.autoquant, m.dataset, m.quantization
+    ranked = m.profiles
     top = ranked[0] if ranked else None
     verdict = (f"Most sensitive: **`{top.name}`** ({top.share:.1%} of the total score); the top "
                f"{profiles.TOP_CONCENTRATION} groups hold {profiles.top_share(ranked):.1%}."
                if top else "No layer group in scope.")
     lines = "\n".join(f"{g.rank}. `{g.name}` {g.share:.1%} ({', '.join(g.modules)})"
                       for g in ranked[:3])
-    return (f"{verdict}\n\n**{m['quantization']['pair']}** ({m['quantization']['granularity']}) "
-            f"on {m['model']['name']}, {s['method']} scores over {d['samples_used']} captions "
-            f"({d['size']}); LM bits requested {s['effective_bits_requested']:g}, achieved "
-            f"{aq['effective_bits_achieved']:.3f}.\n\nMost sensitive groups:\n{lines}\n")
+    return (f"{verdict}\n\n**{q.pair}** ({q.granularity}) "
+            f"on {m.model.name}, {s.method} scores over {d.samples_used} captions "
+            f"({d.size}); LM bits requested {s.effective_bits_requested:g}, achieved "
+            f"{aq.effective_bits_achieved:.3f}.\n\nMost sensitive groups:\n{lines}\n")
 
 
-def summary_lines(m: dict[str, Any], run_id: str | None, out_dir: Path) -> list[str]:
+def summary_lines(m: Manifest, run_id: str | None, out_dir: Path) -> list[str]:
     """The job's last lines on the command line: the verdict, the bits, where it went."""
-    ranked = profiles.group_profiles(m)
+    ranked = m.profiles
     top = ", ".join(f"{g.name} {g.share:.1%}" for g in ranked[:3])
-    return [f"{m['quantization']['pair']}: most sensitive {top} "
+    return [f"{m.quantization.pair}: most sensitive {top} "
             f"(top {profiles.TOP_CONCENTRATION}: {profiles.top_share(ranked):.1%})",
-            f"LM bits requested {m['scheme']['effective_bits_requested']:g}, achieved "
-            f"{m['autoquant']['effective_bits_achieved']:.3f}; outputs in {out_dir}",
+            f"LM bits requested {m.scheme.effective_bits_requested:g}, achieved "
+            f"{m.autoquant.effective_bits_achieved:.3f}; outputs in {out_dir}",
             f"run {run_id}" if run_id else "not tracked (tracking=none)"]
 
 
@@ -169,11 +170,11 @@ def log_inputs(run: Run, plan: pipeline.Plan, output_dir: Path, config_file: Pat
         run.log_files({config_file.name: config_file})
 
 
-def provenance_tags(m: dict[str, Any]) -> dict[str, str]:
+def provenance_tags(m: Manifest) -> dict[str, str]:
     """Library versions, and whether the scores came from the score cache."""
-    cache = m["score_cache"]
-    return {f"version.{k}": v for k, v in m["versions"].items()} | {
-        "score_cache": "off" if cache is None else "hit" if cache["hit"] else "miss"}
+    cache = m.score_cache
+    return {f"version.{k}": v for k, v in m.versions.items()} | {
+        "score_cache": "off" if cache is None else "hit" if cache.hit else "miss"}
 
 
 class SensitivityTask(Task[pipeline.Result]):
@@ -264,7 +265,8 @@ def run_sweep_job(req: JobRequest, make_tracker: Callable[[], Tracker], resource
         result = ended.result
         sweep.write_status(req.out_dir, num=num, name=req.run_name or "", overrides=overrides,
                            status=ended.status, run_id=ended.run_id,
-                           manifest=result.manifest if result is not None else _planned(req.cfg),
+                           manifest=result.manifest if result is not None else None,
+                           planned=_planned(req.cfg),
                            error=ended.error, seconds=time.monotonic() - started)
         log.info("sweep: %s", sweep.progress(req.out_dir.parent))
 
@@ -278,5 +280,5 @@ def run_sweep_job(req: JobRequest, make_tracker: Callable[[], Tracker], resource
 
 def _planned(cfg: SensitivityConfig) -> dict[str, Any]:
     """What a job that produced no manifest is known by in the sweep's table."""
-    return {"quantization": {"pair": cfg.quant_pair.name, "granularity": cfg.quant_granularity.name},
-            "dataset": {"size": cfg.dataset.size.value}}
+    return {"pair": cfg.quant_pair.name, "granularity": cfg.quant_granularity.name,
+            "size": cfg.dataset.size.value}

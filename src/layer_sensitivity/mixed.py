@@ -54,6 +54,7 @@ from .errors import UserError
 from .groups import GroupStats, depth_key, format_bits, layer_and_kind, min_scope_bits
 from .html_report import write_html
 from .lifecycle import Outputs, RunSpec, Task, run_task, seconds_metrics
+from .manifest import FormatInfo, FrontierPoint, Manifest, Mixed, Quantization
 from .phases import Phases
 from .reuse import Resources
 from .schema import Coverage, QuantPairConfig, SensitivityConfig
@@ -426,31 +427,42 @@ def single_points(mp: MixedPlan, s: MixedScores, label: str) -> list[autoquant.F
 # Held-out quality: the mixed recipe against the best single format at equal bits
 
 
-def heldout_recipes(mp: MixedPlan, s: MixedScores, doc: dict[str, Any]
+def heldout_recipes(mp: MixedPlan, s: MixedScores, doc: Manifest
                     ) -> tuple[recipes.Recipe, list[recipes.Recipe]]:
     """The mixed recipe at the main budget, and each format's own recipe (its frontier point
     closest in achieved bits) within ``EQUAL_BITS_TOLERANCE`` of it; a format that cannot get
     that close (e.g. FP8 at 6 bits) is left out."""
-    main = doc["frontier"][0]
-    mixed_recipe = recipes.from_frontier({**doc, "frontier": [main]})[0]
+    main = doc.frontier[0]
+    mixed_recipe = recipes.from_frontier(_at(doc, main))[0]
     singles = []
     for label, name in label_map(mp).items():
         points = [p for p in single_points(mp, s, label) if p.satisfied]
         if not points:
             continue
-        p = min(points, key=lambda q: abs(q.achieved_bits - float(main["achieved_bits"])))
-        if abs(p.achieved_bits - float(main["achieved_bits"])) > EQUAL_BITS_TOLERANCE:
+        p = min(points, key=lambda q: abs(q.achieved_bits - float(main.achieved_bits)))
+        if abs(p.achieved_bits - float(main.achieved_bits)) > EQUAL_BITS_TOLERANCE:
             continue
         fmt = recipes.format_name(name)
-        r = recipes.from_frontier({**doc, "frontier": [{"target_bits": p.target_bits,
-                                                         "recipe": p.recipe}]})[0]
+        r = recipes.from_frontier(_at(doc, FrontierPoint.model_validate(p.as_dict())))[0]
         singles.append(dataclasses.replace(
             r, name=f"single_{profiles.safe_key(fmt)}_{p.target_bits:g}bits", kind=recipes.FRONTIER,
             info={**r.info, "format": fmt}))
     return mixed_recipe, singles
 
 
-def heldout_quality(mp: MixedPlan, s: MixedScores, doc: dict[str, Any]) -> dict[str, Any]:
+def _at(doc: Manifest, point: FrontierPoint) -> Manifest:
+    """The manifest with ``point`` as its only frontier point (one recipe from it)."""
+    return doc.model_copy(update={"frontier": [point]})
+
+
+def _mix(doc: Manifest) -> Mixed:
+    """The mix of a mixed-format run's manifest."""
+    if doc.mixed is None:
+        raise ValueError(f"manifest of run '{doc.scheme.name}' is not a mixed-format search's")
+    return doc.mixed
+
+
+def heldout_quality(mp: MixedPlan, s: MixedScores, doc: Manifest) -> dict[str, Any]:
     """Held-out KL of the mixed recipe and of the best single-format recipe at equal bits: each
     quantized on a fresh model, calibrated as the run did, measured on captions the run did not
     calibrate on (``evaluate``'s default), split in two: the best single format is chosen on the
@@ -517,7 +529,7 @@ def _restricted(state: dict[str, Any], label: str) -> dict[str, Any]:
 
 @dataclass
 class MixedResult:
-    manifest: dict[str, Any]
+    manifest: Manifest
     files: list[Path]
     recipes: list[Path]
     seconds: dict[str, float] = field(default_factory=dict)
@@ -526,7 +538,7 @@ class MixedResult:
 
 
 def build_manifest(mp: MixedPlan, s: MixedScores, sol: MixedSolution,
-                   batches: list[calibration.Batch]) -> dict[str, Any]:
+                   batches: list[calibration.Batch]) -> Manifest:
     """A manifest ``recipes.from_frontier`` and ``evaluate`` read like a sensitivity run's; the
     formats' exact configs under ``quantization.modelopt_configs``, the mix under ``mixed``."""
     p = mp.formats[0]
@@ -534,70 +546,68 @@ def build_manifest(mp: MixedPlan, s: MixedScores, sol: MixedSolution,
         p, s, batches, scheme_name=mp.scheme_name, target_bits=mp.budgets[0],
         format_name="+".join(mp.names), weight_quantizer={}, input_quantizer={},
         modelopt_config={}), sol.groups, sol.autoquant, sol.frontier, s.cache)
-    doc["scheme"]["formats"] = mp.names
-    doc["scheme"]["kind"] = KIND
-    doc["quantization"] = _quantization(mp)
-    doc["mixed"] = {"pairs": mp.pairs, "requested": mp.requested, "budgets": mp.budgets,
-                    "strategy": mp.strategy, "composed": s.composed, "reason": s.reason,
-                    "single_format_scores": s.per_format, "single_frontiers": sol.singles}
-    return doc
+    return doc.as_mixed(mp.names, KIND, _quantization(mp), Mixed.model_validate({
+        "pairs": mp.pairs, "requested": mp.requested, "budgets": mp.budgets,
+        "strategy": mp.strategy, "composed": s.composed, "reason": s.reason,
+        "single_format_scores": s.per_format, "single_frontiers": sol.singles}))
 
 
-def _quantization(mp: MixedPlan) -> dict[str, Any]:
+def _quantization(mp: MixedPlan) -> Quantization:
     g = mp.cfg.quant_granularity
-    return {
-        "pair": mp.tag,
-        "pairs": mp.pairs,
-        "modelopt_format": None,
-        "granularity": g.name,
-        "formats": [{
-            "name": p.format_name, "pair": p.cfg.quant_pair.name, "bits": p.format_bits,
-            "modelopt_base": p.cfg.quant_pair.modelopt_base,
-            "weight_quantizer": catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
-            "input_quantizer": catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
-            "experimental": p.cfg.quant_pair.experimental,
-        } for p in mp.formats],
-        "modelopt_configs": {p.format_name: recipes.jsonable(p.quant_cfg) for p in mp.formats},
-    }
+    return Quantization(
+        pair=mp.tag,
+        pairs=mp.pairs,
+        modelopt_format=None,
+        granularity=g.name,
+        formats=[FormatInfo(
+            name=p.format_name, pair=p.cfg.quant_pair.name, bits=p.format_bits,
+            modelopt_base=p.cfg.quant_pair.modelopt_base,
+            weight_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
+            input_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
+            experimental=p.cfg.quant_pair.experimental,
+        ) for p in mp.formats],
+        modelopt_configs={p.format_name: recipes.jsonable(p.quant_cfg) for p in mp.formats},
+    )
 
 
-def choices_frame(doc: dict[str, Any]) -> pd.DataFrame:
+def choices_frame(doc: Manifest) -> pd.DataFrame:
     """One row per (budget, in-scope group) in depth order: the format chosen, its bits, weights
     and the group's score in it (ModelOpt's clipped score)."""
-    sens = doc["layer_sensitivity"]
-    num_layers = profiles.num_decoder_layers(doc)
+    sens = doc.layer_sensitivity
+    num_layers = doc.num_decoder_layers
     rows = []
-    for point in sorted(doc.get("frontier") or [], key=lambda p: float(p["target_bits"])):
+    for point in sorted(doc.frontier, key=lambda p: float(p.target_bits)):
         for handle in sorted(sens, key=depth_key):
             s = sens[handle]
-            label = point["recipe"].get(handle, s["formats"][-1])
-            i = s["formats"].index(label)
+            label = point.recipe.get(handle, s.formats[-1])
+            i = s.formats.index(label)
             layer, kind = layer_and_kind(handle)
-            rows.append({"budget": float(point["target_bits"]),
-                         "achieved": float(point["achieved_bits"]),
+            rows.append({"budget": float(point.target_bits),
+                         "achieved": float(point.achieved_bits),
                          "group": profiles.group_name(handle, num_layers), "layer": layer,
                          "kind": kind, "format": recipes.format_name(label),
-                         "bits": format_bits(label), "weights": max(s["costs"]),
-                         "score": float(s["scores"][i]), "handle": handle})
+                         "bits": format_bits(label), "weights": max(s.costs),
+                         "score": float(s.scores[i]), "handle": handle})
     return pd.DataFrame(rows).astype({"layer": "Int64"})
 
 
-def _report(doc: dict[str, Any], recipe_files: list[Path]) -> str:
-    m, aq = doc["mixed"], doc["autoquant"]
-    lines = [f"# Mixed recipe: {' + '.join(doc['scheme']['formats'])}", "",
-             f"Model {doc['model']['name']}, {doc['scheme']['method']} scores over "
-             f"{doc['dataset']['samples_used']} captions ({doc['dataset']['size']}). "
-             f"Scores: {m['reason']}.", "",
-             f"Main budget {doc['scheme']['effective_bits_requested']:g} LM bits: achieved "
-             f"{aq['effective_bits_achieved']:.4f}, total score {aq['total_score']:.6g}.", "",
+def _report(doc: Manifest, recipe_files: list[Path]) -> str:
+    scheme, data, aq = doc.scheme, doc.dataset, doc.autoquant
+    lines = [f"# Mixed recipe: {' + '.join(scheme.formats)}", "",
+             f"Model {doc.model.name}, {scheme.method} scores over "
+             f"{data.samples_used} captions ({data.size}). "
+             f"Scores: {_mix(doc).reason}.", "",
+             f"Main budget {scheme.effective_bits_requested:g} LM bits: achieved "
+             f"{aq.effective_bits_achieved:.4f}, total score {aq.total_score:.6g}.", "",
              "| budget | achieved | satisfied | " + " | ".join(
                  f"{'16 bits' if n == NONE else n} (groups, weights)"
-                 for n in [*doc["scheme"]["formats"], NONE]) + " |",
-             "|---" * (3 + len(doc["scheme"]["formats"]) + 1) + "|"]
-    for p in doc["frontier"]:
-        cells = [f"{int(p['mix'][n]['groups'])}, {p['mix'][n]['weights_share']:.1%}"
-                 if n in p["mix"] else "0, 0%" for n in [*doc["scheme"]["formats"], NONE]]
-        lines.append(f"| {p['target_bits']:g} | {p['achieved_bits']:.4f} | {p['satisfied']} | "
+                 for n in [*scheme.formats, NONE]) + " |",
+             "|---" * (3 + len(scheme.formats) + 1) + "|"]
+    for p in doc.frontier:
+        mix = p.mix or {}
+        cells = [f"{int(mix[n].groups)}, {mix[n].weights_share:.1%}"
+                 if n in mix else "0, 0%" for n in [*scheme.formats, NONE]]
+        lines.append(f"| {p.target_bits:g} | {p.achieved_bits:.4f} | {p.satisfied} | "
                      + " | ".join(cells) + " |")
     lines += ["", "Recipes (ModelOpt PTQ recipe YAML: `hf_ptq.py --recipe <file>`, or "
               "`cfg = layer_sensitivity.recipe_files.load_recipe(path)`, then "
@@ -608,7 +618,7 @@ def _report(doc: dict[str, Any], recipe_files: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(mp: MixedPlan, doc: dict[str, Any], out_dir: Path) -> tuple[list[Path], list[Path]]:
+def write_outputs(mp: MixedPlan, doc: Manifest, out_dir: Path) -> tuple[list[Path], list[Path]]:
     """Manifest, choice table, figures, report; one recipe per budget. (all files, recipe files)"""
     exported = [dataclasses.replace(r, name=mp.recipe_name(float(r.info["target_bits"])))
                 for r in recipes.from_frontier(doc)]
@@ -618,7 +628,7 @@ def write_outputs(mp: MixedPlan, doc: dict[str, Any], out_dir: Path) -> tuple[li
     report = out_dir / REPORT_NAME
     report.write_text(_report(doc, recipe_files) + "\n")
     pngs = figures.write_mixed_figures(doc, out_dir)
-    page = write_html(report, f"Mixed recipe: {' + '.join(doc['scheme']['formats'])}")
+    page = write_html(report, f"Mixed recipe: {' + '.join(doc.scheme.formats)}")
     files = [manifest.write(doc, out_dir), table, report, page, *pngs, *recipe_files]
     return files, recipe_files
 
@@ -695,54 +705,61 @@ def params(req: MixedRequest, mp: MixedPlan) -> dict[str, Any]:
     }
 
 
-def run_metrics(doc: dict[str, Any]) -> list[Metric]:
+def run_metrics(doc: Manifest) -> list[Metric]:
     """Main budget as single values; per budget (step = bits x 100) achieved bits, score and each
     format's share of the weights and groups; each format's own frontier under ``single/``."""
-    aq = doc["autoquant"]
-    out: list[Metric] = [("effective_bits_requested", doc["scheme"]["effective_bits_requested"], None),
-                         ("effective_bits_achieved", aq["effective_bits_achieved"], None),
-                         ("total_score", aq["total_score"], None),
-                         ("constraint_satisfied", float(aq["satisfied"]), None),
-                         ("num_layer_groups", float(len(doc["layer_sensitivity"])), None)]
-    for p in doc["frontier"]:
-        step = profiles.frontier_step(p["target_bits"])
-        out += [("mixed/effective_bits_achieved", p["achieved_bits"], step),
-                ("mixed/total_score", p["total_score"], step),
-                ("mixed/satisfied", float(p["satisfied"]), step)]
-        for name, mix in p["mix"].items():
+    aq = doc.autoquant
+    out: list[Metric] = [("effective_bits_requested", _value(doc.scheme.effective_bits_requested), None),
+                         ("effective_bits_achieved", _value(aq.effective_bits_achieved), None),
+                         ("total_score", _value(aq.total_score), None),
+                         ("constraint_satisfied", float(_value(aq.satisfied)), None),
+                         ("num_layer_groups", float(len(doc.layer_sensitivity)), None)]
+    for p in doc.frontier:
+        step = profiles.frontier_step(p.target_bits)
+        out += [("mixed/effective_bits_achieved", p.achieved_bits, step),
+                ("mixed/total_score", p.total_score, step),
+                ("mixed/satisfied", float(p.satisfied), step)]
+        for name, mix in (p.mix or {}).items():
             key = profiles.safe_key(name)[:180]
-            out += [(f"mixed/weights_share/{key}", mix["weights_share"], step),
-                    (f"mixed/groups/{key}", mix["groups"], step)]
-    for name, points in (doc["mixed"].get("single_frontiers") or {}).items():
+            out += [(f"mixed/weights_share/{key}", mix.weights_share, step),
+                    (f"mixed/groups/{key}", mix.groups, step)]
+    for name, points in _mix(doc).single_frontiers.items():
         key = profiles.safe_key(name)[:180]
-        for p in points:
-            step = profiles.frontier_step(p["target_bits"])
-            out += [(f"single/{key}/effective_bits_achieved", p["achieved_bits"], step),
-                    (f"single/{key}/total_score", p["total_score"], step)]
+        for q in points:
+            step = profiles.frontier_step(q.target_bits)
+            out += [(f"single/{key}/effective_bits_achieved", q.achieved_bits, step),
+                    (f"single/{key}/total_score", q.total_score, step)]
     return [(k, float(v), s) for k, v, s in out if math.isfinite(float(v))]
 
 
-def describe(doc: dict[str, Any], heldout: dict[str, Any] | None = None) -> str:
+def _value(x: float | None) -> float:
+    """A value a mixed run always records (the solver's outcome at the main budget)."""
+    if x is None:
+        raise ValueError("a mixed run's manifest records the solver's outcome")
+    return x
+
+
+def describe(doc: Manifest, heldout: dict[str, Any] | None = None) -> str:
     """The run's description: the verdict at the main budget (the mix's estimated damage against
     each single format at the same bits), its held-out quality against the best single format at
     equal bits, then the mix and where the scores came from."""
-    p = doc["frontier"][0]
+    p, mixed = doc.frontier[0], _mix(doc)
     names = figures.pair_names(doc)
-    mix = ", ".join(f"{names.get(n, n)} {int(v['groups'])} groups "
-                    f"({v['weights_share']:.0%} of weights)" for n, v in p["mix"].items())
+    mix = ", ".join(f"{names.get(n, n)} {int(v.groups)} groups "
+                    f"({v.weights_share:.0%} of weights)" for n, v in (p.mix or {}).items())
     singles = []
-    for name, points in (doc["mixed"].get("single_frontiers") or {}).items():
-        same = [q for q in points if math.isclose(float(q["target_bits"]), float(p["target_bits"]))]
-        if same and same[0].get("satisfied"):
-            singles.append(f"{names.get(name, name)} alone {float(same[0]['total_score']):.4g}")
+    for name, points in mixed.single_frontiers.items():
+        same = [q for q in points if math.isclose(float(q.target_bits), float(p.target_bits))]
+        if same and same[0].satisfied:
+            singles.append(f"{names.get(name, name)} alone {float(same[0].total_score):.4g}")
         elif same:
             singles.append(f"{names.get(name, name)} alone cannot reach it")
     versus = f" vs {'; '.join(singles)}" if singles else ""
-    return (f"**{p['target_bits']:g} LM bits** ({p['achieved_bits']:.3f} achieved) mixing "
-            f"{' + '.join(doc['mixed']['pairs'])}: total score **{float(p['total_score']):.4g}**"
+    return (f"**{p.target_bits:g} LM bits** ({p.achieved_bits:.3f} achieved) mixing "
+            f"{' + '.join(mixed.pairs)}: total score **{float(p.total_score):.4g}**"
             f"{versus} (AutoQuantize's estimate of the damage, lower is better).\n\n"
-            f"{describe_heldout(heldout)}\n\n{mix}.\n\nModel {doc['model']['name']}; scores: "
-            f"{doc['mixed']['reason']}. Report: `{REPORT_NAME.replace('.md', '.html')}`.\n")
+            f"{describe_heldout(heldout)}\n\n{mix}.\n\nModel {doc.model.name}; scores: "
+            f"{mixed.reason}. Report: `{REPORT_NAME.replace('.md', '.html')}`.\n")
 
 
 class RecipeTask(Task[MixedResult]):
@@ -789,8 +806,8 @@ class RecipeTask(Task[MixedResult]):
                      *seconds_metrics(result.seconds)],
             tables={CHOICES_TABLE: choices_frame(doc)},
             tags=job.provenance_tags(doc) | {
-                "mixed.composed": str(doc["mixed"]["composed"]).lower(),
-                "mixed.reason": doc["mixed"]["reason"]},
+                "mixed.composed": str(_mix(doc).composed).lower(),
+                "mixed.reason": str(_mix(doc).reason)},
             description=describe(doc, result.heldout),
             files={f.relative_to(out_dir).as_posix(): f for f in result.files
                    if f.name != f"{CHOICES_TABLE}.csv"})  # the table is logged as a table

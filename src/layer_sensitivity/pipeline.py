@@ -84,7 +84,7 @@ class Plan:
 
 @dataclass
 class Result:
-    manifest: dict[str, Any]
+    manifest: manifest.Manifest
     files: list[Path]
     seconds: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None  # the run it was logged into, if any
@@ -383,7 +383,7 @@ def job_facts(p: Plan, s: ScoreCounts, batches: list[calibration.Batch], *, sche
 
 
 def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.Batch],
-                  out_dir: Path) -> tuple[dict[str, Any], list[Path]]:
+                  out_dir: Path) -> tuple[manifest.Manifest, list[Path]]:
     """The manifest, its reports and figures, and one recipe per frontier target."""
     doc = manifest.build(p.cfg, job_facts(
         p, s, batches, scheme_name=p.scheme_name, target_bits=p.target_bits,

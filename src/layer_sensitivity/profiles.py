@@ -13,11 +13,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import pandas as pd
 
 from .groups import KIND_ORDER, depth_key, layer_and_kind, module_of
+
+if TYPE_CHECKING:
+    from .manifest_model import Manifest
 
 Metric = tuple[str, float, int | None]  # (key, value, step); step None = a single value
 T = TypeVar("T")
@@ -73,38 +76,35 @@ def metric_key(handle: str, num_layers: int) -> str:
     return f"sensitivity/{group_name(handle, num_layers)}"
 
 
-def num_decoder_layers(manifest: dict[str, Any]) -> int:
+def num_decoder_layers(manifest: Manifest) -> int:
     """Decoder layers spanned by the in-scope groups (highest layer index + 1; 0 if none)."""
-    layers = [layer_and_kind(h)[0] for h in manifest["layer_sensitivity"]]
-    return max((x for x in layers if x is not None), default=-1) + 1
+    return manifest.num_decoder_layers
 
 
-def score_samples(manifest: dict[str, Any]) -> int | None:
-    """Samples the scores were summed over: ``scheme.score_size`` capped by
-    ``dataset.samples_used`` (either alone when the other is missing); None when neither is known."""
-    counts = [(manifest.get("scheme") or {}).get("score_size"),
-              (manifest.get("dataset") or {}).get("samples_used")]
-    known = [int(c) for c in counts if isinstance(c, (int, float)) and not isinstance(c, bool)
-             and c > 0]
-    return min(known) if known else None
+def score_samples(manifest: Manifest) -> int | None:
+    """Samples the scores were summed over (``Manifest.score_samples``, computed once)."""
+    return manifest.score_samples
 
 
-def group_profiles(manifest: dict[str, Any]) -> list[GroupProfile]:
-    """Every in-scope group, most sensitive first (ties by handle, as the manifest ranks them)."""
-    groups = manifest["layer_sensitivity"]
-    num_layers = num_decoder_layers(manifest)
-    samples = score_samples(manifest)
-    total = sum(float(s["importance"]) for s in groups.values())
-    order = sorted(groups, key=lambda h: (-float(groups[h]["importance"]), h))
+def group_profiles(manifest: Manifest) -> list[GroupProfile]:
+    """Every in-scope group, most sensitive first (``Manifest.profiles``, computed once)."""
+    return manifest.profiles
+
+
+def rank_groups(groups: dict[str, tuple[float, Sequence[str] | None]], num_layers: int,
+                samples: int | None) -> list[GroupProfile]:
+    """Profiles of ``groups`` (handle -> (importance, modules)), most sensitive first (ties by
+    handle, as the manifest ranks them)."""
+    total = sum(float(importance) for importance, _ in groups.values())
+    order = sorted(groups, key=lambda h: (-float(groups[h][0]), h))
     names = _unique([group_name(h, num_layers) for h in order])
     profiles = []
     for rank, (handle, name) in enumerate(zip(order, names, strict=True), start=1):
-        s = groups[handle]
-        importance = float(s["importance"])
+        importance, modules = float(groups[handle][0]), groups[handle][1]
         layer, kind = layer_and_kind(handle)
         profiles.append(GroupProfile(
             handle=handle, name=name, layer=layer, kind=kind,
-            modules=tuple(s.get("modules") or [module_of(handle)]),
+            modules=tuple(modules or [module_of(handle)]),
             importance=importance,
             per_sample=None if samples is None else importance / samples,
             share=importance / total if total > 0 else 0.0,
@@ -144,25 +144,25 @@ def top_share(profiles: Sequence[GroupProfile], k: int = TOP_CONCENTRATION) -> f
     return sum(p.share for p in profiles[:k])
 
 
-def profile_frame(manifest: dict[str, Any]) -> pd.DataFrame:
+def profile_frame(manifest: Manifest) -> pd.DataFrame:
     """``group_profiles`` as a table, most sensitive first (layer is a nullable integer)."""
     rows = [{"key": p.key, "name": p.name, "handle": p.handle, "layer": p.layer, "kind": p.kind,
              "modules": list(p.modules), "importance": p.importance,
              "per_sample": math.nan if p.per_sample is None else p.per_sample,
-             "share": p.share, "rank": p.rank} for p in group_profiles(manifest)]
+             "share": p.share, "rank": p.rank} for p in manifest.profiles]
     df = pd.DataFrame(rows, columns=["key", "name", "handle", "layer", "kind", "modules",
                                      "importance", "per_sample", "share", "rank"])
     return df.astype({"layer": "Int64"})
 
 
-def key_table(manifest: dict[str, Any]) -> pd.DataFrame:
+def key_table(manifest: Manifest) -> pd.DataFrame:
     """Metric key -> group handle -> layer -> kind -> modules -> importance -> share -> rank,
     in depth order (the tracking layer logs it as a table artifact)."""
     rows = [{"Metric key": p.key, "Group": p.handle, "Layer": p.layer, "Kind": p.kind,
              "Modules": ", ".join(p.modules), "Importance": p.importance,
              "Per-sample score": math.nan if p.per_sample is None else p.per_sample,
              "Share": p.share, "Rank": p.rank}
-            for p in depth_order(group_profiles(manifest))]
+            for p in depth_order(manifest.profiles)]
     df = pd.DataFrame(rows, columns=["Metric key", "Group", "Layer", "Kind", "Modules",
                                      "Importance", "Per-sample score", "Share", "Rank"])
     return df.astype({"Layer": "Int64"})
@@ -175,7 +175,7 @@ HEADLINE = "run"
 PERCENT = 100.0  # shares are logged in percent, as the descriptions and reports print them
 
 
-def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
+def run_metrics(manifest: Manifest) -> list[Metric]:
     """Every metric of one job's manifest, as (key, value, step).
 
     What MLflow shows first must mean what its name says. MLflow's Overview, runs table and
@@ -195,7 +195,7 @@ def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
     Shares are in percent everywhere in the metrics. Then the frontier series (step = target bits
     x 100). Non-finite or missing values are left out.
     """
-    profiles = group_profiles(manifest)
+    profiles = manifest.profiles
     # MLflow lists a run's metrics in the order they were logged (Overview; the Compare page's
     # first plotted metric): the headline first, then the groups, then the depth profiles.
     metrics: list[Metric] = [(f"{HEADLINE}/{k}", v, None)
@@ -212,14 +212,13 @@ def run_metrics(manifest: dict[str, Any]) -> list[Metric]:
     return [(k, float(v), s) for k, v, s in metrics if math.isfinite(v)]
 
 
-def summary_values(manifest: dict[str, Any],
+def summary_values(manifest: Manifest,
                    profiles: Sequence[GroupProfile] | None = None) -> dict[str, float]:
     """One number per run (MLflow's headline metrics): concentration of the scores, the solver's
     result and the scale of its scores. Shares in percent."""
-    profiles = group_profiles(manifest) if profiles is None else profiles
-    aq = manifest.get("autoquant") or {}
-    scheme = manifest.get("scheme") or {}
-    samples = score_samples(manifest)
+    profiles = manifest.profiles if profiles is None else profiles
+    aq, requested = manifest.autoquant, manifest.scheme.effective_bits_requested
+    samples = manifest.score_samples
     values: dict[str, float] = {}
     if profiles:
         values["top1_share"] = profiles[0].share * PERCENT
@@ -228,41 +227,39 @@ def summary_values(manifest: dict[str, Any],
     if head is not None:
         values["lm_head_share"] = head.share * PERCENT
         values["lm_head_rank"] = float(head.rank)
-    if _is_number(scheme.get("effective_bits_requested")):
-        values["effective_bits_requested"] = float(scheme["effective_bits_requested"])
-    if _is_number(aq.get("effective_bits_achieved")):
-        values["effective_bits_achieved"] = float(aq["effective_bits_achieved"])
-    if isinstance(aq.get("satisfied"), bool):
-        values["constraint_satisfied"] = float(aq["satisfied"])
-    if _is_number(aq.get("total_score")):
-        values["total_score"] = float(aq["total_score"])
+    if _is_number(requested):
+        values["effective_bits_requested"] = float(requested)
+    if _is_number(aq.effective_bits_achieved):
+        values["effective_bits_achieved"] = float(aq.effective_bits_achieved)
+    if aq.satisfied is not None:
+        values["constraint_satisfied"] = float(aq.satisfied)
+    if _is_number(aq.total_score):
+        values["total_score"] = float(aq.total_score)
         if samples:
-            values["total_score_per_sample"] = float(aq["total_score"]) / samples
+            values["total_score_per_sample"] = float(aq.total_score) / samples
     if samples:
         values["score_samples"] = float(samples)
     values["num_layer_groups"] = float(len(profiles))
     return values
 
 
-def headline_tags(manifest: dict[str, Any]) -> dict[str, str]:
+def headline_tags(manifest: Manifest) -> dict[str, str]:
     """Headline values that are names, not numbers: ``top1_group`` (the most sensitive group)."""
-    ranked = group_profiles(manifest)
+    ranked = manifest.profiles
     return {"top1_group": ranked[0].name} if ranked else {}
 
 
-def frontier_metrics(manifest: dict[str, Any]) -> list[Metric]:
+def frontier_metrics(manifest: Manifest) -> list[Metric]:
     """``frontier/<key>`` series over bit targets (step = round(target bits x 100))."""
-    samples = score_samples(manifest)
+    samples = manifest.score_samples
     out: list[Metric] = []
-    for point in manifest.get("frontier") or []:
-        step = frontier_step(point["target_bits"])
+    for point in manifest.frontier:
+        step = frontier_step(point.target_bits)
         for key, field in _FRONTIER_KEYS.items():
-            if _is_number(point.get(field)) or isinstance(point.get(field), bool):
-                out.append((f"frontier/{key}", float(point[field]), step))
-        if samples and _is_number(point.get("total_score")):
-            out.append(("frontier/score_per_sample", float(point["total_score"]) / samples, step))
-        recipe = point.get("recipe") or {}
-        quantized = sum(not str(f).startswith("NONE") for f in recipe.values())
+            out.append((f"frontier/{key}", float(getattr(point, field)), step))
+        if samples:
+            out.append(("frontier/score_per_sample", float(point.total_score) / samples, step))
+        quantized = sum(not str(f).startswith("NONE") for f in point.recipe.values())
         out.append(("frontier/quantized_groups", float(quantized), step))
     return out
 
@@ -279,5 +276,5 @@ def batches(items: Sequence[T], size: int = MAX_METRICS_PER_BATCH) -> list[list[
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import manifest, paths
 from .errors import UserError, out_of_space
 from .lifecycle import Outputs, RunSpec, Task, Tracked, run_task
-from .manifest import MANIFEST_SUFFIX
+from .manifest import MANIFEST_SUFFIX, Manifest
 from .phases import Phases
 from .redact import redact_text
 from .schema import SensitivityConfig
@@ -161,15 +161,15 @@ def select(paths: list[str]) -> tuple[list[str], list[str]]:
     return chosen, skipped
 
 
-def destination(root: Path, manifest: dict[str, Any]) -> Path:
+def destination(root: Path, manifest: Manifest) -> Path:
     """``<root>/<model>/layer-analysis/weight-<w>-act-<a>/<granularity>/<scheme>/`` of a manifest."""
-    model, q = manifest.get("model") or {}, manifest.get("quantization") or {}
+    q = manifest.quantization
     parts = {
-        "model.name": model.get("name"),
-        "quantization.weight_dtype": q.get("weight_dtype"),
-        "quantization.activation_dtype": q.get("activation_dtype"),
-        "quantization.granularity": q.get("granularity"),
-        "scheme.name": (manifest.get("scheme") or {}).get("name"),
+        "model.name": manifest.model.name,
+        "quantization.weight_dtype": q.weight_dtype,
+        "quantization.activation_dtype": q.activation_dtype,
+        "quantization.granularity": q.granularity,
+        "scheme.name": manifest.scheme.name,
     }
     missing = [k for k, v in parts.items() if not isinstance(v, str) or not v]
     if missing:

@@ -32,6 +32,7 @@ import yaml
 
 from . import recipes
 from .errors import UserError
+from .manifest_model import Manifest
 from .recipes import QUANTIZER_ATTRS, QuantCfg, Recipe
 
 SUFFIX = ".yaml"
@@ -55,21 +56,23 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def pairs_of(manifest: Mapping[str, Any] | None, formats: Sequence[str]) -> str:
+def pairs_of(manifest: Manifest | None, formats: Sequence[str]) -> str:
     """The pairs of the formats a recipe uses, as the run named them (``wfp8_afp8``)."""
-    q = (manifest or {}).get("quantization") or {}
-    by_format = {f.get("name"): f.get("pair") for f in q.get("formats") or []}
-    if q.get("modelopt_format"):
-        by_format[q["modelopt_format"]] = q.get("pair")
+    by_format: dict[str, str | None] = {}
+    if manifest is not None:
+        q = manifest.quantization
+        by_format = {f.name: f.pair for f in q.formats or []}
+        if q.modelopt_format:
+            by_format[q.modelopt_format] = q.pair
     names = [str(by_format.get(f) or f) for f in formats]
     return " + ".join(names) or "nothing (every group at 16 bits)"
 
 
-def description(recipe: Recipe, manifest: Mapping[str, Any] | None = None,
+def description(recipe: Recipe, manifest: Manifest | None = None,
                 run_id: str | None = None) -> str:
     """One line: the kind, the source run, the pair(s) and the LM bits; the vision tower."""
-    scheme = (manifest or {}).get("scheme") or {}
-    run = scheme.get("name") or (recipe.info.get("source") or {}).get("scheme") or "?"
+    run = (manifest.scheme.name if manifest is not None else None) or (
+        recipe.info.get("source") or {}).get("scheme") or "?"
     source = f"run '{run}'" + (f" ({run_id})" if run_id else "")
     formats = sorted(set(recipe.quantized.values()))
     total = len(recipe.kept) + len(recipe.quantized)
@@ -89,7 +92,7 @@ def description(recipe: Recipe, manifest: Mapping[str, Any] | None = None,
             "vision tower unquantized.")
 
 
-def document(recipe: Recipe, manifest: Mapping[str, Any] | None = None,
+def document(recipe: Recipe, manifest: Manifest | None = None,
              run_id: str | None = None) -> dict[str, Any]:
     """The YAML document: ModelOpt's PTQ recipe schema, nothing else."""
     cfg = recipe.config
@@ -99,7 +102,7 @@ def document(recipe: Recipe, manifest: Mapping[str, Any] | None = None,
                          "quant_cfg": _plain(cfg["quant_cfg"])}}
 
 
-def dumps(recipe: Recipe, manifest: Mapping[str, Any] | None = None,
+def dumps(recipe: Recipe, manifest: Manifest | None = None,
           run_id: str | None = None) -> str:
     header = ("# A ModelOpt PTQ recipe written by layer_sensitivity: "
               "modelopt.recipe.load_recipe(<this file>),\n"
@@ -108,7 +111,7 @@ def dumps(recipe: Recipe, manifest: Mapping[str, Any] | None = None,
                                    width=100)
 
 
-def write_recipe(recipe: Recipe, path: str | Path, manifest: Mapping[str, Any] | None = None,
+def write_recipe(recipe: Recipe, path: str | Path, manifest: Manifest | None = None,
                  run_id: str | None = None) -> Path:
     """Write atomically (a reader never sees half a recipe)."""
     path = Path(path)
@@ -126,7 +129,7 @@ def write_recipe(recipe: Recipe, path: str | Path, manifest: Mapping[str, Any] |
 
 
 def write_recipes(recipe_list: Iterable[Recipe], directory: str | Path,
-                  manifest: Mapping[str, Any] | None = None,
+                  manifest: Manifest | None = None,
                   run_id: str | None = None) -> list[Path]:
     """``<directory>/<recipe.name>.yaml`` for each recipe."""
     return [write_recipe(r, Path(directory) / f"{r.name}{SUFFIX}", manifest, run_id)
@@ -204,7 +207,7 @@ def _kind(name: str) -> str:
                 "external")
 
 
-def read_recipe(path: str | Path, manifest: Mapping[str, Any],
+def read_recipe(path: str | Path, manifest: Manifest,
                 quant_cfgs: Mapping[str, QuantCfg] | None = None) -> Recipe:
     """A recipe file back as a :class:`Recipe`, its groups and formats read against the run's
     manifest: a group is quantized in format F when every module of it carries F's weight and

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
+from .manifest_model import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -73,36 +74,34 @@ def _is_vision(module: str) -> bool:
     return any(fnmatch.fnmatch(module, p) for p in VISION_PATTERNS)
 
 
-def _source(manifest: Mapping[str, Any]) -> str:
-    name = (manifest.get("scheme") or {}).get("name", "?")
-    return f"manifest of run '{name}'"
+def _source(manifest: Manifest) -> str:
+    return f"manifest of run '{manifest.scheme.name}'"
 
 
-def manifest_groups(manifest: Mapping[str, Any]) -> list[Group]:
+def manifest_groups(manifest: Manifest) -> list[Group]:
     """The manifest's in-scope groups, most sensitive first; vision groups are left out."""
-    if manifest.get("legacy"):
+    if manifest.legacy:
         raise UserError(
             f"The {_source(manifest)} is a legacy manifest: it does not record which modules "
             "form each layer group (q/k/v and gate/up share one), so no recipe can name them. "
             "Rerun the sensitivity job with this version to get a manifest recipes can be built "
             "from."
         )
-    sens = manifest.get("layer_sensitivity")
-    if not isinstance(sens, dict) or not sens:
+    sens = manifest.layer_sensitivity
+    if not sens:
         raise UserError(f"The {_source(manifest)} has no layer_sensitivity groups; point at the "
                         "*_quant_manifest.json of a finished sensitivity job.")
     out = []
     for handle, s in sens.items():
-        modules = tuple(s.get("modules") or ())
+        modules = tuple(s.modules or ())
         if not modules:
             raise UserError(f"The {_source(manifest)} lists no modules for group '{handle}'; "
                             "regenerate the manifest with a current sensitivity job.")
         if all(_is_vision(m) for m in modules):
             continue
-        costs = {format_name(f): float(c) for f, c in zip(s["formats"], s["costs"], strict=True)}
-        scores = {format_name(f): float(x)
-                  for f, x in zip(s["formats"], s.get("scores") or [], strict=False)}
-        out.append(Group(handle, int(s["rank"]), modules, costs, scores))
+        costs = {format_name(f): float(c) for f, c in zip(s.formats, s.costs, strict=True)}
+        scores = {format_name(f): float(x) for f, x in zip(s.formats, s.scores, strict=True)}
+        out.append(Group(handle, s.rank, modules, costs, scores))
     return sorted(out, key=lambda g: (g.rank, g.handle))
 
 
@@ -140,7 +139,7 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def format_configs(manifest: Mapping[str, Any]) -> dict[str, QuantCfg]:
+def format_configs(manifest: Manifest) -> dict[str, QuantCfg]:
     """Format name -> exact ModelOpt config of every format the manifest's run searched.
 
     Read from ``quantization.modelopt_configs`` ({name: config}, a mixed search) or
@@ -148,15 +147,15 @@ def format_configs(manifest: Mapping[str, Any]) -> dict[str, QuantCfg]:
     otherwise rebuilt from the catalogue by pair and granularity (imports ModelOpt) and checked
     against the quantizer settings the manifest recorded.
     """
-    q = manifest.get("quantization") or {}
-    if isinstance(q.get("modelopt_configs"), dict):
-        return {name: restore(cfg) for name, cfg in q["modelopt_configs"].items()}
-    if isinstance(q.get("modelopt_config"), dict) and q.get("modelopt_format"):
-        return {q["modelopt_format"]: restore(q["modelopt_config"])}
+    q = manifest.quantization
+    if q.modelopt_configs is not None:
+        return {name: restore(cfg) for name, cfg in q.modelopt_configs.items()}
+    if q.modelopt_config is not None and q.modelopt_format:
+        return {q.modelopt_format: restore(q.modelopt_config)}
     return _rebuild_config(manifest)
 
 
-def _rebuild_config(manifest: Mapping[str, Any]) -> dict[str, QuantCfg]:
+def _rebuild_config(manifest: Manifest) -> dict[str, QuantCfg]:
     """The pair's config rebuilt from the pair and overlay the manifest describes (imports ModelOpt)."""
     from . import catalogue
     from .schema import (
@@ -169,18 +168,19 @@ def _rebuild_config(manifest: Mapping[str, Any]) -> dict[str, QuantCfg]:
         WeightGranularity,
     )
 
-    q = manifest.get("quantization") or {}
+    q = manifest.quantization
     try:
         pair = QuantPairConfig(
-            name=q["pair"], weight=Precision(q["weight_dtype"]),
-            activation=Precision(q["activation_dtype"]),
-            fp4_format=FP4Format(q["fp4_format"]) if q.get("fp4_format") else None,
-            modelopt_base=q["modelopt_base"], edits=[PresetEdit(e) for e in q.get("edits") or []])
+            name=_recorded(q.pair, "pair"), weight=Precision(_recorded(q.weight_dtype, "weight_dtype")),
+            activation=Precision(_recorded(q.activation_dtype, "activation_dtype")),
+            fp4_format=FP4Format(q.fp4_format) if q.fp4_format else None,
+            modelopt_base=_recorded(q.modelopt_base, "modelopt_base"),
+            edits=[PresetEdit(e) for e in q.edits or []])
         gran = QuantGranularityConfig(
-            name=q.get("granularity") or "default",
-            weight=WeightGranularity(q.get("granularity_weight") or "keep"),
-            group_size=q.get("granularity_group_size"),
-            activation=ActivationGranularity(q.get("granularity_activation") or "keep"))
+            name=q.granularity or "default",
+            weight=WeightGranularity(q.granularity_weight or "keep"),
+            group_size=q.granularity_group_size,
+            activation=ActivationGranularity(q.granularity_activation or "keep"))
     except (KeyError, ValueError) as e:
         raise UserError(
             f"The {_source(manifest)} neither records its ModelOpt config "
@@ -189,14 +189,21 @@ def _rebuild_config(manifest: Mapping[str, Any]) -> dict[str, QuantCfg]:
         ) from None
     cfg = catalogue.build_quant_config(pair, gran)
     for side, key in ((catalogue.WEIGHT, "weight_quantizer"), (catalogue.INPUT, "input_quantizer")):
-        recorded, now = q.get(key), catalogue.quantizer_settings(cfg, side)
+        recorded, now = getattr(q, key), catalogue.quantizer_settings(cfg, side)
         if recorded is not None and jsonable(now) != recorded:
             raise UserError(
                 f"Rebuilding the {pair.name} config of the {_source(manifest)} gives a {key} of "
                 f"{now['summary']!r}, but the run recorded {recorded.get('summary')!r} (another "
                 "ModelOpt version?). Pass the run's exact configs (quant_cfgs=...) or rerun it."
             )
-    return {q.get("modelopt_format") or catalogue.format_name(pair, gran): cfg}
+    return {q.modelopt_format or catalogue.format_name(pair, gran): cfg}
+
+
+def _recorded(value: str | None, name: str) -> str:
+    """A field the rebuild needs; a KeyError naming it when the manifest does not record it."""
+    if value is None:
+        raise KeyError(name)
+    return value
 
 
 def _entries(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -306,7 +313,7 @@ def build_config(groups: Sequence[Group], assignment: Mapping[str, str],
             "algorithm": _algorithm(quant_cfgs[n] for n in sorted(set(assignment.values())))}
 
 
-def _check_formats(manifest: Mapping[str, Any], needed: Iterable[str],
+def _check_formats(manifest: Manifest, needed: Iterable[str],
                    quant_cfgs: Mapping[str, QuantCfg]) -> None:
     missing = sorted(set(needed) - set(quant_cfgs))
     if missing:
@@ -318,35 +325,33 @@ def _check_formats(manifest: Mapping[str, Any], needed: Iterable[str],
         )
 
 
-def make_recipe(manifest: Mapping[str, Any], groups: list[Group], name: str, kind: str,
+def make_recipe(manifest: Manifest, groups: list[Group], name: str, kind: str,
             assignment: dict[str, str], quant_cfgs: Mapping[str, QuantCfg],
             **info: Any) -> Recipe:
     _check_formats(manifest, assignment.values(), quant_cfgs)
-    q = manifest.get("quantization") or {}
-    source = {"scheme": (manifest.get("scheme") or {}).get("name"), "pair": q.get("pair"),
-              "granularity": q.get("granularity"),
-              "method": (manifest.get("scheme") or {}).get("method")}
+    q, scheme = manifest.quantization, manifest.scheme
+    source = {"scheme": scheme.name, "pair": q.pair, "granularity": q.granularity,
+              "method": scheme.method}
     ordered = {g.handle: assignment[g.handle] for g in groups if g.handle in assignment}
     kept = tuple(g.handle for g in groups if g.handle not in assignment)
     return Recipe(name, kind, build_config(groups, ordered, quant_cfgs), ordered, kept,
                   lm_bits(groups, ordered), {**info, "source": source})
 
 
-def _solver_points(manifest: Mapping[str, Any]) -> list[tuple[float | None, dict[str, str]]]:
+def _solver_points(manifest: Manifest) -> list[tuple[float | None, dict[str, str]]]:
     """(target bits, handle -> format label) per frontier target; the main result without one."""
-    frontier = manifest.get("frontier")
-    if frontier:
-        return [(float(p["target_bits"]), dict(p["recipe"])) for p in frontier]
-    sens = manifest["layer_sensitivity"]
-    if any(s.get("chosen") is None for s in sens.values()):
+    if manifest.frontier:
+        return [(float(p.target_bits), dict(p.recipe)) for p in manifest.frontier]
+    sens = manifest.layer_sensitivity
+    if any(s.chosen is None for s in sens.values()):
         raise UserError(f"The {_source(manifest)} records no solver choice per group, so it "
                         "has no recipe of its own; use budgets.keep_top(...) recipes instead.")
-    target = (manifest.get("scheme") or {}).get("effective_bits_requested")
+    target = manifest.scheme.effective_bits_requested
     return [(None if target is None else float(target),
-             {h: s["chosen"] for h, s in sens.items()})]
+             {h: s.chosen for h, s in sens.items() if s.chosen is not None})]
 
 
-def from_frontier(manifest: Mapping[str, Any],
+def from_frontier(manifest: Manifest,
                   quant_cfgs: Mapping[str, QuantCfg] | None = None) -> list[Recipe]:
     """One recipe per frontier target (the solver's per-group choice); mixed when it mixes formats.
 
@@ -374,7 +379,7 @@ def from_frontier(manifest: Mapping[str, Any],
     return out
 
 
-def single_format(manifest: Mapping[str, Any], groups: list[Group],
+def single_format(manifest: Manifest, groups: list[Group],
                    quant_cfg: QuantCfg | None, fmt: str | None) -> tuple[str, dict[str, QuantCfg]]:
     searched = sorted({f for g in groups for f in g.costs if f != NONE})
     if fmt is None:
@@ -396,7 +401,7 @@ def single_format(manifest: Mapping[str, Any], groups: list[Group],
 
 
 def write_recipes(recipe_list: Iterable[Recipe], directory: Any,
-                  manifest: Mapping[str, Any] | None = None) -> list[Any]:
+                  manifest: Manifest | None = None) -> list[Any]:
     """``recipe_files.write_recipes``: ``<directory>/<name>.yaml`` per recipe."""
     from . import recipe_files
 

@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import manifest, report
 from .errors import UserError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def render(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def render(doc: manifest.Manifest, out_dir: Path) -> dict[str, Path]:
     """Everything derived from a manifest, written into ``out_dir``: relative path -> file."""
     files = report.write_reports(doc, out_dir)
     return {f.relative_to(out_dir).as_posix(): f for f in files}

@@ -8,19 +8,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pandas as pd
 
 from . import figures
 from .groups import RECIPE_SUFFIX, format_bits
 from .html_report import write_html
+from .manifest_model import Manifest, Section
 from .profiles import (
     LM_HEAD,
     TOP_CONCENTRATION,
     GroupProfile,
-    group_profiles,
-    score_samples,
     summary_values,
     top_is_lm_head,
     top_share,
@@ -40,14 +39,14 @@ FIGURE_TITLES = {
 }
 
 
-def layer_rows(manifest: dict[str, Any]) -> pd.DataFrame:
+def layer_rows(manifest: Manifest) -> pd.DataFrame:
     """One row per (layer group, quantized format), most sensitive first; groups by their short
     name (``L00.attn.qkv``, as in the metrics) with their modules beside them."""
-    named = {p.handle: p for p in group_profiles(manifest)}
+    named = {p.handle: p for p in manifest.profiles}
     rows = []
-    for handle, s in manifest["layer_sensitivity"].items():
+    for handle, s in manifest.layer_sensitivity.items():
         p = named[handle]
-        for fmt, score, cost in zip(s["formats"], s["scores"], s["costs"], strict=True):
+        for fmt, score, cost in zip(s.formats, s.scores, s.costs, strict=True):
             if fmt.startswith("NONE"):
                 continue
             rows.append([p.name, ", ".join(p.modules) or handle.removesuffix(RECIPE_SUFFIX),
@@ -58,73 +57,76 @@ def layer_rows(manifest: dict[str, Any]) -> pd.DataFrame:
                           ignore_index=True)
 
 
-def layer_table(manifest: dict[str, Any]) -> pd.DataFrame:
+def layer_table(manifest: Manifest) -> pd.DataFrame:
     """``layer_rows`` with each score per sample and as a share (%) of the run total (the sum of
     the groups' importances), next to the raw score."""
     df = layer_rows(manifest)
-    samples = score_samples(manifest)
-    total = sum(float(s["importance"]) for s in manifest["layer_sensitivity"].values())
+    samples = manifest.score_samples
+    total = sum(float(s.importance) for s in manifest.layer_sensitivity.values())
     # None (not NaN) when the sample count is unknown: a blank cell, null in JSON
     df.insert(4, PER_SAMPLE_COLUMN, df["Sensitivity"] / samples if samples else None)
     df.insert(5, SHARE_COLUMN, 100.0 * df["Sensitivity"] / total if total > 0 else 0.0)
     return df
 
 
-def frontier_rows(manifest: dict[str, Any]) -> pd.DataFrame:
+def frontier_rows(manifest: Manifest) -> pd.DataFrame:
     """One row per bit target of a frontier run, lowest target first."""
-    samples = score_samples(manifest)
-    rows = [{"Target bits": p["target_bits"], "ModelOpt bits": p["modelopt_bits"],
-             "Achieved bits": p["achieved_bits"], "Total score": p["total_score"],
-             "Score per sample": p["total_score"] / samples if samples else None,
-             "Satisfied": p["satisfied"],
-             "Quantized groups": sum(not f.startswith("NONE") for f in p["recipe"].values())}
-            for p in manifest.get("frontier", [])]
+    samples = manifest.score_samples
+    rows = [{"Target bits": p.target_bits, "ModelOpt bits": p.modelopt_bits,
+             "Achieved bits": p.achieved_bits, "Total score": p.total_score,
+             "Score per sample": p.total_score / samples if samples else None,
+             "Satisfied": p.satisfied,
+             "Quantized groups": sum(not f.startswith("NONE") for f in p.recipe.values())}
+            for p in manifest.frontier]
     df = pd.DataFrame(rows)
     return df.sort_values("Target bits", ignore_index=True) if rows else df
 
 
-def _summary(m: dict[str, Any], profiles: list[GroupProfile]) -> dict[str, Any]:
-    scheme, aq = m["scheme"], m.get("autoquant", {})
-    samples = score_samples(m)
-    total = aq.get("total_score")
+def _summary(m: Manifest, profiles: list[GroupProfile]) -> dict[str, Any]:
+    scheme, aq = m.scheme, m.autoquant
+    samples = m.score_samples
+    total = aq.total_score
     top = profiles[0] if profiles else None
     return {
-        "Scheme": scheme.get("name"),
-        "Model": m.get("model", {}).get("name") or m.get("model", {}).get("id"),
-        "Method": scheme.get("method"),
-        "Coverage": scheme.get("coverage"),
-        "Formats": ", ".join(scheme.get("formats") or []),
-        "Effective bits requested (LM)": scheme.get("effective_bits_requested"),
-        "Effective bits given to ModelOpt": scheme.get("effective_bits_modelopt"),
-        "Effective bits achieved (LM)": aq.get("effective_bits_achieved"),
-        "Constraint satisfied": aq.get("satisfied"),
+        "Scheme": scheme.name,
+        "Model": m.model.name or m.model.id,
+        "Method": scheme.method,
+        "Coverage": scheme.coverage,
+        "Formats": ", ".join(scheme.formats),
+        "Effective bits requested (LM)": scheme.effective_bits_requested,
+        "Effective bits given to ModelOpt": scheme.effective_bits_modelopt,
+        "Effective bits achieved (LM)": aq.effective_bits_achieved,
+        "Constraint satisfied": aq.satisfied,
         "Total score": total,
         "Score samples": samples,
         "Total score per sample": total / samples if samples and _finite(total) else None,
         "Most sensitive group": f"{top.name} ({100 * top.share:.1f}%)" if top else None,
         f"Share of the top {TOP_CONCENTRATION}": f"{100 * top_share(profiles):.1f}%" if top else None,
-        "Layer groups": len(m["layer_sensitivity"]),
+        "Layer groups": len(m.layer_sensitivity),
     }
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _dataset(m: dict[str, Any]) -> dict[str, Any]:
-    d = m.get("dataset") or {}
-    keys = ["name", "size", "path", "sha256", "samples_used", "samples_max", "seq_len",
-            "batch_size", "batches", "score_batches", "truncated_captions"]
-    return {k: d.get(k) for k in keys if k in d}
+def _recorded(section: Section, names: list[str]) -> dict[str, Any]:
+    """The fields of ``names`` this manifest records, in that order (a table of name -> value)."""
+    return {k: getattr(section, k) for k in names if section.has(k)}
 
 
-def _quantization(m: dict[str, Any]) -> dict[str, Any]:
-    q = m.get("quantization") or {}
-    keys = ["pair", "weight_dtype", "activation_dtype", "fp4_format", "modelopt_format",
-            "modelopt_base", "edits", "granularity", "granularity_weight", "granularity_group_size",
-            "granularity_activation", "weight_quantizer", "input_quantizer", "experimental",
-            "requires_cuda"]
-    out = {k: q.get(k) for k in keys if k in q}
+def _dataset(m: Manifest) -> dict[str, Any]:
+    return _recorded(m.dataset, ["name", "size", "path", "sha256", "samples_used", "samples_max",
+                                 "seq_len", "batch_size", "batches", "score_batches",
+                                 "truncated_captions"])
+
+
+def _quantization(m: Manifest) -> dict[str, Any]:
+    out = _recorded(m.quantization, [
+        "pair", "weight_dtype", "activation_dtype", "fp4_format", "modelopt_format",
+        "modelopt_base", "edits", "granularity", "granularity_weight", "granularity_group_size",
+        "granularity_activation", "weight_quantizer", "input_quantizer", "experimental",
+        "requires_cuda"])
     for side in ("weight_quantizer", "input_quantizer"):  # one readable line + exact settings
         s = out.get(side)
         if isinstance(s, dict) and "summary" in s:
@@ -146,11 +148,11 @@ def ranking_warnings(profiles: list[GroupProfile]) -> list[str]:
             f"decoder groups without it.{rest}"]
 
 
-def how_to_read(manifest: dict[str, Any]) -> list[str]:
+def how_to_read(manifest: Manifest) -> list[str]:
     """The meaning of the numbers, for this run (plain Markdown paragraphs)."""
-    samples = score_samples(manifest)
-    batches = (manifest.get("dataset") or {}).get("score_batches")
-    method = (manifest.get("scheme") or {}).get("method")
+    samples = manifest.score_samples
+    batches = manifest.dataset.score_batches
+    method = manifest.scheme.method
     here = (f" (here {samples} samples" + (f" in {batches} batches)" if batches else ")")
             if samples else " (this manifest does not record how many samples)")
     return [
@@ -183,15 +185,15 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _figure_links(manifest: dict[str, Any]) -> list[str]:
+def _figure_links(manifest: Manifest) -> list[str]:
     return [f"![{FIGURE_TITLES[name]}]({figures.FIGURES_DIR}/{name})"
             for name in figures.figure_names(manifest)]
 
 
-def render_markdown(manifest: dict[str, Any]) -> str:
-    profiles = group_profiles(manifest)
+def render_markdown(manifest: Manifest) -> str:
+    profiles = manifest.profiles
     layers = layer_table(manifest)
-    parts = [f"# Layer sensitivity: {manifest['scheme'].get('name')}", ""]
+    parts = [f"# Layer sensitivity: {manifest.scheme.name}", ""]
     parts += [line for w in ranking_warnings(profiles) for line in (f"> **Note:** {w}", "")]
     parts += ["## Summary", _kv_table(_summary(manifest, profiles)), ""]
     if links := _figure_links(manifest):
@@ -233,13 +235,13 @@ def _group_record(p: GroupProfile) -> dict[str, Any]:
             "share": p.share, "rank": p.rank}
 
 
-def render_json(manifest: dict[str, Any]) -> str:
-    profiles = group_profiles(manifest)
+def render_json(manifest: Manifest) -> str:
+    profiles = manifest.profiles
     doc: dict[str, Any] = {
         "summary": _summary(manifest, profiles),
         "warnings": ranking_warnings(profiles),
         "how_to_read": how_to_read(manifest),
-        "score_samples": score_samples(manifest),
+        "score_samples": manifest.score_samples,
         "metrics": summary_values(manifest, profiles),
         "dataset": _dataset(manifest),
         "quantization": _quantization(manifest),
@@ -247,12 +249,12 @@ def render_json(manifest: dict[str, Any]) -> str:
         "groups": [_group_record(p) for p in profiles],
         "figures": [f"{figures.FIGURES_DIR}/{n}" for n in figures.figure_names(manifest)],
     }
-    if manifest.get("frontier"):
+    if manifest.frontier:
         doc["frontier"] = frontier_rows(manifest).to_dict(orient="records")
     return json.dumps(_json_safe(doc), indent=2) + "\n"
 
 
-def write_reports(manifest: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_reports(manifest: Manifest, out_dir: Path) -> list[Path]:
     """Write the Markdown, HTML (figures inlined) and JSON reports and the figures (under
     ``figures/``) into ``out_dir``; returns every file written. The same manifest gives
     byte-identical files."""
@@ -262,5 +264,5 @@ def write_reports(manifest: dict[str, Any], out_dir: Path) -> list[Path]:
     md.write_text(render_markdown(manifest), encoding="utf-8")
     js.write_text(render_json(manifest), encoding="utf-8")
     pngs = figures.write_figures(manifest, out_dir)
-    page = write_html(md, f"Layer sensitivity: {manifest['scheme'].get('name')}")
+    page = write_html(md, f"Layer sensitivity: {manifest.scheme.name}")
     return [md, js, page, *pngs]

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import ReportedError
+from .manifest_model import Manifest
 from .redact import redact_text
 from .tracking import Run, Tracker
 
@@ -92,18 +93,24 @@ def overrides_key(overrides: list[str]) -> str:
 
 
 def write_status(out_dir: Path, *, num: int, name: str, overrides: list[str], status: str,
-                 run_id: str | None, manifest: dict[str, Any] | None = None,
+                 run_id: str | None, manifest: Manifest | None = None,
+                 planned: dict[str, Any] | None = None,
                  error: str | None = None, seconds: float | None = None) -> None:
     """What the summary reads back; written last, atomically, by every job however it ends.
+    ``planned``: pair, granularity and size as configured, shown when the job left no manifest.
     ``seconds``: the job's own duration (the sweep's time estimate averages them)."""
-    q = (manifest or {}).get("quantization", {})
-    aq = (manifest or {}).get("autoquant", {})
+    shown = dict(planned or {})
+    if manifest is not None:
+        q, aq = manifest.quantization, manifest.autoquant
+        shown = {"pair": q.pair, "granularity": q.granularity, "size": manifest.dataset.size,
+                 "total_score": aq.total_score,
+                 "effective_bits_achieved": aq.effective_bits_achieved}
     doc = {"job": num, "name": name, "overrides": overrides_key(overrides), "status": status,
            "run_id": run_id,
-           "pair": q.get("pair"), "granularity": q.get("granularity"),
-           "size": (manifest or {}).get("dataset", {}).get("size"),
-           "total_score": aq.get("total_score"),
-           "effective_bits_achieved": aq.get("effective_bits_achieved"),
+           "pair": shown.get("pair"), "granularity": shown.get("granularity"),
+           "size": shown.get("size"),
+           "total_score": shown.get("total_score"),
+           "effective_bits_achieved": shown.get("effective_bits_achieved"),
            "output_dir": str(out_dir), "seconds": seconds,
            "error": error.strip().splitlines()[-1] if error and error.strip() else None}
     out_dir.mkdir(parents=True, exist_ok=True)

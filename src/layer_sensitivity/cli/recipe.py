@@ -175,12 +175,13 @@ def main(argv: list[str] | None = None) -> None:
         tracker = tracking.create(cfgs[0].tracking)
         result = mixed.run_and_log(req, tracker)
     lines = []
-    for point in result.manifest["frontier"]:
-        mix = ", ".join(f"{'16 bits' if n == mixed.NONE else n} {v['weights_share']:.0%}"
-                        for n, v in point["mix"].items())
-        lines.append(f"{point['target_bits']:g} LM bits -> {point['achieved_bits']:.4f} ({mix})")
+    for point in result.manifest.frontier:
+        mix = ", ".join(f"{'16 bits' if n == mixed.NONE else n} {v.weights_share:.0%}"
+                        for n, v in (point.mix or {}).items())
+        lines.append(f"{point.target_bits:g} LM bits -> {point.achieved_bits:.4f} ({mix})")
     lines = lines[:3] + ([f"... {len(lines) - 3} more budgets"] if len(lines) > 3 else [])
-    lines.append(f"scores: {result.manifest['mixed']['reason']}; {len(result.recipes)} recipe(s) "
+    reason = result.manifest.mixed.reason if result.manifest.mixed else None
+    lines.append(f"scores: {reason}; {len(result.recipes)} recipe(s) "
                  f"in {out_dir / 'recipes'}")
     if result.heldout:
         m, best = result.heldout["mixed"], result.heldout["best_single"]
