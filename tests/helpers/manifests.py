@@ -31,7 +31,7 @@ def job_facts(**changes: Any) -> manifest.JobFacts:
 
 
 def build(groups: dict[str, GroupStats], autoquant: dict[str, Any],
-          cfg: SensitivityConfig | None = None, **facts: Any) -> dict[str, Any]:
+          cfg: SensitivityConfig | None = None, **facts: Any) -> manifest.Manifest:
     """``manifest.build`` of ``groups`` with default config and facts (no frontier, no cache)."""
     return manifest.build(cfg or SensitivityConfig(), job_facts(**facts), groups, autoquant, [],
                           None)
@@ -103,7 +103,7 @@ def write_legacy(directory: Path, doc: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def new_schema_equivalent() -> dict[str, Any]:
+def new_schema_equivalent() -> manifest.Manifest:
     """The legacy manifest's measurements as a manifest this version writes (same score samples)."""
     groups = {f"{m}.quant_recipe": GroupStats([NONE], [0.0], [3145728.0], [m], NONE, False)
               for m in VISION}
@@ -111,3 +111,14 @@ def new_schema_equivalent() -> dict[str, Any]:
                for m, s, c in LM}
     return build(groups, {"total_score": 1.0}, scheme_name="wfp8_afp8_autoquant_lm",
                  checkpoint="x", samples_used=LEGACY_SCORE_SIZE, score_samples=LEGACY_SCORE_SIZE)
+
+
+def typed(doc: dict[str, Any]) -> manifest.Manifest:
+    """A manifest document (as a test builds or edits it) as the typed in-memory manifest."""
+    return manifest.Manifest.model_validate(doc)
+
+
+def frontier_point(target_bits: float, recipe: dict[str, str]) -> dict[str, Any]:
+    """A frontier point of ``recipe`` at ``target_bits`` (the solver's numbers as placeholders)."""
+    return {"target_bits": target_bits, "modelopt_bits": target_bits, "achieved_bits": target_bits,
+            "total_score": 0.0, "satisfied": True, "recipe": recipe}

@@ -16,6 +16,7 @@ from layer_sensitivity import manifest
 from layer_sensitivity.compare import compare, sweep_figures, write_comparison
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.groups import GroupStats, depth_key
+from tests.helpers.manifests import typed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "compare"
 INT4, FP8, NONE = ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG(effective-bits: 4.0)",
@@ -30,17 +31,17 @@ def handles(layers: int = 36) -> list[str]:
 
 
 def synthetic(importance: dict[str, float], *, pair: str = "wint4_afp16", size: str = "small",
-              granularity: str = "default", method: str = "gradient") -> dict[str, Any]:
+              granularity: str = "default", method: str = "gradient") -> manifest.Manifest:
     """A current-schema manifest whose groups come from the real builder of that section."""
     fmt = INT4 if "int4" in pair else FP8
     groups = {h: GroupStats([fmt, NONE], [s, 0.0], [1024.0, 4096.0], [h.removesuffix(".quant_recipe")],
                             fmt, True) for h, s in importance.items()}
-    return {"schema_version": manifest.SCHEMA_VERSION,
-            "scheme": {"name": f"{pair}_{size}", "method": method, "formats": [fmt]},
-            "model": {"name": "m"}, "dataset": {"size": size, "samples_used": 16},
-            "quantization": {"pair": pair, "granularity": granularity},
-            "layer_sensitivity": manifest.layer_sensitivity(groups),
-            "autoquant": {"total_score": sum(importance.values())}}
+    return typed({"schema_version": manifest.SCHEMA_VERSION,
+                  "scheme": {"name": f"{pair}_{size}", "method": method, "formats": [fmt]},
+                  "model": {"name": "m"}, "dataset": {"size": size, "samples_used": 16},
+                  "quantization": {"pair": pair, "granularity": granularity},
+                  "layer_sensitivity": manifest.layer_sensitivity(groups),
+                  "autoquant": {"total_score": sum(importance.values())}})
 
 
 def random_scores(seed: int, groups: list[str]) -> dict[str, float]:
@@ -48,8 +49,8 @@ def random_scores(seed: int, groups: list[str]) -> dict[str, float]:
     return dict(zip(groups, 10.0 ** rng.uniform(-6, -2, len(groups)), strict=True))
 
 
-def importances(m: dict[str, Any], groups: list[str]) -> np.ndarray:
-    return np.array([m["layer_sensitivity"][h]["importance"] for h in groups])
+def importances(m: manifest.Manifest, groups: list[str]) -> np.ndarray:
+    return np.array([m.layer_sensitivity[h].importance for h in groups])
 
 
 def legacy_manifest() -> dict[str, Any]:
@@ -66,8 +67,8 @@ def legacy_manifest() -> dict[str, Any]:
 
 def test_identical_rankings_agree_fully() -> None:
     m = synthetic(random_scores(0, handles(4)))
-    c = compare({"a": m, "b": synthetic({h: 7 * s["importance"]
-                                          for h, s in m["layer_sensitivity"].items()})})
+    c = compare({"a": m, "b": synthetic({h: 7 * s.importance
+                                          for h, s in m.layer_sensitivity.items()})})
     row = c.pairs.iloc[0]
     assert (row.run_a, row.run_b, row.groups) == ("a", "b", 17)
     assert row.spearman == pytest.approx(1.0) and row.kendall == pytest.approx(1.0)
@@ -106,7 +107,7 @@ def test_a_known_permutation_gives_scipys_values() -> None:
     assert row.spearman == pytest.approx(stats.spearmanr(xa, xb).statistic)
     assert row.kendall == pytest.approx(stats.kendalltau(xa, xb).statistic)
     assert row.spearman_p == pytest.approx(stats.spearmanr(xa, xb).pvalue)
-    top5 = [{h for h, s in m["layer_sensitivity"].items() if s["rank"] <= 5} for m in (ma, mb)]
+    top5 = [{h for h, s in m.layer_sensitivity.items() if s.rank <= 5} for m in (ma, mb)]
     assert row.top5 == len(top5[0] & top5[1]) and row.top5_fraction == row.top5 / 5
     qkv = [h for h in c.shared_groups if "q_proj" in h]
     kind = c.by_kind.set_index("kind").loc["attn.qkv"]
@@ -114,7 +115,7 @@ def test_a_known_permutation_gives_scipys_values() -> None:
     assert kind.spearman == pytest.approx(stats.spearmanr(importances(ma, qkv),
                                                           importances(mb, qkv)).statistic)
     # ranks are over the shared groups, 1 = most sensitive, consistent with the manifest's own
-    assert c.ranks["grad"].to_dict() == {h: s["rank"] for h, s in ma["layer_sensitivity"].items()}
+    assert c.ranks["grad"].to_dict() == {h: s.rank for h, s in ma.layer_sensitivity.items()}
     moved = c.movers.iloc[0]
     assert moved.rank_range == (c.ranks.max(axis=1) - c.ranks.min(axis=1)).max() > 0
     assert len(c.movers) == cmp_mod.MOVERS
@@ -180,9 +181,9 @@ def test_runs_sharing_no_groups_and_bad_manifests_are_user_errors() -> None:
         compare({"a": a, "b": [1, 2]})  # type: ignore[dict-item]
     with pytest.raises(UserError, match="Run 'b' has no readable manifest"):
         compare({"a": a, "b": {"schema_version": 7}})
-    broken = synthetic(random_scores(1, handles(2)))
+    broken = synthetic(random_scores(1, handles(2))).to_json_dict()  # as parsed from a file
     next(iter(broken["layer_sensitivity"].values()))["importance"] = "high"
-    with pytest.raises(UserError, match="importance is 'high'"):
+    with pytest.raises(UserError, match="importance must be a finite number.*got 'high'"):
         compare({"a": a, "b": broken})
 
 

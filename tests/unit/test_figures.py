@@ -6,7 +6,6 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
@@ -15,6 +14,7 @@ from matplotlib.figure import Figure
 
 from layer_sensitivity import figures, manifest, profiles
 from layer_sensitivity.groups import KIND_ORDER
+from tests.helpers.manifests import typed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 INT4_RUN = FIXTURES / "tiny-qwen3-vl_autoquant_wint4_afp16_lm_small_quant_manifest.json"
@@ -24,7 +24,7 @@ INNER = ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj
 ALL = [figures.DEPTH_PROFILE, figures.TOP_GROUPS, figures.LAYER_KIND_HEATMAP, figures.FRONTIER]
 
 
-def synthetic(num_layers: int, seed: int = 0) -> dict[str, Any]:
+def synthetic(num_layers: int, seed: int = 0) -> manifest.Manifest:
     """A current-schema manifest: 4 groups a decoder layer + lm_head, random importances."""
     rng = np.random.default_rng(seed)
     handles = [f"model.language_model.layers.{i}.{m}.quant_recipe" for i in range(num_layers)
@@ -34,15 +34,15 @@ def synthetic(num_layers: int, seed: int = 0) -> dict[str, Any]:
     sens = {h: {"formats": [INT4, NONE], "scores": [scores[h], 0.0], "costs": [1.0, 4.0],
                 "importance": scores[h], "rank": r, "modules": [h.removesuffix(".quant_recipe")],
                 "chosen": INT4} for r, h in enumerate(order, start=1)}
-    return {"schema_version": manifest.SCHEMA_VERSION,
+    return typed({"schema_version": manifest.SCHEMA_VERSION,
             "scheme": {"name": f"synthetic_{num_layers}", "method": "kl_div", "score_size": 32},
             "model": {}, "dataset": {"samples_used": 32}, "quantization": {},
             "layer_sensitivity": sens, "frozen_groups": [],
             "autoquant": {"effective_bits_achieved": 4.0, "total_score": 1.0, "satisfied": True},
-            "versions": {}}
+            "versions": {}})
 
 
-def legacy(tmp_path: Path) -> dict[str, Any]:
+def legacy(tmp_path: Path) -> manifest.Manifest:
     """A manifest of the earlier Hydra runner, loaded through the converter."""
     fp8 = "FP8_DEFAULT_CFG(effective-bits: 8.0)"
     sens = {f"{m}.quant_recipe": {"formats": [fp8, NONE], "scores": [s, 0.0], "costs": [1.0, 2.0],
@@ -138,9 +138,10 @@ def test_top_groups_are_the_most_sensitive_with_their_share() -> None:
 
 
 def test_heatmap_holds_each_groups_share_at_its_layer_and_kind() -> None:
-    m = synthetic(6)
-    m["layer_sensitivity"]["model.language_model.layers.2.mlp.down_proj.quant_recipe"][
+    doc = synthetic(6).to_json_dict()
+    doc["layer_sensitivity"]["model.language_model.layers.2.mlp.down_proj.quant_recipe"][
         "importance"] = 0.0  # a zero cell is left blank (log colour scale)
+    m = typed(doc)
     ranked = profiles.group_profiles(m)
     fig = Figure()
     figures.draw_layer_kind_heatmap(fig, m, ranked)
@@ -162,9 +163,9 @@ def test_frontier_figure_plots_score_against_achieved_bits() -> None:
     fig = Figure()
     figures.draw_frontier(fig, m)
     (line,) = fig.axes[0].get_lines()
-    points = sorted(m["frontier"], key=lambda p: p["achieved_bits"])
-    assert list(line.get_xdata()) == [p["achieved_bits"] for p in points]
-    assert list(line.get_ydata()) == [p["total_score"] for p in points]
+    points = sorted(m.frontier, key=lambda p: p.achieved_bits)
+    assert list(line.get_xdata()) == [p.achieved_bits for p in points]
+    assert list(line.get_ydata()) == [p.total_score for p in points]
 
 
 def test_legacy_and_large_manifests_render(tmp_path: Path) -> None:

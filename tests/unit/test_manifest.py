@@ -38,7 +38,7 @@ def _groups() -> dict[str, GroupStats]:
     }
 
 
-def _manifest() -> dict[str, Any]:
+def _manifest() -> manifest.Manifest:
     groups = _groups()
     cfg = SensitivityConfig(model=ModelConfig(name="tiny"), dataset=DatasetConfig(name="caps"))
     return build(groups, {"effective_bits_achieved": achieved_scope_bits(groups), "total_score": 1.5,
@@ -56,27 +56,26 @@ def test_bits_over_scope_ignore_frozen_groups() -> None:
 
 def test_build_ranks_in_scope_groups_by_importance() -> None:
     m = _manifest()
-    assert m["schema_version"] == manifest.SCHEMA_VERSION
-    sens = m["layer_sensitivity"]
+    assert m.schema_version == manifest.SCHEMA_VERSION
+    sens = m.layer_sensitivity
     assert "model.visual.blocks.0.attn.qkv.quant_recipe" not in sens
-    assert m["frozen_groups"] == ["model.visual.blocks.0.attn.qkv.quant_recipe"]
-    ranked = [r["name"] for r in m["sensitivity_ranking"]]
+    assert m.frozen_groups == ["model.visual.blocks.0.attn.qkv.quant_recipe"]
+    ranked = [r.name for r in m.sensitivity_ranking]
     assert ranked[0] == "model.language_model.layers.0.mlp.down_proj.quant_recipe"
-    assert [sens[h]["rank"] for h in ranked] == [1, 2, 3]
+    assert [sens[h].rank for h in ranked] == [1, 2, 3]
 
 
 def test_build_takes_names_from_the_config_and_numbers_from_the_facts() -> None:
     m = _manifest()
-    assert m["scheme"]["name"] == "tiny_autoquant_wfp8_afp8_lm_small"
-    assert (m["scheme"]["effective_bits_requested"], m["scheme"]["effective_bits_modelopt"]) == \
-        (10.0, 10.2)
-    assert m["scheme"]["formats"] == ["FP8_DEFAULT_CFG"] and m["scheme"]["score_size"] == 8
-    assert m["model"]["name"] == "tiny" and m["model"]["id"] == "/m"
-    assert m["dataset"]["name"] == "caps" and m["dataset"]["size"] == "small"
-    assert m["dataset"]["sha256"] == "ab" and m["dataset"]["samples_used"] == 8
-    assert m["quantization"]["pair"] == "wfp8_afp8"
-    assert (m["quantization"]["weight_dtype"], m["quantization"]["activation_dtype"]) == ("fp8", "fp8")
-    assert m["autoquant"]["total_score"] == 1.5 and "frontier" not in m
+    assert m.scheme.name == "tiny_autoquant_wfp8_afp8_lm_small"
+    assert (m.scheme.effective_bits_requested, m.scheme.effective_bits_modelopt) == (10.0, 10.2)
+    assert m.scheme.formats == ["FP8_DEFAULT_CFG"] and m.scheme.score_size == 8
+    assert m.model.name == "tiny" and m.model.id == "/m"
+    assert m.dataset.name == "caps" and m.dataset.size == "small"
+    assert m.dataset.sha256 == "ab" and m.dataset.samples_used == 8
+    assert m.quantization.pair == "wfp8_afp8"
+    assert (m.quantization.weight_dtype, m.quantization.activation_dtype) == ("fp8", "fp8")
+    assert m.autoquant.total_score == 1.5 and "frontier" not in m.to_json_dict()
 
 
 def test_write_then_load_roundtrip(tmp_path: Path) -> None:
@@ -84,7 +83,8 @@ def test_write_then_load_roundtrip(tmp_path: Path) -> None:
     path = manifest.write(m, tmp_path)
     assert path.name == "tiny_autoquant_wfp8_afp8_lm_small_quant_manifest.json"
     assert manifest.find(tmp_path) == path
-    assert manifest.load(path) == json.loads(json.dumps(m))
+    assert manifest.load(path) == m
+    assert path.read_text() == json.dumps(m.to_json_dict(), indent=2) + "\n"
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -128,7 +128,9 @@ def test_a_built_manifest_reports_sorted_descending_and_reproducibly(tmp_path: P
 
 
 def test_legacy_converts_to_current_schema(tmp_path: Path) -> None:
-    m = manifest.load(write_legacy(tmp_path))
+    loaded = manifest.load(write_legacy(tmp_path))
+    assert loaded.legacy is True
+    m = loaded.to_json_dict()
     assert m["schema_version"] == manifest.SCHEMA_VERSION and m["legacy"] is True
     assert m["frozen_groups"] == sorted(f"{v}.quant_recipe" for v in VISION)
     sens = m["layer_sensitivity"]
@@ -159,9 +161,9 @@ def test_legacy_report_orders_layers_exactly_like_a_new_manifest(tmp_path: Path)
     # the tie (0.0512) is broken by name, as for a new manifest
     assert rows["Group"].tolist()[:4] == [
         "L00.mlp.down", "L00.mlp.gate_up", "L01.mlp.down", "L01.mlp.gate_up"]
-    assert list(legacy["layer_sensitivity"]) == list(new["layer_sensitivity"])
-    assert [s["rank"] for s in legacy["layer_sensitivity"].values()] == \
-        [s["rank"] for s in new["layer_sensitivity"].values()]
+    assert list(legacy.layer_sensitivity) == list(new.layer_sensitivity)
+    assert [s.rank for s in legacy.layer_sensitivity.values()] == \
+        [s.rank for s in new.layer_sensitivity.values()]
     table = report.render_markdown(legacy).split("## Per-layer sensitivity")[1]
     assert table == report.render_markdown(new).split("## Per-layer sensitivity")[1]
 
@@ -171,8 +173,8 @@ def test_legacy_importance_and_rank_are_recomputed_from_scores(tmp_path: Path) -
     for s in doc["layer_sensitivity"].values():  # stale or missing legacy fields are ignored
         s["importance"], s["rank"] = 0.0, 1
     del doc["layer_sensitivity"]["lm_head.quant_recipe"]["importance"]
-    m = manifest.load(write_legacy(tmp_path, doc))
-    assert list(m["layer_sensitivity"]) == list(new_schema_equivalent()["layer_sensitivity"])
+    m = manifest.load(write_legacy(tmp_path, doc)).to_json_dict()
+    assert list(m["layer_sensitivity"]) == list(new_schema_equivalent().layer_sensitivity)
     assert m["dataset"] == {} and m["quantization"] == {} and m["run_config"] is None
 
 
@@ -218,7 +220,7 @@ def test_unknown_shapes_are_refused(tmp_path: Path, doc: dict[str, Any], needle:
 
 
 def test_current_schema_is_checked_too(tmp_path: Path) -> None:
-    doc = new_schema_equivalent()
+    doc = new_schema_equivalent().to_json_dict()
     doc["layer_sensitivity"][LM0]["costs"] = [1.0]
     path = tmp_path / "x_quant_manifest.json"
     path.write_text(json.dumps(doc))
@@ -229,4 +231,4 @@ def test_current_schema_is_checked_too(tmp_path: Path) -> None:
 def test_quant_formats_as_a_single_string(tmp_path: Path) -> None:
     doc = legacy_doc()
     doc["scheme"]["quant_formats"] = "INT8_DEFAULT_CFG"
-    assert manifest.load(write_legacy(tmp_path, doc))["scheme"]["formats"] == ["INT8_DEFAULT_CFG"]
+    assert manifest.load(write_legacy(tmp_path, doc)).scheme.formats == ["INT8_DEFAULT_CFG"]

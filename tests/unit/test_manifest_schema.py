@@ -38,7 +38,9 @@ def _error(tmp_path: Path, doc: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("path", sorted(FIXTURES.rglob("*_quant_manifest.json")), ids=lambda p: p.name)
 def test_written_manifests_load_exactly_as_stored(path: Path) -> None:
-    assert manifest.load(path) == json.loads(path.read_text())
+    m = manifest.load(path)
+    assert m.to_json_dict() == json.loads(path.read_text())
+    assert manifest.dumps(m) == path.read_text()  # the same keys, order and values
 
 
 def test_unknown_keys_are_kept(tmp_path: Path) -> None:
@@ -46,7 +48,7 @@ def test_unknown_keys_are_kept(tmp_path: Path) -> None:
     doc["from_a_newer_version"] = {"x": 1}
     _first(doc)["extra"] = [1, 2]
     doc["dataset"]["truncated_captions"] = 2
-    assert manifest.load(_write(tmp_path, doc)) == doc
+    assert manifest.load(_write(tmp_path, doc)).to_json_dict() == doc
 
 
 @pytest.mark.parametrize("change,needles", [
@@ -110,9 +112,9 @@ def test_a_directory_is_not_a_manifest(tmp_path: Path) -> None:
 
 
 def test_legacy_manifests_still_convert(tmp_path: Path) -> None:
-    doc = manifest.load(write_legacy(tmp_path))
-    assert doc["legacy"] is True and doc["scheme"]["name"] == legacy_doc()["scheme"]["name"]
-    assert doc["frozen_groups"] and all(g["rank"] >= 1 for g in doc["layer_sensitivity"].values())
+    m = manifest.load(write_legacy(tmp_path))
+    assert m.legacy is True and m.scheme.name == legacy_doc()["scheme"]["name"]
+    assert m.frozen_groups and all(g.rank >= 1 for g in m.layer_sensitivity.values())
 
 
 @pytest.mark.parametrize("change,needles", [
@@ -137,4 +139,4 @@ def test_a_wrong_legacy_shape_names_the_field(tmp_path: Path, change: Change,
 def test_legacy_constraints_of_another_shape_are_ignored(tmp_path: Path) -> None:
     doc = legacy_doc()
     doc["autoquant_state"]["constraints"] = ["effective_bits"]  # as before: not read
-    assert manifest.load(write_legacy(tmp_path, doc))["autoquant"]["effective_bits_achieved"] is None
+    assert manifest.load(write_legacy(tmp_path, doc)).autoquant.effective_bits_achieved is None

@@ -15,6 +15,7 @@ import yaml
 from layer_sensitivity import autoquant, figures, mixed, paths, recipe_files, recipes
 from layer_sensitivity.cli.recipe import parse_budgets
 from layer_sensitivity.errors import UserError
+from layer_sensitivity.manifest import Manifest
 from layer_sensitivity.schema import (
     AutoQuantConfig,
     Coverage,
@@ -26,6 +27,7 @@ from layer_sensitivity.schema import (
     SensitivityConfig,
     TrackingConfig,
 )
+from tests.helpers.manifests import typed
 
 
 def _pair(name: str) -> QuantPairConfig:
@@ -194,7 +196,7 @@ CONFIGS = {
 }
 
 
-def _manifest() -> dict[str, Any]:
+def _doc() -> dict[str, Any]:
     """Two decoder layers (qkv, o, gate/up, down) and lm_head; two budgets."""
     sens, handles = {}, []
     for layer in range(2):
@@ -226,10 +228,15 @@ def _manifest() -> dict[str, Any]:
         "frontier": [{**point, "target_bits": 5.0, "achieved_bits": 4.9, "recipe": low},
                      {**point, "target_bits": 8.0, "achieved_bits": 7.5, "recipe": high}],
         "mixed": {"reason": "test", "single_frontiers": {
-            "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": [{"target_bits": 4.0, "achieved_bits": 4.0,
+            "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": [{**point, "target_bits": 4.0, "achieved_bits": 4.0,
                                                 "total_score": 3.0}],
-            "FP8_DEFAULT_CFG": [{"target_bits": 8.0, "achieved_bits": 8.0, "total_score": 0.3}]}},
+            "FP8_DEFAULT_CFG": [{**point, "target_bits": 8.0, "achieved_bits": 8.0,
+                                 "total_score": 0.3}]}},
     }
+
+
+def _manifest() -> Manifest:
+    return typed(_doc())
 
 
 def test_choices_table_in_depth_order() -> None:
@@ -243,14 +250,14 @@ def test_choices_table_in_depth_order() -> None:
 
 
 def test_metric_keys_are_valid_mlflow_keys() -> None:
-    doc = _manifest()
-    groups = recipes.manifest_groups(doc)
+    doc = _doc()
+    groups = recipes.manifest_groups(typed(doc))
     for p in doc["frontier"]:
         p["mix"] = {}
         for g in groups:
             name = recipes.format_name(p["recipe"][g.handle])
             p["mix"].setdefault(name, {"groups": 0.0, "weights_share": 0.0})["groups"] += 1
-    metrics = mixed.run_metrics(doc)
+    metrics = mixed.run_metrics(typed(doc))
     keys = {k for k, _, _ in metrics}
     assert "mixed/groups/FP8_DEFAULT_CFG" in keys and "single/FP8_DEFAULT_CFG/total_score" in keys
     assert all(re.fullmatch(r"[A-Za-z0-9_\-./: ]+", k) for k in keys)
@@ -282,7 +289,7 @@ def test_mixed_figures_are_byte_stable(tmp_path: Path) -> None:
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second, strict=True))
     assert figures.mixed_format_order(doc) == ["INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
                                                "FP8_DEFAULT_CFG", "NONE"]
-    one = {**doc, "frontier": doc["frontier"][:1]}
+    one = doc.model_copy(update={"frontier": doc.frontier[:1]})
     assert figures.mixed_figure_names(one) == [figures.MIXED_FORMATS]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from layer_sensitivity import manifest, profiles
 from layer_sensitivity.groups import KIND_ORDER
+from tests.helpers.manifests import typed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 INT4_RUN = FIXTURES / "tiny-qwen3-vl_autoquant_wint4_afp16_lm_small_quant_manifest.json"
@@ -26,7 +27,7 @@ MLFLOW_KEY = re.compile(r"^[A-Za-z0-9_\-./: ]{1,250}$")
 
 
 def synthetic(num_layers: int, seed: int = 0, samples: int | None = 16,
-              tmp_path: Path | None = None) -> dict[str, Any]:
+              tmp_path: Path | None = None) -> manifest.Manifest:
     """A current-schema manifest of a Qwen3-VL-shaped LM (4 groups a layer + lm_head), random
     importances spread over four decades, loaded back through ``manifest.load`` when a directory
     is given (so it is checked like a real one)."""
@@ -55,13 +56,13 @@ def synthetic(num_layers: int, seed: int = 0, samples: int | None = 16,
         "versions": {},
     }
     if tmp_path is None:
-        return doc
+        return typed(doc)
     path = tmp_path / f"synthetic_{num_layers}{manifest.MANIFEST_SUFFIX}"
     path.write_text(json.dumps(doc))
     return manifest.load(path)
 
 
-def legacy(tmp_path: Path) -> dict[str, Any]:
+def legacy(tmp_path: Path) -> manifest.Manifest:
     """A manifest of the earlier Hydra runner (no schema_version, vision groups, ascending ranks)."""
     fp8 = "FP8_DEFAULT_CFG(effective-bits: 8.0)"
     sens: dict[str, Any] = {"model.visual.blocks.0.attn.qkv.quant_recipe": {
@@ -85,18 +86,19 @@ def legacy(tmp_path: Path) -> dict[str, Any]:
 
 def test_shares_ranks_and_per_sample_scores_of_a_real_run() -> None:
     m = manifest.load(INT4_RUN)
-    samples = m["scheme"]["score_size"]
+    samples = m.scheme.score_size
     got = profiles.group_profiles(m)
     assert profiles.score_samples(m) == samples == 16
-    assert [p.handle for p in got] == list(m["layer_sensitivity"])  # the manifest's rank order
-    assert [p.rank for p in got] == [m["layer_sensitivity"][p.handle]["rank"] for p in got]
-    total = sum(s["importance"] for s in m["layer_sensitivity"].values())
+    assert got is profiles.group_profiles(m)  # computed once per manifest
+    assert [p.handle for p in got] == list(m.layer_sensitivity)  # the manifest's rank order
+    assert [p.rank for p in got] == [m.layer_sensitivity[p.handle].rank for p in got]
+    total = sum(s.importance for s in m.layer_sensitivity.values())
     for p in got:
-        importance = m["layer_sensitivity"][p.handle]["importance"]
+        importance = m.layer_sensitivity[p.handle].importance
         assert p.importance == importance
         assert p.per_sample == pytest.approx(importance / samples)
         assert p.share == pytest.approx(importance / total)
-        assert p.modules == tuple(m["layer_sensitivity"][p.handle]["modules"])
+        assert p.modules == tuple(m.layer_sensitivity[p.handle].modules or ())
     assert sum(p.share for p in got) == pytest.approx(1.0)
     assert [p.share for p in got] == sorted((p.share for p in got), reverse=True)
     first = got[0]  # layer 0's q/k/v share one recipe
@@ -111,11 +113,12 @@ def test_shares_ranks_and_per_sample_scores_of_a_real_run() -> None:
     ({}, {"samples_used": 32}, 32),
     ({"score_size": 8}, {}, 8),
     ({"score_size": None}, {}, None),
-    ({"score_size": True}, {"samples_used": 0}, None),
+    ({"score_size": 0}, {"samples_used": 0}, None),
 ])
 def test_score_samples(scheme: dict[str, Any], dataset: dict[str, Any],
                        expected: int | None) -> None:
-    m = {"scheme": {"name": "x", **scheme}, "dataset": dataset}
+    m = typed({"schema_version": 1, "scheme": {"name": "x", **scheme}, "dataset": dataset,
+               "layer_sensitivity": {}})
     assert profiles.score_samples(m) == expected
 
 
@@ -167,7 +170,7 @@ def test_run_metrics_of_large_models(num_layers: int, tmp_path: Path) -> None:
     m = synthetic(num_layers, seed=num_layers, tmp_path=tmp_path)
     metrics = profiles.run_metrics(m)
     groups = 4 * num_layers + 1
-    assert len(m["layer_sensitivity"]) == groups
+    assert len(m.layer_sensitivity) == groups
     assert len({(k, s) for k, _, s in metrics}) == len(metrics)  # no (key, step) twice
     assert all(MLFLOW_KEY.match(k) and math.isfinite(v) for k, v, _ in metrics)
     assert all(s is None or isinstance(s, int) for _, _, s in metrics)
@@ -190,9 +193,9 @@ def test_run_metrics_of_large_models(num_layers: int, tmp_path: Path) -> None:
     assert sorted(ranks) == [float(r) for r in range(1, groups + 1)]
     per_group = {k: v[None] for k, v in series.items() if k.startswith("sensitivity/")}
     assert len(per_group) == groups
-    total = sum(s["importance"] for s in m["layer_sensitivity"].values())
-    assert per_group == pytest.approx({profiles.metric_key(h, num_layers): 100 * s["importance"] / total
-                                       for h, s in m["layer_sensitivity"].items()})
+    total = sum(s.importance for s in m.layer_sensitivity.values())
+    assert per_group == pytest.approx({profiles.metric_key(h, num_layers): 100 * s.importance / total
+                                       for h, s in m.layer_sensitivity.items()})
     assert series["depth_profile/share/mlp.down"][5] == per_group["sensitivity/L05.mlp.down"]
     # per-sample scores are 1e-8-sized: a chart axis would read 0; they stay in the reports
     assert not any(k.startswith("depth_profile/per_sample") for k in series)
@@ -211,15 +214,16 @@ def test_summary_and_frontier_metrics_keep_todays_keys() -> None:
     m = manifest.load(INT4_RUN)
     metrics = profiles.run_metrics(m)
     single = {k.removeprefix("run/"): v for k, v, s in metrics if s is None and k.startswith("run/")}
-    aq = m["autoquant"]
-    assert single["total_score"] == aq["total_score"]
-    assert single["effective_bits_achieved"] == aq["effective_bits_achieved"]
-    assert single["constraint_satisfied"] == float(aq["satisfied"])
-    assert single["num_layer_groups"] == len(m["layer_sensitivity"])
+    aq = m.autoquant
+    assert aq.total_score is not None and aq.satisfied is not None
+    assert single["total_score"] == aq.total_score
+    assert single["effective_bits_achieved"] == aq.effective_bits_achieved
+    assert single["constraint_satisfied"] == float(aq.satisfied)
+    assert single["num_layer_groups"] == len(m.layer_sensitivity)
     assert single["score_samples"] == 16
-    assert single["total_score_per_sample"] == pytest.approx(aq["total_score"] / 16)
+    assert single["total_score_per_sample"] == pytest.approx(aq.total_score / 16)
     assert "importance_sum" not in single  # it duplicated total_score
-    assert single["effective_bits_requested"] == m["scheme"]["effective_bits_requested"]
+    assert single["effective_bits_requested"] == m.scheme.effective_bits_requested
     ranked = profiles.group_profiles(m)
     assert single["top1_share"] == pytest.approx(100 * ranked[0].share)
     assert single["top10_share"] == pytest.approx(100 * sum(p.share for p in ranked[:10]))
@@ -229,22 +233,21 @@ def test_summary_and_frontier_metrics_keep_todays_keys() -> None:
         if k.startswith("frontier/"):
             assert s is not None
             frontier.setdefault(k, {})[s] = v
-    points = m["frontier"]
-    steps = [round(p["target_bits"] * 100) for p in points]
+    points = m.frontier
+    steps = [round(p.target_bits * 100) for p in points]
     assert len(points) == 3 and steps == [400, 600, 800]
     for p, step in zip(points, steps, strict=True):
-        assert frontier["frontier/effective_bits_achieved"][step] == p["achieved_bits"]
-        assert frontier["frontier/total_score"][step] == p["total_score"]
-        assert frontier["frontier/satisfied"][step] == float(p["satisfied"])
+        assert frontier["frontier/effective_bits_achieved"][step] == p.achieved_bits
+        assert frontier["frontier/total_score"][step] == p.total_score
+        assert frontier["frontier/satisfied"][step] == float(p.satisfied)
         assert frontier["frontier/quantized_groups"][step] == sum(
-            not f.startswith("NONE") for f in p["recipe"].values())
+            not f.startswith("NONE") for f in p.recipe.values())
     no_frontier = {k for k, _, _ in profiles.run_metrics(manifest.load(FP8_RUN))}
     assert not any(k.startswith("frontier/") for k in no_frontier)
 
 
 def test_missing_solver_values_are_left_out() -> None:
-    m = synthetic(2)
-    m["autoquant"] = {"total_score": None}
+    m = synthetic(2).model_copy(update={"autoquant": manifest.Autoquant(total_score=None)})
     keys = {k for k, _, _ in profiles.run_metrics(m)}
     assert {"total_score", "effective_bits_achieved", "constraint_satisfied"}.isdisjoint(keys)
     assert "run/num_layer_groups" in keys
@@ -263,8 +266,8 @@ def test_key_table_maps_keys_to_groups_in_depth_order(tmp_path: Path) -> None:
     assert row["Modules"].split(", ") == [f"model.language_model.layers.4.self_attn.{x}_proj"
                                           for x in "qkv"]
     assert row["Layer"] == 4 and row["Kind"] == "attn.qkv"
-    assert row["Importance"] == m["layer_sensitivity"][row["Group"]]["importance"]
-    assert row["Rank"] == m["layer_sensitivity"][row["Group"]]["rank"]
+    assert row["Importance"] == m.layer_sensitivity[row["Group"]].importance
+    assert row["Rank"] == m.layer_sensitivity[row["Group"]].rank
     assert table["Layer"].iloc[:-1].is_monotonic_increasing
     assert pd.isna(table["Layer"].iloc[-1]) and table["Kind"].iloc[-1] == "lm_head"
     assert table["Share"].sum() == pytest.approx(1.0)
@@ -282,17 +285,17 @@ def test_legacy_manifest_profiles(tmp_path: Path) -> None:
 
 
 def test_lm_head_on_top_is_detected() -> None:
-    m = synthetic(3)
-    m["layer_sensitivity"]["lm_head.quant_recipe"]["importance"] = 1.0
-    got = profiles.group_profiles(m)
+    doc = synthetic(3).to_json_dict()
+    doc["layer_sensitivity"]["lm_head.quant_recipe"]["importance"] = 1.0
+    got = profiles.group_profiles(typed(doc))
     assert got[0].name == "lm_head" and profiles.top_is_lm_head(got)
 
 
 def test_all_zero_scores_give_zero_shares() -> None:
-    m = synthetic(2)
-    for s in m["layer_sensitivity"].values():
+    doc = synthetic(2).to_json_dict()
+    for s in doc["layer_sensitivity"].values():
         s["importance"] = 0.0
-    got = profiles.group_profiles(m)
+    got = profiles.group_profiles(typed(doc))
     assert all(p.share == 0.0 for p in got)
     assert [p.rank for p in got] == list(range(1, 10))
 

@@ -14,6 +14,7 @@ import pytest
 from layer_sensitivity import publish
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import SensitivityConfig
+from tests.helpers.manifests import typed
 
 
 def _sha(path: Path) -> str:
@@ -63,9 +64,9 @@ def test_layout_follows_model_pair_granularity_and_scheme(tmp_path: Path) -> Non
     dest = publish.analysis_dir(tmp_path, SensitivityConfig(), "s")
     assert dest == tmp_path.resolve() / "tiny-qwen3-vl" / "layer-analysis" / "weight-fp8-act-fp8" \
         / "default" / "s"
-    doc = {"model": {"name": "tiny-qwen3-vl"}, "scheme": {"name": "s"},
-           "quantization": {"weight_dtype": "fp8", "activation_dtype": "fp8",
-                            "granularity": "default"}}
+    doc = typed({"schema_version": 1, "model": {"name": "tiny-qwen3-vl"}, "scheme": {"name": "s"},
+                 "quantization": {"weight_dtype": "fp8", "activation_dtype": "fp8",
+                                  "granularity": "default"}, "layer_sensitivity": {}})
     assert publish.destination(tmp_path, doc) == dest
 
 
@@ -144,9 +145,9 @@ def test_directory_not_published_from_a_run_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["..", "a/b", ""])
 def test_destination_never_leaves_the_root(tmp_path: Path, name: str) -> None:
-    doc = {"model": {"name": name}, "scheme": {"name": "s"},
-           "quantization": {"weight_dtype": "int8", "activation_dtype": "int8",
-                            "granularity": "default"}}
+    doc = typed({"schema_version": 1, "model": {"name": name}, "scheme": {"name": "s"},
+                 "quantization": {"weight_dtype": "int8", "activation_dtype": "int8",
+                                  "granularity": "default"}, "layer_sensitivity": {}})
     with pytest.raises(UserError, match="cannot be used as a directory name|lacks model.name"):
         publish.destination(tmp_path, doc)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from layer_sensitivity import figures, manifest, profiles, report
+from tests.helpers.manifests import typed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 INT4_RUN = FIXTURES / "tiny-qwen3-vl_autoquant_wint4_afp16_lm_small_quant_manifest.json"
@@ -26,7 +27,7 @@ SECTIONS = ["## Summary", "## Figures", "## How to read these scores", "## Datas
 
 
 def synthetic(num_layers: int, *, lm_head: float | None = None, samples: int | None = 16,
-              method: str = "gradient") -> dict[str, Any]:
+              method: str = "gradient") -> manifest.Manifest:
     """A current-schema manifest: 4 groups a decoder layer + lm_head, random importances."""
     rng = np.random.default_rng(num_layers)
     handles = [f"model.language_model.layers.{i}.{m}.quant_recipe" for i in range(num_layers)
@@ -38,16 +39,16 @@ def synthetic(num_layers: int, *, lm_head: float | None = None, samples: int | N
     sens = {h: {"formats": [INT4, NONE], "scores": [scores[h], 0.0], "costs": [1.0, 4.0],
                 "importance": scores[h], "rank": r, "modules": [h.removesuffix(".quant_recipe")],
                 "chosen": INT4} for r, h in enumerate(order, start=1)}
-    return {"schema_version": manifest.SCHEMA_VERSION,
+    return typed({"schema_version": manifest.SCHEMA_VERSION,
             "scheme": {"name": f"synthetic_{num_layers}", "method": method, "score_size": samples},
             "model": {"name": "m"}, "dataset": {"samples_used": samples, "score_batches": 4},
             "quantization": {"pair": "wint4_afp16"}, "layer_sensitivity": sens,
             "frozen_groups": [],
             "autoquant": {"effective_bits_achieved": 4.0, "total_score": 2e-3, "satisfied": True},
-            "versions": {}}
+            "versions": {}})
 
 
-def legacy(tmp_path: Path) -> dict[str, Any]:
+def legacy(tmp_path: Path) -> manifest.Manifest:
     """A manifest of the earlier Hydra runner (no schema_version), loaded through the converter."""
     fp8 = "FP8_DEFAULT_CFG(effective-bits: 8.0)"
     sens = {f"{m}.quant_recipe": {"formats": [fp8, NONE], "scores": [s, 0.0], "costs": [1.0, 2.0],
@@ -148,7 +149,7 @@ def test_per_layer_table_has_per_sample_scores_and_shares() -> None:
     # the summary gives the per-sample total and the concentration
     summary = doc["summary"]
     assert summary["Score samples"] == 16
-    assert summary["Total score per sample"] == pytest.approx(m["autoquant"]["total_score"] / 16)
+    assert summary["Total score per sample"] == pytest.approx((m.autoquant.total_score or 0) / 16)
     top = profiles.group_profiles(m)[0]
     assert summary["Most sensitive group"] == f"{top.name} ({100 * top.share:.1f}%)"
     assert doc["metrics"] == pytest.approx(profiles.summary_values(m))
@@ -206,7 +207,7 @@ def test_legacy_manifest_reports_with_figures(tmp_path: Path) -> None:
 
 def test_a_145_group_report_is_fast(tmp_path: Path) -> None:
     m = synthetic(36)
-    assert len(m["layer_sensitivity"]) == 145
+    assert len(m.layer_sensitivity) == 145
     report.write_reports(synthetic(1), tmp_path / "warm")  # first use loads fonts
     # CPU time of this process: wall time on a shared machine measures the neighbours too
     start = time.process_time()

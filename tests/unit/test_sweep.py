@@ -16,16 +16,19 @@ from omegaconf import OmegaConf
 from layer_sensitivity import paths, sweep
 from layer_sensitivity.cli.sweep import multirun_argv
 from layer_sensitivity.cli.sweep_callback import planned_jobs, sweep_name
+from layer_sensitivity.manifest import Manifest
 from layer_sensitivity.schema import DatasetSize
 from layer_sensitivity.tracking import NoopTracker
+from tests.helpers.manifests import typed
 
 BASE = "wfp8_afp8/default/small"
 
 
-def _manifest(pair: str = "wfp8_afp8", score: float = 0.5, bits: float = 7.5) -> dict[str, Any]:
-    return {"quantization": {"pair": pair, "granularity": "default"},
-            "dataset": {"size": "small"},
-            "autoquant": {"total_score": score, "effective_bits_achieved": bits}}
+def _manifest(pair: str = "wfp8_afp8", score: float = 0.5, bits: float = 7.5) -> Manifest:
+    return typed({"schema_version": 1, "scheme": {"name": "s"}, "layer_sensitivity": {},
+                  "quantization": {"pair": pair, "granularity": "default"},
+                  "dataset": {"size": "small"},
+                  "autoquant": {"total_score": score, "effective_bits_achieved": bits}})
 
 
 def _status(directory: Path, num: int, overrides: list[str], status: str = "FINISHED",
@@ -67,6 +70,10 @@ def test_a_status_file_round_trips_with_what_the_summary_needs(tmp_path: Path) -
     out = _status(tmp_path, 0, ["quant_pair=fp8", "dataset.size=small"], manifest=_manifest(),
                   seconds=12.5)
     (row,) = sweep.read_statuses(tmp_path)
+    planned = _status(tmp_path / "planned", 1, [], status="FAILED",
+                      planned={"pair": "wfp8_afp8", "granularity": "default", "size": "small"})
+    (before,) = sweep.read_statuses(planned.parent)  # failed before its manifest was written
+    assert (before["pair"], before["size"], before["total_score"]) == ("wfp8_afp8", "small", None)
     assert row == {"job": 0, "name": "job 0", "overrides": "dataset.size=small quant_pair=fp8",
                    "status": "FINISHED", "run_id": "run0", "pair": "wfp8_afp8",
                    "granularity": "default", "size": "small", "total_score": 0.5,
