@@ -63,7 +63,7 @@ def measure(short: str, method: str, cache: Path = CACHE, model_dir: Path = MODE
     import pandas as pd
     import yaml
 
-    from layer_sensitivity import equal_bits, paths, pipeline
+    from layer_sensitivity import equal_bits, manifest, paths, pipeline
     from layer_sensitivity.schema import (
         AutoQuantConfig,
         Method,
@@ -78,7 +78,7 @@ def measure(short: str, method: str, cache: Path = CACHE, model_dir: Path = MODE
     manifest_path, rows_path = out / "manifest.json", out / "results.csv"
     out.mkdir(parents=True, exist_ok=True)
     if manifest_path.is_file():
-        m = json.loads(manifest_path.read_text())
+        m = manifest.load(manifest_path)
     else:
         d = yaml.safe_load((paths.CONF_DIR / "quant_pair" / f"{PAIRS[short]}.yaml").read_text())
         pair = QuantPairConfig(**{**d, "weight": Precision(d["weight"]),
@@ -88,9 +88,8 @@ def measure(short: str, method: str, cache: Path = CACHE, model_dir: Path = MODE
                               device="cpu"),
             quant_pair=pair, autoquant=AutoQuantConfig(method=Method(method), reuse_scores=False),
             tracking=TrackingConfig(enabled=False))
-        m = json.loads(json.dumps(pipeline.run(pipeline.plan(cfg), out / "job").manifest,
-                                  default=str))
-        manifest_path.write_text(json.dumps(m))
+        m = pipeline.run(pipeline.plan(cfg), out / "job").manifest
+        manifest_path.write_text(manifest.dumps(m))
     if rows_path.is_file():
         ev = equal_bits.analyse(m, pd.read_csv(rows_path))
     else:
@@ -106,7 +105,7 @@ def measure(short: str, method: str, cache: Path = CACHE, model_dir: Path = MODE
         made = figures.write_quality_vs_bits(ev.summary, cache / "figure")
         figure.parent.mkdir(parents=True, exist_ok=True)
         figure.write_bytes(made.read_bytes())
-    return {"pair": short, "method": method, "groups": len(m["layer_sensitivity"]),
+    return {"pair": short, "method": method, "groups": len(m.layer_sensitivity),
             "summary": json.loads(ev.summary.to_json(orient="records")),
             "recommended": json.loads(ev.recommended.to_json(orient="records")),
             "correlations": json.loads(ev.correlations.to_json(orient="records"))}

@@ -24,6 +24,7 @@ import pytest
 from layer_sensitivity import profiles
 from layer_sensitivity.manifest import MANIFEST_SUFFIX
 from tests.helpers import tool_env
+from tests.helpers.manifests import typed
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def _assert_complete(uri: str, run: mlflow.entities.Run, dst: Path) -> None:
                                                 dst_path=str(dst / run.info.run_id), tracking_uri=uri)
     assert Path(local).read_bytes() == (out_dir / name).read_bytes()
     manifest = json.loads(Path(local).read_text())
-    expected = profiles.run_metrics(manifest)
+    expected = profiles.run_metrics(typed(manifest))
     assert expected and {k for k, _, _ in expected} <= set(run.data.metrics), run.info.run_name
     for key, value, step in expected:
         if step is None:

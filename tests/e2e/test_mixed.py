@@ -25,6 +25,7 @@ from layer_sensitivity import (
     recipe_files,
     recipes,
 )
+from layer_sensitivity.manifest import Manifest
 from layer_sensitivity.model import loader
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import (
@@ -65,7 +66,7 @@ def _cfgs(cache: Path, method: Method) -> list[SensitivityConfig]:
 
 @dataclasses.dataclass
 class Runs:
-    singles: dict[str, dict[str, Any]]  # pair -> sensitivity manifest (scores stored)
+    singles: dict[str, Manifest]  # pair -> sensitivity manifest (scores stored)
     composed: mixed.MixedResult
     direct: mixed.MixedResult
     composed_loads: int  # checkpoint loads during the composed run
@@ -87,23 +88,24 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return _runs(tmp_path_factory.mktemp(f"mixed-{request.param.value}"), request.param)
 
 
-def _stats(doc: dict[str, Any]) -> dict[str, tuple[list[str], list[float], list[float]]]:
-    return {h: (s["formats"], s["scores"], s["costs"]) for h, s in doc["layer_sensitivity"].items()}
+def _stats(doc: Manifest) -> dict[str, tuple[list[str], list[float], list[float]]]:
+    return {h: (s.formats, s.scores, s.costs) for h, s in doc.layer_sensitivity.items()}
 
 
 def test_composed_search_equals_direct_search(runs: Runs) -> None:
     """Same chosen format for every group and the same achieved bits at every budget; the
     composed run loaded no model, calibrated and scored nothing."""
     c, d = runs.composed.manifest, runs.direct.manifest
-    assert c["mixed"]["composed"] and not d["mixed"]["composed"]
-    assert c["score_cache"]["hit"] and runs.composed_loads == 0
-    assert all(e["hit"] for e in c["mixed"]["single_format_scores"].values())
+    assert c.mixed is not None and d.mixed is not None and c.score_cache is not None
+    assert c.mixed.composed and not d.mixed.composed
+    assert c.score_cache.hit and runs.composed_loads == 0
+    assert all(e is not None and e.hit for e in (c.mixed.single_format_scores or {}).values())
     assert _stats(c) == _stats(d)  # ModelOpt's clipped scores and costs, group by group
-    for pc, pd_ in zip(c["frontier"], d["frontier"], strict=True):
-        assert pc["recipe"] == pd_["recipe"]
-        assert pc["achieved_bits"] == pd_["achieved_bits"]
-        assert pc["total_score"] == pd_["total_score"]
-        assert pc["achieved_bits"] <= pc["target_bits"] + 1e-6
+    for pc, pd_ in zip(c.frontier, d.frontier, strict=True):
+        assert pc.recipe == pd_.recipe
+        assert pc.achieved_bits == pd_.achieved_bits
+        assert pc.total_score == pd_.total_score
+        assert pc.achieved_bits <= pc.target_bits + 1e-6
     for fc, fd in zip(runs.composed.recipes, runs.direct.recipes, strict=True):
         assert fc.name == fd.name and fc.read_bytes() == fd.read_bytes()
 
@@ -111,14 +113,14 @@ def test_composed_search_equals_direct_search(runs: Runs) -> None:
 def test_scores_are_the_single_runs_clipped_to_be_monotone(runs: Runs) -> None:
     """Per group, the most compressed format keeps its own score (the INT4 run's), the next one
     gets min(its own, INT4's): ModelOpt's rule, so a mixed run is no per-format ranking."""
-    fp8 = runs.singles["wfp8_afp8"]["layer_sensitivity"]
-    int4 = runs.singles["wint4_afp16"]["layer_sensitivity"]
+    fp8 = runs.singles["wfp8_afp8"].layer_sensitivity
+    int4 = runs.singles["wint4_afp16"].layer_sensitivity
     clipped = 0
-    for handle, s in runs.composed.manifest["layer_sensitivity"].items():
-        names = [recipes.format_name(f) for f in s["formats"]]
+    for handle, s in runs.composed.manifest.layer_sensitivity.items():
+        names = [recipes.format_name(f) for f in s.formats]
         assert names == [INT4, FP8, recipes.NONE]
-        own4, own8 = int4[handle]["scores"][0], fp8[handle]["scores"][0]
-        assert s["scores"] == [own4, min(own8, own4), 0]
+        own4, own8 = int4[handle].scores[0], fp8[handle].scores[0]
+        assert s.scores == [own4, min(own8, own4), 0]
         clipped += own8 > own4
     print(f"groups whose FP8 score was clipped to INT4's: {clipped}")
 
@@ -155,13 +157,13 @@ def test_mixed_recipes_split_formats_and_load_into_mtq_quantize(runs: Runs) -> N
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     doc = runs.composed.manifest
-    point = next(p for p in doc["frontier"] if p["target_bits"] == 6.0)
-    assert point["achieved_bits"] <= 6.0 + 1e-6
-    assert point["mix"][FP8]["groups"] >= 1 and point["mix"][INT4]["groups"] >= 1
+    point = next(p for p in doc.frontier if p.target_bits == 6.0)
+    assert point.achieved_bits <= 6.0 + 1e-6 and point.mix is not None
+    assert point.mix[FP8].groups >= 1 and point.mix[INT4].groups >= 1
     path = next(f for f in runs.composed.recipes if f.name.endswith("_6bits.yaml"))
     assert path.name == "mixed_wfp8_afp8+wint4_afp16_6bits.yaml"
     meta = recipe_files.read_recipe(path, doc)
-    assert meta.kind == recipes.MIXED and meta.lm_bits == pytest.approx(point["achieved_bits"])
+    assert meta.kind == recipes.MIXED and meta.lm_bits == pytest.approx(point.achieved_bits)
     loaded = loader.load(ModelConfig(path=str(TINY_MODEL), device="cpu"), TINY_MODEL, "cpu")
     captions = calibration.read_captions(paths.asset("captions/captions.txt"), 8).lines
     batches = calibration.build_batches(captions, loaded.tokenizer, 4, 128)
@@ -173,9 +175,9 @@ def test_mixed_recipes_split_formats_and_load_into_mtq_quantize(runs: Runs) -> N
     q = mtq.quantize(copy.deepcopy(loaded.model), recipe_files.load_recipe(path), loop)
     weights = {n.removesuffix(".weight_quantizer"): m for n, m in q.named_modules()
                if isinstance(m, TensorQuantizer) and n.endswith(".weight_quantizer")}
-    sens = doc["layer_sensitivity"]
-    for handle, label in point["recipe"].items():
-        for module in sens[handle]["modules"]:
+    sens = doc.layer_sensitivity
+    for handle, label in point.recipe.items():
+        for module in sens[handle].modules or []:
             wq = weights[module]
             assert wq.is_enabled == (recipes.format_name(label) != recipes.NONE), module
             if recipes.format_name(label) == INT4:
@@ -197,11 +199,11 @@ def test_evaluate_mixed_against_keep_top_int4(runs: Runs) -> None:
     keep = table[table["kind"] == recipes.KEEP_TOP].reset_index(drop=True)
     everywhere = evaluate.evaluate(TINY_MODEL, budgets.keep_top(int4, headroom=[0.0]),
                                    evaluate.calibration_captions(int4),
-                                   evaluate.held_out_captions(doc["dataset"]["path"],
+                                   evaluate.held_out_captions(str(doc.dataset.path),
                                                               evaluate.calibration_captions(doc),
                                                               TINY_MODEL),
                                    batch_size=4, seq_len=128, progress=False)["kl"].iloc[0]
-    print(f"\n{doc['scheme']['method']}: INT4 everywhere KL {everywhere:.5f}")
+    print(f"\n{doc.scheme.method}: INT4 everywhere KL {everywhere:.5f}")
     for m, k in zip(mix.itertuples(), keep.itertuples(), strict=True):
         print(f"budget {m.target_bits:g}: mixed {m.lm_bits:.4f} bits KL {m.kl:.5f} | keep-top INT4 "
               f"{k.lm_bits:.4f} bits ({k.kept} groups at 16) KL {k.kl:.5f}")

@@ -56,7 +56,7 @@ def _run_in_process(tmp_path: Path, resources: Resources, *overrides: str) -> di
                          flat_config={})
     result = job.run_job(req, NoopTracker(), resources)
     on_disk = json.loads(next(out.glob("*_quant_manifest.json")).read_text())
-    assert on_disk == json.loads(json.dumps(result.manifest))
+    assert on_disk == json.loads(json.dumps(result.manifest.to_json_dict()))
     return on_disk
 
 

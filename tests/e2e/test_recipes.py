@@ -49,7 +49,7 @@ def _pair(name: str) -> QuantPairConfig:
                               "activation": Precision(d["activation"])})
 
 
-def _job_manifest(pair: str, targets: list[float], out: Path) -> dict[str, Any]:
+def _job_manifest(pair: str, targets: list[float], out: Path) -> manifest.Manifest:
     cfg = SensitivityConfig(quant_pair=_pair(pair), dataset=DatasetConfig(max_calib_samples=8),
                             autoquant=AutoQuantConfig(effective_bits=targets, reuse_scores=False),
                             tracking=TrackingConfig(enabled=False))
@@ -57,7 +57,7 @@ def _job_manifest(pair: str, targets: list[float], out: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, manifest.Manifest]:
     return {p: _job_manifest(p, t, tmp_path_factory.mktemp(p)) for p, t in PAIRS.items()}
 
 
@@ -87,11 +87,12 @@ def _quantize(base: Any, batches: list[calibration.Batch], cfg: dict[str, Any]) 
 
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_every_recipe_quantizes_exactly_its_modules(
-        pair: str, manifests: dict[str, dict[str, Any]], tiny: tuple[Any, list[calibration.Batch]],
+        pair: str, manifests: dict[str, manifest.Manifest], tiny: tuple[Any, list[calibration.Batch]],
         tmp_path: Path) -> None:
     m = manifests[pair]
-    q = m["quantization"]
-    sens = m["layer_sensitivity"]
+    q = m.quantization
+    sens = m.layer_sensitivity
+    assert q.weight_quantizer is not None and q.input_quantizer is not None
     all_recipes = (recipes.from_frontier(m) + budgets.keep_top(m, headroom=(0.0, 0.5))
                    + baselines.equal_bits_recipes(m, (0.1, 0.25), draws=1)
                    + ground_truth.alone_recipes(m, subset=3))
@@ -100,23 +101,23 @@ def test_every_recipe_quantizes_exactly_its_modules(
     assert len({r.name for r in all_recipes}) == len(all_recipes) == 3 + 2 + 2 * 9 + 3 + 1
     paths_ = recipe_files.write_recipes(all_recipes, tmp_path / "recipes", m)
     base, batches = tiny
-    weight_bits = tuple(q["weight_quantizer"]["num_bits"]) if isinstance(
-        q["weight_quantizer"]["num_bits"], list) else q["weight_quantizer"]["num_bits"]
+    weight_bits = tuple(q.weight_quantizer["num_bits"]) if isinstance(
+        q.weight_quantizer["num_bits"], list) else q.weight_quantizer["num_bits"]
     seen_counts = set()
     for recipe, path in zip(all_recipes, paths_, strict=True):
         cfg = recipe_files.load_recipe(path)  # validated by modelopt.recipe.load_recipe
         assert recipe_files.read_recipe(path, m).quantized == recipe.quantized
         qm = _quantize(base, batches, cfg)
-        expected = {mod for h in recipe.quantized for mod in sens[h]["modules"]}
+        expected = {mod for h in recipe.quantized for mod in sens[h].modules or []}
         weights = _enabled(qm, "weight_quantizer")
         inputs = _enabled(qm, "input_quantizer")
         assert set(weights) == expected, recipe.name
-        assert set(inputs) == (expected if q["input_quantizer"]["enabled"] else set()), recipe.name
+        assert set(inputs) == (expected if q.input_quantizer["enabled"] else set()), recipe.name
         assert not _enabled(qm, "output_quantizer")
         assert not any("visual" in n for n in [*weights, *inputs])
         for tq in weights.values():  # the pair's own format, calibrated
             assert tq.num_bits == weight_bits and tq.amax is not None
-        kept = {mod for h in recipe.kept for mod in sens[h]["modules"]}
+        kept = {mod for h in recipe.kept for mod in sens[h].modules or []}
         assert not kept & set(weights) and len(recipe.kept) + len(recipe.quantized) == len(sens)
         seen_counts.add(len(weights))
     assert len(seen_counts) >= 4  # the recipes really differ
@@ -124,25 +125,25 @@ def test_every_recipe_quantizes_exactly_its_modules(
 
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_frontier_recipes_are_the_solvers_choice(pair: str,
-                                                 manifests: dict[str, dict[str, Any]]) -> None:
+                                                 manifests: dict[str, manifest.Manifest]) -> None:
     m = manifests[pair]
     frontier = recipes.from_frontier(m)
     assert [r.info["target_bits"] for r in frontier] == [float(t) for t in PAIRS[pair]]
-    for r, point in zip(frontier, m["frontier"], strict=True):
-        chosen = {h for h, label in point["recipe"].items() if not label.startswith("NONE")}
+    for r, point in zip(frontier, m.frontier, strict=True):
+        chosen = {h for h, label in point.recipe.items() if not label.startswith("NONE")}
         assert set(r.quantized) == chosen
-        assert r.lm_bits == pytest.approx(point["achieved_bits"])
-        assert r.lm_bits <= point["target_bits"] + 1e-6
+        assert r.lm_bits == pytest.approx(point.achieved_bits)
+        assert r.lm_bits <= point.target_bits + 1e-6
 
 
 def test_configs_rebuilt_without_the_recorded_config_match(
-        manifests: dict[str, dict[str, Any]]) -> None:
+        manifests: dict[str, manifest.Manifest]) -> None:
     for m in manifests.values():
         recorded = recipes.format_configs(m)
-        q = {k: v for k, v in m["quantization"].items() if k != "modelopt_config"}
-        rebuilt = recipes.format_configs({**m, "quantization": q})
+        q = m.quantization.model_copy(update={"modelopt_config": None})
+        rebuilt = recipes.format_configs(m.model_copy(update={"quantization": q}))
         assert recipes.jsonable(rebuilt) == recipes.jsonable(recorded)
-        assert list(rebuilt) == [m["quantization"]["modelopt_format"]]
+        assert list(rebuilt) == [m.quantization.modelopt_format]
 
 
 def _quantizer_state(m: Any) -> dict[str, tuple[Any, ...]]:
@@ -176,8 +177,9 @@ def test_mixed_recipe_equals_modelopts_own_config(tiny: tuple[Any, list[calibrat
         disabled_layers=["*visual*"], num_calib_steps=len(batches), num_score_steps=len(batches),
         method="gradient")
     groups = autoquant.group_stats(state, ["*visual*"])
-    doc = {"scheme": {"name": "mixed", "effective_bits_requested": 6.0},
-           "layer_sensitivity": manifest.layer_sensitivity(groups)}
+    doc = manifest.Manifest(schema_version=1,
+                            scheme=manifest.Scheme(name="mixed", effective_bits_requested=6.0),
+                            layer_sensitivity=manifest.layer_sensitivity(groups))
     (recipe,) = recipes.from_frontier(doc, cfgs)
     assert recipe.kind == "mixed" and recipe.lm_bits <= 6.0 + 1e-6
     chosen = {recipes.format_name(g.chosen) for g in groups.values() if g.in_scope}

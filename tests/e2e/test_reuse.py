@@ -46,7 +46,7 @@ def _run(cache: Path, out: Path, *overrides: str) -> tuple[dict[str, Any], Resou
     """One job in this process with resources of its own; returns its manifest and them."""
     resources = Resources()
     result = pipeline.run(pipeline.plan(_job(cache, *overrides)), out, resources)
-    return result.manifest, resources
+    return result.manifest.to_json_dict(), resources  # as written
 
 
 # --- Shared runs --------------------------------------------------------------------------------
@@ -86,7 +86,8 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> OneProcess:
     manifests = {}
     for pair, override in (("wint8_aint8", "quant_pair=int8"), ("wfp8_afp8", "quant_pair=fp8")):
         job = _job(base / "cache", override, "autoquant.reuse_scores=false")
-        manifests[pair] = pipeline.run(pipeline.plan(job), base / pair, shared).manifest
+        result = pipeline.run(pipeline.plan(job), base / pair, shared)
+        manifests[pair] = result.manifest.to_json_dict()
     return OneProcess(shared, manifests, base / "cache")
 
 

@@ -16,6 +16,7 @@ import pytest
 from layer_sensitivity import profiles
 from layer_sensitivity.schema import TrackingConfig
 from tests.helpers import FAST, all_runs, finished_runs, mlflow_run, run_cli
+from tests.helpers.manifests import typed
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +124,7 @@ def test_mlflow_run_sensitivity_logs_one_complete_run(
     assert manifest["quantization"]["pair"] == "wfp8_afp8"
     assert manifest["model"]["fingerprint"] == tags["model.fingerprint"]
     assert manifest["scheme"]["effective_bits_modelopt"] > 8.0  # vision weights count at 16 bits
-    ranked = profiles.group_profiles(manifest)
+    ranked = profiles.group_profiles(typed(manifest))
     for group in ranked:  # per-group metrics are shares in percent (never 0.00 in a bar chart)
         assert m[group.key] == pytest.approx(100 * group.share), group.key
     # the headline agrees with the description: top group, its share, the bits

@@ -23,6 +23,7 @@ import pytest
 from layer_sensitivity import profiles
 from layer_sensitivity.sweep import DEFINITION, STATUS_FILE, SUMMARY
 from tests.helpers import FAST, SweepRun, all_runs, artifact_text, finished_runs, run_cli
+from tests.helpers.manifests import typed
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ def _assert_all_metrics(uri: str, child: mlflow.entities.Run, dst: Path) -> dict
     """The child holds every metric its manifest maps to, with the manifest's values."""
     manifest = _manifest(uri, child, dst)
     logged = child.data.metrics
-    expected = profiles.run_metrics(manifest)
+    expected = profiles.run_metrics(typed(manifest))
     assert expected and {k for k, _, _ in expected} <= set(logged)
     for key, value, step in expected:
         if step is None:  # a series shows its last step here; single values must match

@@ -32,6 +32,7 @@ import pytest
 from layer_sensitivity import profiles
 from layer_sensitivity.manifest import MANIFEST_SUFFIX
 from tests.helpers import ROOT, tool_env
+from tests.helpers.manifests import typed
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +180,7 @@ def _assert_complete(uri: str, run: mlflow.entities.Run, dst: Path, served_from:
     assert local.read_bytes() == (out_dir / name).read_bytes()
     assert list(served_from.rglob(f"{run.info.run_id}/artifacts/{name}"))  # stored by the server
     manifest = json.loads(local.read_text())
-    expected = profiles.run_metrics(manifest)
+    expected = profiles.run_metrics(typed(manifest))
     assert expected and {k for k, _, _ in expected} <= set(run.data.metrics), run.info.run_name
     for key, value, step in expected:
         if step is None:

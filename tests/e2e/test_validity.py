@@ -19,13 +19,12 @@ against the numbers scripts/equal_bits_table.py measured.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
 
-from layer_sensitivity import baselines, equal_bits, evaluate, ground_truth, paths, pipeline
+from layer_sensitivity import baselines, equal_bits, evaluate, ground_truth, manifest, paths, pipeline
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import (
     AutoQuantConfig,
@@ -47,7 +46,7 @@ def _pair(name: str) -> QuantPairConfig:
                               "activation": Precision(d["activation"])})
 
 
-def _job_manifest(pair: str, out: Path) -> dict[str, Any]:
+def _job_manifest(pair: str, out: Path) -> manifest.Manifest:
     """The default job (16 calibration captions, gradient scores) for one pair."""
     cfg = SensitivityConfig(quant_pair=_pair(pair), autoquant=AutoQuantConfig(reuse_scores=False),
                             tracking=TrackingConfig(enabled=False))
