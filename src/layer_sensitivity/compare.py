@@ -122,15 +122,6 @@ def _normalised(label: str, m: Any) -> Manifest:
     if not isinstance(m, Mapping):
         raise UserError(f"Run '{label}' is not a manifest (got {type(m).__name__}). Pass the parsed "
                         "*_quant_manifest.json of each run, e.g. from layer_sensitivity.manifest.load.")
-    version = m.get("schema_version")
-    if version != manifest_mod.SCHEMA_VERSION and not (
-            version is None and "scheme" in m and "layer_sensitivity" in m):
-        raise UserError(
-            f"Run '{label}' has no readable manifest (schema_version {version!r}, "
-            f"keys {sorted(m)[:6]}). Pass the run's *_quant_manifest.json as loaded by "
-            "layer_sensitivity.manifest.load; this version reads schema_version "
-            f"{manifest_mod.SCHEMA_VERSION} and legacy manifests."
-        )
     return manifest_mod.parse(dict(m), f"Manifest of run '{label}'")
 
 

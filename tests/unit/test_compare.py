@@ -179,7 +179,7 @@ def test_runs_sharing_no_groups_and_bad_manifests_are_user_errors() -> None:
         compare({"a": a, "b": b})
     with pytest.raises(UserError, match="Run 'b' is not a manifest"):
         compare({"a": a, "b": [1, 2]})  # type: ignore[dict-item]
-    with pytest.raises(UserError, match="Run 'b' has no readable manifest"):
+    with pytest.raises(UserError, match="Manifest of run 'b' has unknown schema_version 7"):
         compare({"a": a, "b": {"schema_version": 7}})
     broken = synthetic(random_scores(1, handles(2))).to_json_dict()  # as parsed from a file
     next(iter(broken["layer_sensitivity"].values()))["importance"] = "high"
