@@ -8,6 +8,7 @@ import random
 import pytest
 
 from layer_sensitivity import baselines, budgets, groups, recipes
+from tests.helpers.manifests import typed
 from tests.helpers.recipes import INT4, bits_by_hand, synthetic
 
 HEADROOM = (0.1, 0.25, 0.5)
@@ -20,7 +21,7 @@ def _layer(h: str) -> int | None:
 
 def test_every_baseline_lands_at_its_budget_within_the_tolerance() -> None:
     m = synthetic([INT4], seed=1)
-    rs = baselines.equal_bits_recipes(m, HEADROOM, draws=20)
+    rs = baselines.equal_bits_recipes(typed(m), HEADROOM, draws=20)
     kinds = {r.kind for r in rs}
     assert kinds == {"keep_top", "keep_top_rank", "reverse", "random", *baselines.RULES}
     assert len(rs) == len(HEADROOM) * (3 + len(baselines.RULES) + 20)
@@ -32,14 +33,14 @@ def test_every_baseline_lands_at_its_budget_within_the_tolerance() -> None:
         draws = [r for r in rs if r.kind == "random" and r.info["headroom"] == h]
         assert sorted(r.info["seed"] for r in draws) == list(range(20))
         assert len({frozenset(r.kept) for r in draws}) > 10  # really different draws
-    again = baselines.equal_bits_recipes(m, HEADROOM, draws=20)
+    again = baselines.equal_bits_recipes(typed(m), HEADROOM, draws=20)
     assert [r.kept for r in again] == [r.kept for r in rs]  # seeded
 
 
 
 def test_rules_keep_what_practitioners_keep() -> None:
     m = synthetic([INT4], seed=2)
-    rs = {r.kind: r for r in baselines.equal_bits_recipes(m, (0.25,), draws=1)}
+    rs = {r.kind: r for r in baselines.equal_bits_recipes(typed(m), (0.25,), draws=1)}
     # 3 bits to spend; a whole layer costs 2.25: the first (last) layer whole, then what fits
     first = [_layer(h) for h in rs["rule_first_layers"].kept]
     last = [_layer(h) for h in rs["rule_last_layers"].kept]
@@ -54,7 +55,7 @@ def test_rules_keep_what_practitioners_keep() -> None:
 
 
 def test_depth_order_and_rule_orders_offer_every_group_once() -> None:
-    gs = recipes.manifest_groups(synthetic([INT4], seed=5))
+    gs = recipes.manifest_groups(typed(synthetic([INT4], seed=5)))
     shuffled = list(gs)
     random.Random(1).shuffle(shuffled)
     depth = baselines.depth_order(shuffled)

@@ -7,12 +7,13 @@ import pytest
 
 from layer_sensitivity import budgets, recipes
 from layer_sensitivity.errors import UserError
+from tests.helpers.manifests import typed
 from tests.helpers.recipes import FP8, INT4, LM, bits_by_hand, synthetic
 
 
 def test_keep_top_keeps_the_most_sensitive_groups_per_bit_within_each_budget() -> None:
     m = synthetic([INT4])
-    rs = budgets.keep_top(m)
+    rs = budgets.keep_top(typed(m))
     assert [r.name for r in rs] == ["keep_top_0pct", "keep_top_10pct", "keep_top_25pct",
                                     "keep_top_50pct"]
     full = sum(max(s["costs"]) for s in m["layer_sensitivity"].values())
@@ -50,26 +51,26 @@ def test_a_big_group_is_kept_only_when_its_score_pays_for_its_bits() -> None:
     top_small = max((h for h in sens if h != "lm_head.quant_recipe"),
                     key=lambda h: sens[h]["scores"][0])
     head["scores"][0] = sens[top_small]["scores"][0] * 1.5  # most sensitive, 16x the bits
-    r = budgets.keep_top(m, headroom=[0.25])[0]  # 3 bits to spend: exactly lm_head's cost
+    r = budgets.keep_top(typed(m), headroom=[0.25])[0]  # 3 bits to spend: exactly lm_head's cost
     # ranked first, but the groups kept instead avoid more score for the same bits
     assert "lm_head.quant_recipe" not in r.kept
     assert sum(sens[h]["scores"][0] for h in r.kept) > head["scores"][0]
     head["scores"][0] = sum(s["scores"][0] for s in sens.values()) * 10  # now it pays
-    assert "lm_head.quant_recipe" in budgets.keep_top(m, headroom=[0.25])[0].kept
+    assert "lm_head.quant_recipe" in budgets.keep_top(typed(m), headroom=[0.25])[0].kept
 
 
 
 def test_keep_top_for_bits_fits_the_budget() -> None:
     m = synthetic([INT4], seed=3)
     for budget in (4.0, 5.0, 6.5, 9.0):
-        r = budgets.keep_top_for_bits(m, budget)
+        r = budgets.keep_top_for_bits(typed(m), budget)
         assert r.lm_bits <= budget + 1e-9 and r.info["target_bits"] == budget
         # every group not kept would break the budget if it were kept too
         for h in r.quantized:
             more = {x: f for x, f in r.quantized.items() if x != h}
             assert bits_by_hand(m, more) > budget
     with pytest.raises(UserError, match="below"):
-        budgets.keep_top_for_bits(m, 3.0)
+        budgets.keep_top_for_bits(typed(m), 3.0)
 
 
 @pytest.mark.parametrize("value,hint", [
@@ -82,7 +83,7 @@ def test_a_budget_outside_the_headroom_is_named_with_a_hint(value: object, hint:
 
 def test_fill_skips_a_group_that_does_not_fit_and_keeps_smaller_ones_after_it() -> None:
     m = synthetic([INT4])
-    gs = recipes.manifest_groups(m)
+    gs = recipes.manifest_groups(typed(m))
     fmt = budgets.only_format(gs)
     assert fmt == INT4[0] and budgets.floor_bits(gs, fmt) == pytest.approx(4.0)
     o0, o1 = (f"{LM}.{i}.self_attn.o_proj.quant_recipe" for i in (0, 1))
@@ -100,12 +101,12 @@ def test_fill_skips_a_group_that_does_not_fit_and_keeps_smaller_ones_after_it() 
 def test_a_mixed_run_has_no_single_format_to_budget() -> None:
     with pytest.raises(UserError, match="Expected a single-format run, found formats "
                                         "FP8_DEFAULT_CFG, INT4_BLOCKWISE_WEIGHT_ONLY_CFG"):
-        budgets.only_format(recipes.manifest_groups(synthetic([FP8, INT4])))
+        budgets.only_format(recipes.manifest_groups(typed(synthetic([FP8, INT4]))))
 
 
 def test_budgets_are_fractions_from_nothing_kept_to_everything_kept() -> None:
     assert budgets.check_headroom([0, 0.5, 1]) == [0.0, 0.5, 1.0]
-    assert budgets.budget_bits(recipes.manifest_groups(synthetic([INT4])), INT4[0], 0.25) == 7.0
+    assert budgets.budget_bits(recipes.manifest_groups(typed(synthetic([INT4]))), INT4[0], 0.25) == 7.0
 
 
 def test_recipe_names_carry_the_headroom_in_percent() -> None:

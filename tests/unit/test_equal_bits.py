@@ -18,6 +18,7 @@ from layer_sensitivity import (
     recipe_files,
 )
 from layer_sensitivity.errors import UserError
+from tests.helpers.manifests import typed
 from tests.helpers.recipes import INT4, synthetic
 
 
@@ -91,7 +92,7 @@ def test_a_mixed_run_logs_its_own_recipes_by_target_bits() -> None:
 
 def test_recommended_recipes_are_the_chosen_candidates_renamed(tmp_path: Path) -> None:
     m = synthetic([INT4], seed=5)
-    rs = baselines.equal_bits_recipes(m, (0.1, 0.25), draws=2)
+    rs = baselines.equal_bits_recipes(typed(m), (0.1, 0.25), draws=2)
     kl = {r.name: (0.5 if r.kind == "random" else 0.3 if r.kind == "rule_lm_head" else 0.4)
           - r.info["headroom"] for r in rs}
     res = _results([(r.name, r.kind, r.info["headroom"], r.info["target_bits"], r.lm_bits,
@@ -101,8 +102,8 @@ def test_recommended_recipes_are_the_chosen_candidates_renamed(tmp_path: Path) -
     assert [r.info["recommended_as"] for r in chosen] == ["rule_lm_head_10pct", "rule_lm_head_25pct"]
     original = {r.name: r for r in rs}["rule_lm_head_25pct"]
     assert chosen[1].config == original.config and chosen[1].kept == original.kept
-    path = recipe_files.write_recipe(chosen[1], tmp_path / "recommended_25pct.yaml", m)
-    back = recipe_files.read_recipe(path, m)  # a ModelOpt PTQ recipe, read back with the manifest
+    path = recipe_files.write_recipe(chosen[1], tmp_path / "recommended_25pct.yaml", typed(m))
+    back = recipe_files.read_recipe(path, typed(m))  # a ModelOpt PTQ recipe, read back with the manifest
     assert back.name == "recommended_25pct" and back.kind == "recommended"
     assert back.quantized == chosen[1].quantized
     assert "recommended: rule_lm_head_25pct" in back.info["description"]

@@ -13,6 +13,7 @@ from layer_sensitivity import budgets, catalogue, export, paths, recipe_files, r
 from layer_sensitivity.catalogue import runtimes
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import Precision, PresetEdit, QuantGranularityConfig, QuantPairConfig
+from tests.helpers.manifests import frontier_point, typed
 from tests.helpers.recipes import FP8, INT4, synthetic
 
 TRT, VLLM, SGL = runtimes.TRTLLM, runtimes.VLLM, runtimes.SGLANG
@@ -70,10 +71,10 @@ def test_a_mix_is_served_by_runtimes_that_read_every_format_in_a_mix() -> None:
 def test_recipe_files_give_layer_kinds(tmp_path: Path) -> None:
     m = synthetic([FP8, INT4])
     order = [r["name"] for r in m["sensitivity_ranking"]]
-    m["frontier"] = [{"target_bits": 6.0, "recipe": {
-        h: f"{(FP8 if i < 5 else INT4)[0]}(effective-bits: 1)" for i, h in enumerate(order)}}]
-    (mixed,) = recipes.from_frontier(m)
-    path = recipe_files.write_recipe(mixed, tmp_path / "mixed_6bits.yaml", m)
+    m["frontier"] = [frontier_point(6.0, {
+        h: f"{(FP8 if i < 5 else INT4)[0]}(effective-bits: 1)" for i, h in enumerate(order)})]
+    (mixed,) = recipes.from_frontier(typed(m))
+    path = recipe_files.write_recipe(mixed, tmp_path / "mixed_6bits.yaml", typed(m))
     kinds = runtimes.recipe_layer_kinds(recipe_files.module_settings(
         recipe_files.raw(path)["quantize"]))
     assert set(kinds.values()) == {("fp8", "fp8"), ("int4_block", "none")}
@@ -84,14 +85,14 @@ def test_recipe_files_give_layer_kinds(tmp_path: Path) -> None:
 def test_export_refuses_unserved_recipes_and_bad_outputs_before_loading(tmp_path: Path) -> None:
     int4_int4 = ("INT4_INT4", 4.0, _pair_cfg("wint4_aint4"))
     m = synthetic([int4_int4])
-    r = budgets.keep_top(m, headroom=(0.25,))[0]
-    path = recipe_files.write_recipe(r, tmp_path / "keep_top_25pct.yaml", m)
+    r = budgets.keep_top(typed(m), headroom=(0.25,))[0]
+    path = recipe_files.write_recipe(r, tmp_path / "keep_top_25pct.yaml", typed(m))
     with pytest.raises(UserError, match="No runtime serves") as e:
-        export.plan(m, path, tmp_path / "out")
+        export.plan(typed(m), path, tmp_path / "out")
     assert "--force" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="Model directory"):  # forced: gets past the runtime check
-        export.plan(m, path, tmp_path / "out", force=True)
+        export.plan(typed(m), path, tmp_path / "out", force=True)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(UserError, match="already exists"):
@@ -99,10 +100,10 @@ def test_export_refuses_unserved_recipes_and_bad_outputs_before_loading(tmp_path
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="Cannot write"):
         export.check_output(tmp_path / "file" / "out")
-    nothing = budgets.keep_top(synthetic([INT4]), headroom=(1.0,))[0]
+    nothing = budgets.keep_top(typed(synthetic([INT4])), headroom=(1.0,))[0]
     with pytest.raises(UserError, match="quantizes no layer"):
-        export.plan(synthetic([INT4]), recipe_files.write_recipe(
-            nothing, tmp_path / "keep_top_100pct.yaml", synthetic([INT4])), tmp_path / "out")
+        export.plan(typed(synthetic([INT4])), recipe_files.write_recipe(
+            nothing, tmp_path / "keep_top_100pct.yaml", typed(synthetic([INT4]))), tmp_path / "out")
     export.check_output(tmp_path / "new" / "out")
     assert not (tmp_path / "new").exists()  # checking leaves nothing behind
 
