@@ -33,7 +33,8 @@ def test_building_recipes_imports_neither_torch_nor_modelopt(tmp_path: Path) -> 
     path = tmp_path / "m.json"
     path.write_text(json.dumps(synthetic([INT4])))
     _python("import json, sys; from layer_sensitivity import recipe_files, recipes; "
-            f"m = json.load(open({str(path)!r})); "
+            "from layer_sensitivity.manifest import Manifest; "
+            f"m = Manifest.model_validate(json.load(open({str(path)!r}))); "
             "from layer_sensitivity import baselines, budgets, equal_bits, ground_truth; "
             "rs = recipes.from_frontier(m) + baselines.equal_bits_recipes(m, (0.1, 0.25), 3); "
             f"recipe_files.write_recipes(rs, {str(tmp_path / 'out')!r}, m); "
