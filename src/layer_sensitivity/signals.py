@@ -7,6 +7,10 @@ lose an exception raised there:
   model): Python prints "Exception ignored in ... __del__" and goes on, so Ctrl-C during a model
   load was swallowed and the job ran to FINISHED. The handler sees the ``__del__`` frame, raises
   nothing there and sends the signal again a moment later, when the finalizer is done.
+- any other place Python calls code whose exceptions it cannot propagate: a weakref callback
+  (seen: ``ThreadPoolExecutor``'s, while ``import torch`` ran), a GC callback. Python hands such
+  an exception to ``sys.unraisablehook`` and goes on; ``redeliver_swallowed`` installs a hook that
+  sends the signal again a moment later instead, so it is raised where it propagates.
 - the end of a run (stopping system metrics, writing error.txt, setting the status): an exception
   there skips ending the run, which stays RUNNING. ``deferred()`` records signals while a run
   ends; the caller ends it KILLED and raises afterwards.
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from .tracking.base import Interrupted
 
@@ -43,6 +49,24 @@ def raise_interrupted(signum: int, frame: FrameType | None) -> None:
         timer.start()
         return
     raise Interrupted(signum)
+
+
+def redeliver_swallowed() -> None:
+    """An ``Interrupted`` Python had to drop (see the module doc) is delivered again shortly;
+    everything else goes to the hook that was there before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, Interrupted):
+            timer = threading.Timer(RETRY_S, os.kill, (os.getpid(), error.signum))
+            timer.daemon = True
+            timer.start()
+            return
+        previous(unraisable)
+
+    if getattr(previous, "__qualname__", "") != hook.__qualname__:  # once per process
+        sys.unraisablehook = hook
 
 
 def is_main_thread() -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +67,27 @@ def test_sigterm_while_system_metrics_stop_ends_the_run_killed(
     ended = client.get_run(run.run_id)
     assert ended.info.status == "KILLED"
     assert "error.txt" in {a.path for a in client.list_artifacts(run.run_id)}
+
+
+def test_an_interrupt_python_had_to_drop_is_delivered_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised inside a weakref callback (seen: ThreadPoolExecutor's, during `import torch`), an
+    Interrupted cannot propagate: Python reports it as unraisable and goes on. It comes back."""
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    previous = signal.signal(signal.SIGTERM, signals.raise_interrupted)
+    try:
+        signals.redeliver_swallowed()
+
+        class Thing:
+            pass
+
+        def callback(_: object) -> None:
+            raise Interrupted(signal.SIGTERM)
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        with pytest.raises(Interrupted) as info:
+            del thing  # the callback runs here; Python drops its exception...
+            time.sleep(5)  # ...and the signal is delivered again within RETRY_S
+        assert info.value.signum == signal.SIGTERM and ref() is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -93,6 +93,7 @@ def install_signal_handlers() -> None:
         return
     for sig in signals.STOP_SIGNALS:
         signal.signal(sig, signals.raise_interrupted)
+    signals.redeliver_swallowed()  # e.g. raised inside a weakref callback, which cannot propagate
     _watch_mlflow_run_launcher()
 
 
