@@ -14,7 +14,7 @@
    tower must be unquantized in the file; held-out KL of the rebuilt model is measured next to the
    recipe's own.
 
-No MLflow, no Hydra: ``export_runs`` logs the result.
+No MLflow, no Hydra: ``tasks/export.py`` logs the result.
 """
 
 from __future__ import annotations

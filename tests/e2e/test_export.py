@@ -13,8 +13,9 @@ from safetensors import safe_open
 
 from layer_sensitivity import export, exported_checkpoint, mixed, tracking
 from layer_sensitivity.catalogue import runtimes
-from layer_sensitivity.export_runs import export_run
 from layer_sensitivity.schema import AutoQuantConfig, DatasetConfig, SensitivityConfig, TrackingConfig
+from layer_sensitivity.tasks import recipe as recipe_task
+from layer_sensitivity.tasks.export import export_run
 from tests.e2e.test_mixed import _pair
 from tests.helpers import SweepRun, all_runs, mlflow_run, run_cli
 
@@ -99,7 +100,7 @@ def test_export_of_an_fp8_int4_mix_is_mixed_precision(tmp_path: Path) -> None:
                              tracking=TrackingConfig(uri=uri, system_metrics=False))
     cfgs = [dataclasses.replace(base, quant_pair=_pair(p)) for p in ("wfp8_afp8", "wint4_afp16")]
     tracker = tracking.create(base.tracking)
-    mixed_run = mixed.run_and_log(mixed.MixedRequest(cfgs, 6.0, tmp_path / "mixed",
+    mixed_run = recipe_task.run_and_log(recipe_task.MixedRequest(cfgs, 6.0, tmp_path / "mixed",
                                                      strategy=mixed.DIRECT), tracker)
     (path,) = mixed_run.recipes
     r, model_id = export_run(tracking.run_store(uri), tracker, str(mixed_run.run_id), path.stem,

@@ -22,10 +22,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from layer_sensitivity import catalogue, job, paths, report
+from layer_sensitivity import catalogue, paths, report
 from layer_sensitivity.cli.config_store import CONF_DIR, load_listing
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import SensitivityConfig
+from layer_sensitivity.tasks import sensitivity as job
 from layer_sensitivity.tracking import NoopTracker
 from tests.helpers import FAST, all_runs, run_cli
 
@@ -90,7 +91,7 @@ def _check_manifest(m: dict[str, Any], pair: str, overlay: str) -> None:
 @pytest.mark.parametrize("pair", CPU_PAIRS)
 def test_cpu_pair_runs_end_to_end(pair: str, tmp_path: Path, shared: Resources,
                                   caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="layer_sensitivity.job"):
+    with caplog.at_level(logging.WARNING, logger="layer_sensitivity.tasks.sensitivity"):
         m = _run_in_process(tmp_path, shared, f"quant_pair={pair}")
     _check_manifest(m, pair, "default")
     md = (tmp_path / "out" / report.MARKDOWN_NAME).read_text()

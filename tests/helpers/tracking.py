@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from layer_sensitivity.errors import UserError
-from layer_sensitivity.lifecycle import RunSpec
+from layer_sensitivity.tasks.lifecycle import RunSpec
 from layer_sensitivity.tracking.base import RunRecord, end_status
 
 

@@ -13,11 +13,11 @@ import pytest
 from layer_sensitivity import (
     baselines,
     equal_bits,
-    evaluate_runs,
     figures,
     recipe_files,
 )
 from layer_sensitivity.errors import UserError
+from layer_sensitivity.tasks import evaluate as evaluate_runs
 from tests.helpers.manifests import typed
 from tests.helpers.recipes import INT4, synthetic
 

@@ -37,10 +37,15 @@ TESTED_ELSEWHERE = {
                     "tests/e2e/test_shared_scores.py; composing and re-solving states in "
                     "tests/unit/test_mixed.py",
     "evaluate.py": "quantizes and runs the model: tests/e2e/test_validity.py, tests/e2e/test_mixed.py",
-    "evaluate_runs.py": "tests/unit/test_evaluate_headline.py, tests/unit/test_equal_bits.py",
     "export.py": "exports a quantized model: tests/e2e/test_export.py; refusals before loading in "
                  "tests/unit/catalogue/test_runtimes.py",
-    "export_runs.py": "a tracked export: tests/e2e/test_export.py",
+    "tasks/export.py": "a tracked export of a real checkpoint: tests/e2e/test_export.py",
+    "tasks/recipe.py": "its metrics in tests/unit/test_mixed.py; the run in tests/e2e/test_mixed.py",
+    "mixed/plan.py": "tests/unit/test_mixed.py (every refusal before the model loads)",
+    "mixed/search.py": "tests/unit/test_mixed.py (labels, solve); searches in tests/e2e/test_mixed.py",
+    "mixed/heldout.py": "tests/unit/test_mixed.py (its metrics and description); measured in "
+                        "tests/e2e/test_mixed.py",
+    "mixed/outputs.py": "tests/unit/test_mixed.py (choice table, figures); tests/e2e/test_mixed.py",
     "tracking/runs.py": "reads a real store: tests/e2e/test_report_run.py, tests/e2e/test_publish_run.py",
     "cli/sensitivity.py": "an entry point (parse, one call): tests/e2e/test_sensitivity.py",
     "cli/sweep.py": "an entry point: tests/e2e/test_sweep.py",
@@ -50,7 +55,7 @@ TESTED_ELSEWHERE = {
     "cli/compare.py": "an entry point: tests/e2e/test_compare_evaluate.py",
     "cli/evaluate.py": "an entry point: tests/e2e/test_compare_evaluate.py",
     "cli/export.py": "an entry point: tests/e2e/test_export.py",
-    "phases.py": "timed by every task: tests/unit/test_lifecycle.py",
+    "phases.py": "timed by every task: tests/unit/tasks/test_lifecycle.py",
     "model/architecture.py": "shape values refused in tests/unit/test_bad_input_checks.py; the meta "
                              "model in tests/unit/test_planner.py",
     "model/checkpoint.py": "weights vs config.json in tests/unit/test_bad_input_checks.py; every "

@@ -22,10 +22,10 @@ NOT_MANIFESTS = {
     ("report.py", "doc"),  # the JSON report being assembled
     ("compare.py", "f"),  # _run_fields' plain row
     ("export.py", "hf_quant"), ("exported_checkpoint.py", "hf_quant"),  # hf_quant_config.json
-    ("mixed.py", "heldout"), ("cli/recipe.py", "result.heldout"),  # held-out KL rows
+    ("mixed/heldout.py", "heldout"), ("cli/recipe.py", "result.heldout"),  # held-out KL rows
     ("recipe_files.py", "recipe.info.get('source') or {}"),  # a recipe's source run
     ("redact.py", "m"),  # a regex match
-    ("job.py", "req.choices"),  # Hydra's config group choices
+    ("tasks/sensitivity.py", "req.choices"),  # Hydra's config group choices
     ("planner.py", "plan"),  # the planner's JSON plan
 }
 

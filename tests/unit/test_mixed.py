@@ -27,6 +27,7 @@ from layer_sensitivity.schema import (
     SensitivityConfig,
     TrackingConfig,
 )
+from layer_sensitivity.tasks import recipe as recipe_task
 from tests.helpers.manifests import typed
 
 
@@ -257,7 +258,7 @@ def test_metric_keys_are_valid_mlflow_keys() -> None:
         for g in groups:
             name = recipes.format_name(p["recipe"][g.handle])
             p["mix"].setdefault(name, {"groups": 0.0, "weights_share": 0.0})["groups"] += 1
-    metrics = mixed.run_metrics(typed(doc))
+    metrics = recipe_task.run_metrics(typed(doc))
     keys = {k for k, _, _ in metrics}
     assert "mixed/groups/FP8_DEFAULT_CFG" in keys and "single/FP8_DEFAULT_CFG/total_score" in keys
     assert all(re.fullmatch(r"[A-Za-z0-9_\-./: ]+", k) for k in keys)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from .. import console, tracking
-from ..compare_runs import compare_runs
+from ..tasks.compare import compare_runs
 from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
 
 

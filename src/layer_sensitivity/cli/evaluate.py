@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import console, tracking
 from ..equal_bits import wide
 from ..errors import UserError
-from ..evaluate_runs import evaluate_run, headline
+from ..tasks.evaluate import evaluate_run, headline
 from .common import (
     check_input_file,
     check_out_dir,

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="default: MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     args = parser.parse_args(argv)
     setup_plain_logging()
-    from ..export_runs import export_run  # torch and ModelOpt: after --help (fast)
+    from ..tasks.export import export_run  # torch and ModelOpt: after --help (fast)
 
     with user_errors():
         force = parse_bool(args.force, "force")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import console, publish, tracking
 from ..errors import UserError
+from ..tasks.publish import publish_tracked
 from .common import check_out_dir, install_signal_handlers, setup_plain_logging, user_errors
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         check_out_dir(root, "--root")
         # A record of what was done to the run, nested under it (under `mlflow run`: its own run).
         store, tracker = tracking.open_store(args.tracking_uri)
-        result = publish.publish_tracked(store, tracker, args.run_id, root, force=force,
+        result = publish_tracked(store, tracker, args.run_id, root, force=force,
                                          models=models).result
     if result.status == "unchanged":
         done = f"run {args.run_id} is already published at {result.path}; nothing to do"

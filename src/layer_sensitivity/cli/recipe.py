@@ -7,7 +7,7 @@
         # formats, budget, method, score size from a ModelOpt AutoQuantize recipe (name or path)
 
 Each format is composed as the sensitivity job would compose ``quant_pair=<format>`` (aliases
-resolve through conf/quant_pair) with the same overrides; ``mixed.run_and_log`` does the rest.
+resolve through conf/quant_pair) with the same overrides; ``tasks.recipe.run_and_log`` does the rest.
 With both single-format analyses already run on the same data settings, only the solver runs.
 """
 
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv[1:] if argv is None else argv)))
     setup_plain_logging()
     from .. import mixed, tracking
+    from ..tasks import recipe as recipe_task
 
     with user_errors():
         from .publish import parse_bool
@@ -167,13 +168,13 @@ def main(argv: list[str] | None = None) -> None:
         check_out_dir(out_dir, "hydra.run.dir")
         # No Hydra run here: the output directory the configs interpolate is this one.
         cfgs, config_yaml = compose_configs(formats, [*overrides, f"output_layout.dir={out_dir}"])
-        req = mixed.MixedRequest(cfgs, budgets, out_dir,
-                                 requested=formats, strategy=args.strategy,
-                                 config_yaml=config_yaml,
-                                 params={"overrides": " ".join(args.overrides)},
-                                 heldout=heldout)
+        req = recipe_task.MixedRequest(cfgs, budgets, out_dir,
+                                       requested=formats, strategy=args.strategy,
+                                       config_yaml=config_yaml,
+                                       params={"overrides": " ".join(args.overrides)},
+                                       heldout=heldout)
         tracker = tracking.create(cfgs[0].tracking)
-        result = mixed.run_and_log(req, tracker)
+        result = recipe_task.run_and_log(req, tracker)
     lines = []
     for point in result.manifest.frontier:
         mix = ", ".join(f"{'16 bits' if n == mixed.NONE else n} {v.weights_share:.0%}"

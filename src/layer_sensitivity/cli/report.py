@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .. import console, tracking
-from ..regenerate import report_run
+from ..tasks.report import report_run
 from .common import install_signal_handlers, setup_plain_logging, user_errors
 
 

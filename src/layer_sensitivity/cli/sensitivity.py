@@ -17,10 +17,11 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .. import console, job, paths, sweep, tracking
+from .. import console, paths, sweep, tracking
 from ..errors import ReportedError, UserError
 from ..redact import redact_text
 from ..schema import SensitivityConfig
+from ..tasks import sensitivity as job
 from . import config_store  # noqa: F401 - registers the schemas and resolvers
 from .app_state import APP
 from .common import fail, flatten, install_signal_handlers, redact_logging, user_errors

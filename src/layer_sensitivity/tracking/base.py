@@ -1,7 +1,7 @@
 """The tracking interface the core logs through: a run you log into, and a tracker that starts,
 nests and ends runs. MLflow implements it (``tracking.mlflow``); ``NoopTracker`` logs nothing.
 
-No MLflow import here: the core (job, sweep bookkeeping) depends on this module only.
+No MLflow import here: the tasks and sweep bookkeeping depends on this module only.
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import compare, manifest
-from .errors import UserError
+from .. import compare, manifest
+from ..errors import UserError
+from ..phases import Phases
 from .lifecycle import Outputs, RunSpec, Task, run_task
-from .phases import Phases
 
 if TYPE_CHECKING:
-    from .tracking import Run, Tracker
-    from .tracking.base import RunReader, RunRecord
+    from ..tracking import Run, Tracker
+    from ..tracking.base import RunReader, RunRecord
 
 log = logging.getLogger(__name__)
 

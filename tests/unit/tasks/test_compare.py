@@ -1,4 +1,4 @@
-"""``compare_runs``: which runs are compared, and the comparison logged as one run."""
+"""``tasks/compare``: which runs are compared, and the comparison logged as one run."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from layer_sensitivity import compare
-from layer_sensitivity.compare_runs import compare_runs, select_runs
 from layer_sensitivity.errors import UserError
+from layer_sensitivity.tasks.compare import compare_runs, select_runs
 from tests.helpers.tracking import MemoryReader, RecordingTracker
 
-FIXTURES = Path(__file__).parent / "fixtures" / "compare"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "compare"
 
 
 @pytest.fixture

@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import figures, ground_truth, manifest, recipes
+from .. import figures, ground_truth, manifest, recipes
+from ..phases import Phases
+from ..tracking.base import Metric
 from .lifecycle import Outputs, RunSpec, Task, run_task
-from .phases import Phases
-from .tracking.base import Metric
 
 if TYPE_CHECKING:
-    from .equal_bits import EqualBits
-    from .tracking import Run, Tracker
-    from .tracking.base import RunReader
+    from ..equal_bits import EqualBits
+    from ..tracking import Run, Tracker
+    from ..tracking.base import RunReader
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class EvaluateTask(Task["EqualBits"]):
                  keep: Sequence[float] | None = None, eval_captions: str | None = None,
                  max_eval_samples: int | None = None, draws: int | None = None,
                  truth: bool = True, truth_subset: int | None = None) -> None:
-        from . import baselines, equal_bits
+        from .. import baselines, equal_bits
 
         self.store, self.run_id, self.out_dir = store, run_id, out_dir
         self.headroom = list(keep) if keep is not None else list(equal_bits.DEFAULT_HEADROOM)
@@ -172,7 +172,7 @@ class EvaluateTask(Task["EqualBits"]):
                        tags={"evaluate.of": self.run_name})
 
     def params(self) -> dict[str, Any]:
-        from .baselines import EQUAL_BITS_TOLERANCE
+        from ..baselines import EQUAL_BITS_TOLERANCE
 
         truth = ("off" if not self.truth else f"{self.truth_subset} groups" if self.truth_subset
                  else "all groups")
@@ -183,7 +183,7 @@ class EvaluateTask(Task["EqualBits"]):
                 "evaluate.max_eval_samples": self.max_eval_samples}
 
     def execute(self, run: Run, phases: Phases) -> EqualBits:
-        from . import equal_bits
+        from .. import equal_bits
 
         with phases("evaluate"):
             if equal_bits.is_single_format(self.doc):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from layer_sensitivity import evaluate_runs
 from layer_sensitivity.equal_bits import EqualBits
+from layer_sensitivity.tasks import evaluate as evaluate_runs
 
 
 def _summary() -> pd.DataFrame:

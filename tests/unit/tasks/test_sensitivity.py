@@ -1,4 +1,4 @@
-"""``job``: a sensitivity job's run (name, params, tags) and a sweep job's status file, without
+"""``tasks/sensitivity``: a sensitivity job's run (name, params, tags) and a sweep job's status file, without
 running the model (bad input stops every case here before the model loads)."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from layer_sensitivity import job, sweep
+from layer_sensitivity import sweep
 from layer_sensitivity.errors import UserError
-from layer_sensitivity.lifecycle import PHASE_TAG
 from layer_sensitivity.schema import SensitivityConfig
+from layer_sensitivity.tasks import sensitivity as job
+from layer_sensitivity.tasks.lifecycle import PHASE_TAG
 from tests.helpers.tracking import RecordingTracker
 
 

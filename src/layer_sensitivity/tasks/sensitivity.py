@@ -15,16 +15,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import catalogue, paths, pipeline, profiles, sweep
-from .errors import UserError
+from .. import catalogue, paths, pipeline, profiles, sweep
+from ..errors import UserError
+from ..manifest import Manifest
+from ..phases import Phases
+from ..redact import redact_text
+from ..reuse import Resources
+from ..schema import OutputLayout, SensitivityConfig
+from ..tracking import Run, Tracker
+from ..tracking.base import end_status, error_text
 from .lifecycle import Ended, Outputs, RunSpec, Task, run_task, seconds_metrics
-from .manifest import Manifest
-from .phases import Phases
-from .redact import redact_text
-from .reuse import Resources
-from .schema import OutputLayout, SensitivityConfig
-from .tracking import Run, Tracker
-from .tracking.base import end_status, error_text
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _bits_text(value: Any) -> str:
 
 def output_dir(cfg: SensitivityConfig, plan: pipeline.Plan, hydra_dir: Path) -> Path:
     if cfg.output_layout.kind == OutputLayout.publish:
-        from .publish import analysis_dir
+        from ..publish import analysis_dir
 
         return analysis_dir(Path(cfg.output_layout.root), cfg, plan.scheme_name)
     return hydra_dir
@@ -209,7 +209,7 @@ class SensitivityTask(Task[pipeline.Result]):
         beside the analysis directory, renamed into place once everything is logged (a full disk
         or an interruption leaves nothing half-written in the publish tree)."""
         if self.req.cfg.output_layout.kind == OutputLayout.publish:
-            from .publish import staged
+            from ..publish import staged
 
             with staged(self.final_dir) as self.out_dir:
                 yield

@@ -21,10 +21,10 @@ from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
-from .errors import out_of_space
-from .phases import Phases
-from .tracking import Interrupted, Run, Tracker
-from .tracking.base import Metric, end_status, error_text
+from ..errors import out_of_space
+from ..phases import Phases
+from ..tracking import Interrupted, Run, Tracker
+from ..tracking.base import Metric, end_status, error_text
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def run_task(task: Task[R], tracker: Tracker, *, validate_in_run: bool = False,
 def _log_outputs(run: Run, out: Outputs) -> None:
     if out.params:
         run.log_params(out.params)
-    run.log_metrics(out.metrics)
+    if out.metrics:
+        run.log_metrics(out.metrics)
     for stem, df in out.tables.items():
         run.log_table(df, stem)
     tags = dict(out.tags) | ({NOTE_TAG: out.description} if out.description else {})

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from layer_sensitivity.errors import OutOfSpace, UserError
-from layer_sensitivity.lifecycle import (
+from layer_sensitivity.phases import Phases
+from layer_sensitivity.tasks.lifecycle import (
     PHASE_TAG,
     Ended,
     Outputs,
@@ -20,7 +21,6 @@ from layer_sensitivity.lifecycle import (
     Task,
     run_task,
 )
-from layer_sensitivity.phases import Phases
 from layer_sensitivity.tracking import Interrupted, Run
 from tests.helpers.tracking import RecordedRun, RecordingTracker
 

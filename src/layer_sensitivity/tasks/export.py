@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import export, manifest, recipe_files
-from .errors import UserError
+from .. import export, manifest, recipe_files
+from ..errors import UserError
+from ..phases import Phases
 from .lifecycle import Outputs, RunSpec, Task, run_task
-from .phases import Phases
 
 if TYPE_CHECKING:
-    from .tracking import Run, Tracker
-    from .tracking.base import RunReader
+    from ..tracking import Run, Tracker
+    from ..tracking.base import RunReader
 
 log = logging.getLogger(__name__)
 
