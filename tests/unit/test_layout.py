@@ -41,6 +41,9 @@ TESTED_ELSEWHERE = {
                  "tests/unit/catalogue/test_runtimes.py",
     "tasks/export.py": "a tracked export of a real checkpoint: tests/e2e/test_export.py",
     "tasks/recipe.py": "its metrics in tests/unit/test_mixed.py; the run in tests/e2e/test_mixed.py",
+    "compare/rankings.py": "tests/unit/test_compare.py (the package's public functions)",
+    "compare/heatmaps.py": "tests/unit/test_compare.py (figures of a comparison and of a sweep)",
+    "compare/document.py": "tests/unit/test_compare.py (Markdown, JSON, CSV, headline)",
     "mixed/plan.py": "tests/unit/test_mixed.py (every refusal before the model loads)",
     "mixed/search.py": "tests/unit/test_mixed.py (labels, solve); searches in tests/e2e/test_mixed.py",
     "mixed/heldout.py": "tests/unit/test_mixed.py (its metrics and description); measured in "

@@ -20,7 +20,7 @@ SECTIONS = set(Manifest.model_fields)  # scheme, model, dataset, quantization, l
 # Dicts outside the manifest that happen to use a section's name as a key: (module, receiver).
 NOT_MANIFESTS = {
     ("report.py", "doc"),  # the JSON report being assembled
-    ("compare.py", "f"),  # _run_fields' plain row
+    ("compare/rankings.py", "f"),  # _run_fields' plain row
     ("export.py", "hf_quant"), ("exported_checkpoint.py", "hf_quant"),  # hf_quant_config.json
     ("mixed/heldout.py", "heldout"), ("cli/recipe.py", "result.heldout"),  # held-out KL rows
     ("recipe_files.py", "recipe.info.get('source') or {}"),  # a recipe's source run
