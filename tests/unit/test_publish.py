@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -214,18 +213,3 @@ def test_a_full_disk_leaves_no_directory_chain_and_one_paragraph(
     with pytest.raises(OutOfSpace, match="no space left on the device"):
         publish.publish_files(_files(tmp_path), dest, _prov("run-a"))
     assert not root.exists()
-
-
-def test_staged_output_is_renamed_into_place_only_when_complete(tmp_path: Path) -> None:
-    import errno
-
-    dest = tmp_path / "root" / "model" / "layer-analysis" / "scheme"
-    with pytest.raises(OSError, match="No space left"), publish.staged(dest) as stage:
-        (stage / "manifest.json").write_text("{}")
-        assert not dest.exists()  # nothing in the publish tree while the job writes
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    assert not (tmp_path / "root").exists()  # no half-written analysis, no empty directory chain
-    with publish.staged(dest) as stage:
-        (stage / "manifest.json").write_text("{}")
-    assert (dest / "manifest.json").read_text() == "{}"
-    assert [p.name for p in dest.parent.iterdir()] == ["scheme"]  # no staging directory left

@@ -209,7 +209,7 @@ class SensitivityTask(Task[pipeline.Result]):
         beside the analysis directory, renamed into place once everything is logged (a full disk
         or an interruption leaves nothing half-written in the publish tree)."""
         if self.req.cfg.output_layout.kind == OutputLayout.publish:
-            from ..publish import staged
+            from ..staging import staged
 
             with staged(self.final_dir) as self.out_dir:
                 yield
