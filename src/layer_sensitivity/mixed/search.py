@@ -10,15 +10,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from .. import (
-    autoquant,
-    calibration,
-    model,
-    pipeline,
-    recipes,
-)
+from .. import autoquant, calibration, pipeline, recipes
 from ..errors import UserError
 from ..groups import GroupStats, format_bits, min_scope_bits
+from ..model import placement, scope
 from ..reuse import Resources
 from .plan import BITS_TOLERANCE, DIRECT, NONE, MixedPlan
 
@@ -42,7 +37,7 @@ class MixedScores:
     weights_frozen: int
 
     def modelopt_bits(self, target: float) -> float:
-        return model.modelopt_bits(target, self.weights_in_scope, self.weights_frozen)
+        return scope.modelopt_bits(target, self.weights_in_scope, self.weights_frozen)
 
     @property
     def cache(self) -> dict[str, Any] | None:
@@ -68,7 +63,7 @@ def direct_reason(mp: MixedPlan) -> str | None:
 
 def search(mp: MixedPlan, batches: list[calibration.Batch], resources: Resources) -> MixedScores:
     """Composed from single-format states (stored, or searched alone and stored), else direct."""
-    dtype = str(model.resolve_dtype(mp.cfg.model.dtype, mp.formats[0].device))
+    dtype = str(placement.resolve_dtype(mp.cfg.model.dtype, mp.formats[0].device))
     why = direct_reason(mp)
     if why is None:
         singles = [pipeline.scores(p, batches, resources) for p in mp.formats]
@@ -94,8 +89,8 @@ def _direct(mp: MixedPlan, batches: list[calibration.Batch], resources: Resource
 
     p, c = mp.formats[0], mp.cfg
     loaded = resources.model(c.model, p.checkpoint, p.device)
-    in_scope, frozen = model.weight_counts(loaded.model, mp.frozen_patterns)
-    given = model.modelopt_bits(mp.budgets[0], in_scope, frozen)
+    in_scope, frozen = scope.weight_counts(loaded.model, mp.frozen_patterns)
+    given = scope.modelopt_bits(mp.budgets[0], in_scope, frozen)
     on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
     torch.manual_seed(c.autoquant.seed)
     try:
@@ -104,7 +99,7 @@ def _direct(mp: MixedPlan, batches: list[calibration.Batch], resources: Resource
                                      frozen_patterns=mp.frozen_patterns,
                                      num_score_steps=p.score_steps)
     except autoquant.InfeasibleTarget as e:
-        lm_min = model.scope_bits(e.minimum_bits, in_scope, frozen)
+        lm_min = scope.scope_bits(e.minimum_bits, in_scope, frozen)
         raise UserError(
             f"effective_bits={mp.budgets[0]:g} is infeasible for formats={','.join(mp.requested)} "
             f"on this model: the language model reaches at least {lm_min:.4f} bits (ModelOpt "

@@ -8,11 +8,5 @@
 - ``loader``: the model and tokenizer, offline, eval mode
 - ``scope``: which weights a search covers; bit targets over them vs ModelOpt's
 
-Import the module that holds a name (``from .model import scope``). The names below are the ones
-``mixed.py`` still reaches as ``model.<name>``.
+Import the module that holds a name (``from .model import scope``).
 """
-
-from .placement import resolve_dtype
-from .scope import modelopt_bits, scope_bits, weight_counts
-
-__all__ = ["modelopt_bits", "resolve_dtype", "scope_bits", "weight_counts"]
