@@ -269,23 +269,17 @@ def scores(p: Plan, batches: list[calibration.Batch], resources: Resources) -> S
             stored = _scores(state, dtype, {"key": key, "hit": True, "path": str(cache.path(key))})
             _check_reachable(p, stored)
             return stored
-    loaded = resources.model(c.model, p.checkpoint, p.device)
-    loader.check_finite(loaded.model, p.checkpoint)
-    in_scope, frozen = scope.weight_counts(loaded.model, p.frozen_patterns)
-    given = scope.modelopt_bits(p.target_bits, in_scope, frozen)
-    on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
     try:
         # No checkpoint file: ModelOpt saves one mid-search too, and only a completed search may
         # become a cache entry.
-        state = _search(p, loaded.model, on_device, given)
-    except autoquant.InfeasibleTarget as e:
-        lm_min = scope.scope_bits(e.minimum_bits, in_scope, frozen)
+        state = search(p, [p.quant_cfg], p.target_bits, batches, resources)
+    except Infeasible as e:
         raise UserError(
             f"autoquant.effective_bits={p.target_bits:g} is infeasible for quant_pair="
             f"{c.quant_pair.name} on this model: the language model can reach at least "
-            f"{lm_min:.4f} bits (ModelOpt was given {given:.4f} bits over all its layers, vision "
-            f"included at 16, and reports a minimum of {e.minimum_bits:.4f}). Set "
-            f"autoquant.effective_bits to {math.ceil(lm_min * 100) / 100:g} or more."
+            f"{e.lm_min:.4f} bits (ModelOpt was given {e.given:.4f} bits over all its layers, "
+            f"vision included at 16, and reports a minimum of {e.minimum:.4f}). Set "
+            f"autoquant.effective_bits to {e.fix:g} or more."
         ) from None
     if cache is None or key is None:
         return _scores(state, dtype, None)
@@ -312,12 +306,35 @@ def _check_reachable(p: Plan, s: Scores) -> None:
             f"{math.ceil(lm_min * 100) / 100:g} or more.")
 
 
-def _search(p: Plan, net: torch.nn.Module, batches: list[calibration.Batch], given: float
-            ) -> dict[str, Any]:
-    torch.manual_seed(p.cfg.autoquant.seed)
-    return autoquant.run(net, batches, p.quant_cfg, method=p.cfg.autoquant.method,
-                         modelopt_bits=given, frozen_patterns=p.frozen_patterns,
-                         num_score_steps=p.score_steps)
+class Infeasible(Exception):
+    """ModelOpt's search cannot reach the LM bit target (each caller words the fix)."""
+
+    def __init__(self, lm_min: float, given: float, minimum: float) -> None:
+        super().__init__(f"the language model reaches at least {lm_min:.4f} bits")
+        self.lm_min, self.given, self.minimum = lm_min, given, minimum
+        self.fix = math.ceil(lm_min * 100) / 100  # the smallest target that works, rounded up
+
+
+def search(p: Plan, quant_cfgs: list[dict[str, Any]], target_bits: float,
+           batches: list[calibration.Batch], resources: Resources) -> dict[str, Any]:
+    """One AutoQuantize search over ``quant_cfgs`` (one format, or a mix) on the plan's model,
+    for an LM-level ``target_bits``: the model loaded (refused when not finite), the target
+    translated to ModelOpt's all-layer bits, seeded. Raises ``Infeasible``."""
+    c = p.cfg
+    loaded = resources.model(c.model, p.checkpoint, p.device)
+    loader.check_finite(loaded.model, p.checkpoint)
+    in_scope, frozen = scope.weight_counts(loaded.model, p.frozen_patterns)
+    given = scope.modelopt_bits(target_bits, in_scope, frozen)
+    on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
+    torch.manual_seed(c.autoquant.seed)
+    try:
+        return autoquant.run_formats(loaded.model, on_device, quant_cfgs,
+                                     method=c.autoquant.method, modelopt_bits=given,
+                                     frozen_patterns=p.frozen_patterns,
+                                     num_score_steps=p.score_steps)
+    except autoquant.InfeasibleTarget as e:
+        raise Infeasible(scope.scope_bits(e.minimum_bits, in_scope, frozen), given,
+                         e.minimum_bits) from None
 
 
 def _scores(state: dict[str, Any], dtype: torch.dtype, cache: dict[str, Any] | None) -> Scores:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -85,26 +84,14 @@ def search(mp: MixedPlan, batches: list[calibration.Batch], resources: Resources
 
 def _direct(mp: MixedPlan, batches: list[calibration.Batch], resources: Resources
             ) -> dict[str, Any]:
-    import torch
-
-    p, c = mp.formats[0], mp.cfg
-    loaded = resources.model(c.model, p.checkpoint, p.device)
-    in_scope, frozen = scope.weight_counts(loaded.model, mp.frozen_patterns)
-    given = scope.modelopt_bits(mp.budgets[0], in_scope, frozen)
-    on_device = [{k: v.to(p.device) for k, v in b.items()} for b in batches]
-    torch.manual_seed(c.autoquant.seed)
     try:
-        return autoquant.run_formats(loaded.model, on_device, mp.quant_cfgs,
-                                     method=c.autoquant.method, modelopt_bits=given,
-                                     frozen_patterns=mp.frozen_patterns,
-                                     num_score_steps=p.score_steps)
-    except autoquant.InfeasibleTarget as e:
-        lm_min = scope.scope_bits(e.minimum_bits, in_scope, frozen)
+        return pipeline.search(mp.formats[0], mp.quant_cfgs, mp.budgets[0], batches, resources)
+    except pipeline.Infeasible as e:
         raise UserError(
             f"effective_bits={mp.budgets[0]:g} is infeasible for formats={','.join(mp.requested)} "
-            f"on this model: the language model reaches at least {lm_min:.4f} bits (ModelOpt "
-            f"was given {given:.4f} over all its layers, vision at 16). Give a budget of "
-            f"{math.ceil(lm_min * 100) / 100:g} or more."
+            f"on this model: the language model reaches at least {e.lm_min:.4f} bits (ModelOpt "
+            f"was given {e.given:.4f} over all its layers, vision at 16). Give a budget of "
+            f"{e.fix:g} or more."
         ) from None
 
 
