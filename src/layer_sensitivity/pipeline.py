@@ -153,18 +153,23 @@ def _check_cache_dir(path: Path) -> None:
                         "file. Point it at a directory, or set autoquant.reuse_scores=false.")
 
 
+def out_of_reach(targets: list[float], lowest: float) -> float | None:
+    """The first LM bit target outside [lowest, 16] (lowest: every group in the smallest format)."""
+    return next((t for t in targets if not (lowest - BITS_TOLERANCE <= t <= 16.0)), None)
+
+
 def checked_targets(value: Any, fmt_bits: float, pair: QuantPairConfig) -> list[float]:
     """The bit targets, each within what the pair's format can reach over the language model."""
     targets = bit_targets(value, fmt_bits)
-    for target in targets:
-        if not (fmt_bits - BITS_TOLERANCE <= target <= 16.0):
-            raise UserError(
-                f"autoquant.effective_bits={target:g} is out of reach for quant_pair={pair.name}: "
-                f"the language model can average between {fmt_bits:g} bits (every layer in "
-                f"{pair.modelopt_base}) and 16 bits (nothing quantized). Set "
-                f"autoquant.effective_bits to a value in [{fmt_bits:g}, 16], or null for "
-                f"{fmt_bits:g}."
-            )
+    target = out_of_reach(targets, fmt_bits)
+    if target is not None:
+        raise UserError(
+            f"autoquant.effective_bits={target:g} is out of reach for quant_pair={pair.name}: "
+            f"the language model can average between {fmt_bits:g} bits (every layer in "
+            f"{pair.modelopt_base}) and 16 bits (nothing quantized). Set "
+            f"autoquant.effective_bits to a value in [{fmt_bits:g}, 16], or null for "
+            f"{fmt_bits:g}."
+        )
     return targets
 
 

@@ -176,12 +176,12 @@ def _budgets(value: Any, plans: list[pipeline.Plan], formats: str) -> list[float
     except UserError as e:
         raise UserError(str(e).replace("autoquant.effective_bits", "effective_bits")) from None
     smallest = min(plans, key=lambda p: p.format_bits)
-    for target in targets:
-        if not (low - BITS_TOLERANCE <= target <= 16.0):
-            raise UserError(
-                f"effective_bits={target:g} is out of reach for {formats}: the language model can "
-                f"average between {low:g} bits (every group in {smallest.format_name}) and 16 bits "
-                f"(nothing quantized). Give budgets in [{low:g}, 16], e.g. effective_bits="
-                f"{(low + high) / 2:g} or a list such as [{low:g},{(low + high) / 2:g},{high:g}]."
-            )
+    target = pipeline.out_of_reach(targets, low)
+    if target is not None:
+        raise UserError(
+            f"effective_bits={target:g} is out of reach for {formats}: the language model can "
+            f"average between {low:g} bits (every group in {smallest.format_name}) and 16 bits "
+            f"(nothing quantized). Give budgets in [{low:g}, 16], e.g. effective_bits="
+            f"{(low + high) / 2:g} or a list such as [{low:g},{(low + high) / 2:g},{high:g}]."
+        )
     return targets
