@@ -99,6 +99,7 @@ class CompareTask(Task[tuple[compare.Comparison, list[Path]]]):
                                    experiment=w.experiment, filter_string=w.filter_string)
         with tempfile.TemporaryDirectory() as tmp:
             self.docs = load_manifests(self.store, self.records, Path(tmp))
+        self.comparison = compare.compare(self.docs)  # refuses manifests it cannot compare
 
     def spec(self) -> RunSpec:
         return RunSpec(f"compare {len(self.records)} runs", parent_id=self.which.parent_run_id,
@@ -111,8 +112,7 @@ class CompareTask(Task[tuple[compare.Comparison, list[Path]]]):
 
     def execute(self, run: Run, phases: Phases) -> tuple[compare.Comparison, list[Path]]:
         with phases("compare"):
-            result = compare.compare(self.docs)
-            return result, compare.write_comparison(result, self.out_dir)
+            return self.comparison, compare.write_comparison(self.comparison, self.out_dir)
 
     def outputs(self, result: tuple[compare.Comparison, list[Path]]) -> Outputs:
         comparison, files = result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,16 @@ def test_a_bad_selection_opens_no_run(reader: MemoryReader, tmp_path: Path) -> N
     with pytest.raises(UserError):
         compare_runs(reader, tracker, tmp_path, run_ids=["fp8", "nope"])
     assert tracker.runs == []
+
+
+def test_a_manifest_that_cannot_be_compared_opens_no_run(reader: MemoryReader,
+                                                        tmp_path: Path) -> None:
+    future = tmp_path / "future_quant_manifest.json"
+    doc = json.loads((FIXTURES / "tiny-qwen3-vl_autoquant_wfp8_afp8_lm_small_quant_manifest.json")
+                     .read_text())
+    future.write_text(json.dumps(doc | {"schema_version": 99}))
+    reader.add("future", "from a newer version", future, tags={"mlflow.parentRunId": "parent"})
+    tracker = RecordingTracker()
+    with pytest.raises(UserError, match="schema_version"):
+        compare_runs(reader, tracker, tmp_path / "out", run_ids=["fp8", "future"])
+    assert tracker.runs == [] and not (tmp_path / "out").exists()
