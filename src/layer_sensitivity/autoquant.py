@@ -32,9 +32,19 @@ def _loss(output: Any, batch: Batch) -> torch.Tensor:
 
 def _logits_of_real_tokens(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     # kl_div compares logits directly: keep only positions that hold a caption token.
+    if "pixel_values" in batch:
+        return _logits_predicting_captions(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    use_cache=False).logits
     return logits[batch["attention_mask"].bool()]
+
+
+def _logits_predicting_captions(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """An image-text chat's logits at the positions that predict a caption token (the image,
+    prompt and chat markup are context, not scored), as the gradient method's loss counts them."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits
+    return logits[:, :-1][batch["labels"][:, 1:] != -100]
 
 
 def run(model: torch.nn.Module, batches: list[Batch], quant_cfg: dict[str, Any], *,

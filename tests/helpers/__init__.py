@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "src" / "layer_sensitivity" / "assets"
 TINY_MODEL = ASSETS / "tiny-qwen3-vl"
 CAPTIONS = ASSETS / "captions" / "captions.txt"
+VISION_MODEL = ASSETS / "tiny-qwen3-vl-vision"  # trained on image-caption chats; has a processor
+SHAPES = ASSETS / "shapes-captions"  # the bundled image-caption set (COCO captions format)
 # Tiny jobs: four captions in batches of two (Hydra overrides, space-separated).
 FAST = "dataset.max_calib_samples=4 autoquant.batch_size=2"
 SUBPROCESS_TIMEOUT = 600
