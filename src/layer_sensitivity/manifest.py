@@ -88,6 +88,8 @@ class JobFacts:
     modelopt_config: dict[str, Any]  # the exact ModelOpt config searched (JSON-safe)
     versions: dict[str, str]
     truncated_captions: int = 0  # captions cut at seq_len
+    modality: str = "text"  # dataset.modality
+    images: dict[str, Any] | None = None  # image_text jobs: data digest, pixels, token counts
 
 
 def build(cfg: SensitivityConfig, f: JobFacts, groups: dict[str, GroupStats],
@@ -125,6 +127,7 @@ def build(cfg: SensitivityConfig, f: JobFacts, groups: dict[str, GroupStats],
             batch_size=cfg.autoquant.batch_size, batches=f.batches,
             score_batches=f.score_batches, real_tokens=f.real_tokens,
             padded_tokens=f.padded_tokens, truncated_captions=f.truncated_captions,
+            modality=f.modality, **({"images": f.images} if f.images is not None else {}),
         ),
         quantization=Quantization(
             pair=q.name,

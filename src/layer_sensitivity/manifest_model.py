@@ -85,6 +85,9 @@ class Dataset(Section):
     real_tokens: int | None = None
     padded_tokens: int | None = None
     truncated_captions: int | None = None
+    modality: str | None = None  # text | image_text (absent: text, before image-text runs)
+    # image_text runs: annotations, image folder, data digest, prompt, pixel bounds, token counts
+    images: dict[str, Any] | None = None
 
 
 class FormatInfo(Section):

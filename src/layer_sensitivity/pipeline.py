@@ -23,6 +23,7 @@ from . import (
     budgets,
     calibration,
     catalogue,
+    image_captions,
     manifest,
     recipe_files,
     recipes,
@@ -35,7 +36,7 @@ from .model import checkpoint, digest, loader, placement, scope
 from .model.random_init import RandomInit
 from .phases import Phases
 from .reuse import Resources
-from .schema import Coverage, QuantPairConfig, SensitivityConfig
+from .schema import Coverage, Modality, QuantPairConfig, SensitivityConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ class Plan:
     # Decided here, written by the first phase (``write_planned``): plan writes nothing.
     random_init: RandomInit | None = None  # model.init=random: its weightless directory
     digest_memos: list[digest.ShardMemo] = field(default_factory=list)
+    images: image_captions.ImageCaptions | None = None  # dataset.modality=image_text
+
+    @property
+    def image_settings(self) -> image_captions.ImageSettings:
+        d = self.cfg.dataset
+        return image_captions.ImageSettings(d.image_prompt, d.image_min_pixels, d.image_max_pixels)
 
     @property
     def target_bits(self) -> float:
@@ -75,7 +82,9 @@ class Plan:
         c = self.cfg
         covered = "lm" if c.autoquant.coverage == Coverage.lm_only else "full"
         covered += "" if c.autoquant.lm_head else "_nohead"
-        return f"{c.model.name}_autoquant_{c.quant_pair.name}_{covered}_{c.dataset.size.value}"
+        images = "_image" if self.images is not None else ""
+        return (f"{c.model.name}_autoquant_{c.quant_pair.name}_{covered}_{c.dataset.size.value}"
+                f"{images}")
 
     @property
     def score_steps(self) -> int:
@@ -123,7 +132,9 @@ def plan(cfg: SensitivityConfig) -> Plan:
     ckpt = checkpoint.resolve(cfg.model)
     catalogue.check_layer_fit(cfg.quant_granularity, ckpt.path, frozen, cfg.model.trust_remote_code,
                               ckpt.random_init.config if ckpt.random_init else None)
-    captions = calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg))
+    images = read_images(cfg, ckpt.path)
+    captions = (images.captions if images is not None
+                else calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg)))
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
     targets = checked_targets(aq.effective_bits, fmt_bits, pair)
     score_samples = min(aq.score_size or len(captions.lines), len(captions.lines))
@@ -134,7 +145,7 @@ def plan(cfg: SensitivityConfig) -> Plan:
                       if aq.reuse_scores else (None, []))
     return Plan(cfg, ckpt.path, ckpt.fingerprint, device, captions, quant_cfg,
                 catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
-                score_samples, frozen, weights, ckpt.random_init, memos)
+                score_samples, frozen, weights, ckpt.random_init, memos, images)
 
 
 def write_planned(p: Plan) -> None:
@@ -144,6 +155,25 @@ def write_planned(p: Plan) -> None:
         p.random_init.write()
     for memo in p.digest_memos:
         memo.write()
+
+
+def read_images(cfg: SensitivityConfig, checkpoint: Path) -> image_captions.ImageCaptions | None:
+    """The image-caption pairs of an image_text job, every one checked (None for text jobs)."""
+    d = cfg.dataset
+    if d.modality != Modality.image_text:
+        return None
+    if not d.annotations_path or not d.images_dir:
+        raise UserError("dataset.modality=image_text needs dataset.annotations_path (a COCO-style "
+                        "captions JSON) and dataset.images_dir (its images). Use "
+                        "dataset=image_captions, or set both.")
+    for name in ("image_min_pixels", "image_max_pixels"):
+        if getattr(d, name) <= 0:
+            raise UserError(f"dataset.{name}={getattr(d, name)} must be a positive pixel count.")
+    if d.image_min_pixels > d.image_max_pixels:
+        raise UserError(f"dataset.image_min_pixels={d.image_min_pixels} is above "
+                        f"dataset.image_max_pixels={d.image_max_pixels}; set min <= max.")
+    image_captions.check_image_support(checkpoint)
+    return image_captions.read_image_captions(d.annotations_path, d.images_dir, sample_count(cfg))
 
 
 def _check_cache_dir(path: Path) -> None:
@@ -222,6 +252,9 @@ def calibration_data(p: Plan, resources: Resources) -> list[calibration.Batch]:
     write_planned(p)
     c = p.cfg
     tokenizer = resources.tokenizer(c.model, p.checkpoint)
+    if p.images is not None:
+        return resources.image_batches(p.images, tokenizer, p.checkpoint, p.image_settings,
+                                       c.autoquant.batch_size, c.dataset.calib_seq_len)
     batches = resources.batches(p.captions, tokenizer, f"{p.checkpoint.resolve()}",
                                 c.autoquant.batch_size, c.dataset.calib_seq_len,
                                 c.dataset.pad_to_longest, c.dataset.sort_by_length)
@@ -237,7 +270,15 @@ def score_key_ingredients(p: Plan, dtype: torch.dtype, batches: list[calibration
                           ) -> dict[str, Any]:
     """Everything stored scores depend on (ModelOpt itself checks only the formats)."""
     c = p.cfg
+    images = {} if p.images is None else {  # text jobs keep their keys (and stored scores)
+        "modality": c.dataset.modality.value,
+        "images_sha256": p.images.sha256,
+        "image_settings": p.image_settings.as_dict(),
+        "pixel_values_sha256": scorecache.tensors_digest(batches, "pixel_values", "image_grid_thw",
+                                                         "labels"),
+    }
     return {
+        **images,
         "model_fingerprint": p.fingerprint,
         "weights_sha256": p.weights_sha256,  # the weights' bytes, not only their shapes
         "dtype": str(dtype),
@@ -401,7 +442,18 @@ def job_facts(p: Plan, s: ScoreCounts, batches: list[calibration.Batch], *, sche
         modelopt_bits=s.modelopt_bits(target_bits), format_name=format_name,
         weight_quantizer=weight_quantizer, input_quantizer=input_quantizer,
         modelopt_config=modelopt_config, versions=versions(),
-        truncated_captions=calibration.truncated_count(batches, p.cfg.dataset.calib_seq_len))
+        truncated_captions=calibration.truncated_count(batches, p.cfg.dataset.calib_seq_len),
+        modality=p.cfg.dataset.modality.value, images=image_facts(p, batches))
+
+
+def image_facts(p: Plan, batches: list[calibration.Batch]) -> dict[str, Any] | None:
+    """What the manifest records of an image_text job's images (None for text jobs)."""
+    if p.images is None:
+        return None
+    return {"annotations_path": str(p.images.annotations), "images_dir": str(p.images.images_dir),
+            "sha256": p.images.sha256, **p.image_settings.as_dict(),
+            "vision_tokens": image_captions.vision_tokens(batches),
+            "caption_tokens": image_captions.caption_tokens(batches)}
 
 
 def write_outputs(p: Plan, s: Scores, sol: Solution, batches: list[calibration.Batch],

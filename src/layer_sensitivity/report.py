@@ -118,7 +118,7 @@ def _recorded(section: Section, names: list[str]) -> dict[str, Any]:
 def _dataset(m: Manifest) -> dict[str, Any]:
     return _recorded(m.dataset, ["name", "size", "path", "sha256", "samples_used", "samples_max",
                                  "seq_len", "batch_size", "batches", "score_batches",
-                                 "truncated_captions"])
+                                 "truncated_captions", "modality", "images"])
 
 
 def _quantization(m: Manifest) -> dict[str, Any]:

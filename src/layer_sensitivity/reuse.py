@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import calibration
+from . import calibration, image_captions
 from .model import loader
 from .schema import ModelConfig
 
@@ -56,6 +56,22 @@ class Resources:
         self.tokenizations += 1
         batches = calibration.build_batches(captions.lines, tokenizer, batch_size, seq_len,
                                             pad_to_longest, sort_by_length)
+        if self.keep:
+            self._batches[key] = batches
+        return batches
+
+    def image_batches(self, data: image_captions.ImageCaptions, tokenizer: Any, path: Path,
+                      settings: image_captions.ImageSettings, batch_size: int,
+                      seq_len: int) -> list[calibration.Batch]:
+        """Image-caption chats through the checkpoint's own image processor and chat template."""
+        key = ("image", data.sha256, str(path.resolve()), tuple(settings.as_dict().items()),
+               batch_size, seq_len)
+        if key in self._batches:
+            return self._batches[key]
+        self.tokenizations += 1
+        processor = image_captions.load_image_processor(path)
+        batches = image_captions.build_batches(data, tokenizer, processor, settings, batch_size,
+                                               seq_len)
         if self.keep:
             self._batches[key] = batches
         return batches

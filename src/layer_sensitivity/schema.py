@@ -32,6 +32,13 @@ class DatasetSize(_Choice):
     large = "large"
 
 
+class Modality(_Choice):
+    """What the language model sees during calibration and scoring."""
+
+    text = "text"  # captions alone (the default: comparable and fast)
+    image_text = "image_text"  # an image, a prompt and its caption as Qwen3-VL's chat
+
+
 class Precision(_Choice):
     """A weight or activation precision as users name it (fp16 = left unquantized)."""
 
@@ -98,6 +105,15 @@ class DatasetConfig:
     # false = pad every batch to calib_seq_len (the earlier runner's way; same scores, more compute)
     pad_to_longest: bool = True
     sort_by_length: bool = False  # batch captions of similar length together (less padding)
+    # modality=image_text (conf/dataset/image_captions.yaml): COCO-style captions JSON and the
+    # folder of its images; each image is resized to within [min, max] pixels by the model's
+    # processor, which sets its number of vision tokens (and so memory).
+    modality: Modality = Modality.text
+    annotations_path: Optional[str] = None
+    images_dir: Optional[str] = None
+    image_prompt: str = "Describe the picture."
+    image_min_pixels: int = 1024
+    image_max_pixels: int = 9216
 
 
 class FP4Format(_Choice):

@@ -71,6 +71,17 @@ def batches_digest(batches: list[Batch]) -> str:
     return h.hexdigest()
 
 
+def tensors_digest(batches: list[Batch], *names: str) -> str:
+    """sha256 over the named tensors of every batch (e.g. an image job's pixels and labels)."""
+    h = hashlib.sha256()
+    for b in batches:
+        for name in names:
+            t = b[name].detach().to("cpu").contiguous()
+            h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode()
+                     + t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def cache_key(ingredients: dict[str, Any]) -> str:
     blob = json.dumps({"key_version": KEY_VERSION, **ingredients}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

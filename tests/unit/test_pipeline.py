@@ -157,3 +157,47 @@ def test_a_frontier_target_below_the_format_is_out_of_reach(tmp_path: Path) -> N
 def test_non_positive_sizes_are_refused_by_plan(tmp_path: Path, override: str) -> None:
     with pytest.raises(UserError, match=f"{override.replace('.', '[.]')} must be a positive"):
         pipeline.plan(_cfg(tmp_path, override))
+
+
+# --- dataset=image_captions ---------------------------------------------------------------------
+
+VISION = ["dataset=image_captions", "model=tiny_qwen3_vl_vision"]
+
+
+def test_image_plan_records_the_modality_and_the_pairs(tmp_path: Path) -> None:
+    p = pipeline.plan(_cfg(tmp_path, *VISION))
+    assert p.images is not None and len(p.images.pairs) == 8
+    assert p.captions.lines == tuple(c for _, c in p.images.pairs)
+    assert p.scheme_name.endswith("_small_image")
+    assert pipeline.plan(_cfg(tmp_path)).images is None  # text stays the default
+
+
+def test_image_score_key_covers_images_and_settings(tmp_path: Path, resources: Resources) -> None:
+    cfg = _cfg(tmp_path, *VISION)
+    base = _key(cfg, resources)
+    text = _key(_cfg(tmp_path, "model=tiny_qwen3_vl_vision"), resources)
+    fewer_pixels = _key(_with(cfg, **{"dataset.image_max_pixels": 64 * 64}), resources)
+    prompt = _key(_with(cfg, **{"dataset.image_prompt": "What is drawn?"}), resources)
+    assert len({base, text, fewer_pixels, prompt}) == 4
+    p = pipeline.plan(cfg)
+    ingredients = pipeline.score_key_ingredients(p, torch.float32,
+                                                 pipeline.calibration_data(p, resources))
+    assert ingredients["modality"] == "image_text" and ingredients["images_sha256"]
+    # Text jobs keep exactly their earlier key ingredients (and so their stored scores).
+    tp = pipeline.plan(_cfg(tmp_path))
+    assert "modality" not in pipeline.score_key_ingredients(
+        tp, torch.float32, pipeline.calibration_data(tp, resources))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["dataset=image_captions"], "no preprocessor_config.json and a chat template"),
+    ([*VISION, "dataset.images_dir=/nonexistent/images"], "Image folder .* does not exist"),
+    ([*VISION, "dataset.annotations_path=/nonexistent.json"], "does not exist"),
+    ([*VISION, "dataset.image_min_pixels=20000"], "image_min_pixels=20000 is above"),
+    ([*VISION, "dataset.image_max_pixels=0"], "image_max_pixels=0 must be a positive"),
+    ([*VISION, "dataset.annotations_path=null"], "needs dataset.annotations_path"),
+])
+def test_bad_image_jobs_are_refused_by_plan(tmp_path: Path, overrides: list[str],
+                                            message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        pipeline.plan(_cfg(tmp_path, *overrides))

@@ -58,6 +58,8 @@ class JobRequest:
 def default_run_name(cfg: SensitivityConfig) -> str:
     """``<pair>/<granularity>/<size>``, plus the method and bit targets when not the defaults."""
     name = f"{cfg.quant_pair.name}/{cfg.quant_granularity.name}/{cfg.dataset.size.value}"
+    if cfg.dataset.modality.value != "text":
+        name += f" {cfg.dataset.modality.value}"
     if cfg.autoquant.method.value != "gradient":
         name += f" {cfg.autoquant.method.value}"
     bits = cfg.autoquant.effective_bits
