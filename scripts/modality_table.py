@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Text-only vs image-text sensitivity of the same language model: a Markdown table.
+
+For each precision pair, three AutoQuantize jobs on the image-text embedded model
+(``model=tiny_qwen3_vl_vision``, no tracking, no score cache):
+
+- ``text``: the project's default text calibration (``dataset=captions``),
+- ``caption_text``: the image set's own captions as plain text (the same words, no image),
+- ``image_text``: ``dataset=image_captions`` (the image, a prompt, the caption as the answer).
+
+``caption_text`` separates what the images change from what the other captions change. Printed:
+per group, its share of the run's total importance and its rank under each modality; Spearman
+between every two modalities; the groups that move most between text and image-text.
+
+    PYTHONPATH=src python scripts/modality_table.py                  # fp8 and int4, size small
+    PYTHONPATH=src python scripts/modality_table.py --pairs fp8 --size medium
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from layer_sensitivity import compare, pipeline
+from layer_sensitivity.cli.config_store import CONF_DIR, register
+from layer_sensitivity.schema import SensitivityConfig
+
+MODALITIES = ("text", "caption_text", "image_text")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", nargs="+", default=["fp8", "int4"])
+    p.add_argument("--size", default="small", choices=["small", "medium", "large"])
+    p.add_argument("--method", default="gradient", choices=["gradient", "kl_div"])
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    return p.parse_args(argv)
+
+
+def config(pair: str, modality: str, size: str, method: str, work: Path) -> SensitivityConfig:
+    overrides = ["model=tiny_qwen3_vl_vision", f"quant_pair={pair}", f"dataset.size={size}",
+                 f"autoquant.method={method}", "autoquant.reuse_scores=false", "tracking=none"]
+    if modality == "image_text":
+        overrides.append("dataset=image_captions")
+    elif modality == "caption_text":
+        overrides.append(f"dataset.captions_path={shape_captions(work)}")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("sensitivity", overrides=overrides)
+    cfg.output_layout.dir = str(work / "out")
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def shape_captions(work: Path) -> Path:
+    """The image set's training captions, one per line, in file order (as image_text uses them)."""
+    path = work / "shape_captions.txt"
+    if not path.exists():
+        from layer_sensitivity import paths
+
+        doc = json.loads(Path(paths.asset("shapes-captions/captions_train.json")).read_text())
+        path.write_text("".join(a["caption"] + "\n" for a in doc["annotations"]))
+    return path
+
+
+def measure(pair: str, size: str, method: str, work: Path) -> compare.Comparison:
+    manifests = {}
+    for modality in MODALITIES:
+        p = pipeline.plan(config(pair, modality, size, method, work))
+        manifests[modality] = pipeline.run(p, work / f"{pair}-{modality}").manifest
+    return compare.compare(manifests)
+
+
+def spearman(cmp: compare.Comparison, a: str, b: str) -> float:
+    return float(cmp.spearman.loc[a, b])
+
+
+def table(pair: str, cmp: compare.Comparison) -> str:
+    names = cmp.groups["name"]
+    lines = [f"### {pair}", "",
+             "| group | text share | text rank | caption-text rank | image-text share | "
+             "image-text rank | rank change (text -> image) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for h in sorted(cmp.shared_groups, key=lambda h: cmp.ranks.at[h, "image_text"]):
+        r = cmp.ranks.loc[h]
+        lines.append(
+            f"| {names[h]} | {cmp.shares.at[h, 'text']:.3f} | {int(r['text'])} | "
+            f"{int(r['caption_text'])} | {cmp.shares.at[h, 'image_text']:.3f} | "
+            f"{int(r['image_text'])} | {int(r['text']) - int(r['image_text']):+d} |")
+    lines += ["", "Spearman: " + ", ".join(
+        f"{a} vs {b} {spearman(cmp, a, b):.3f}"
+        for a, b in (("text", "image_text"), ("caption_text", "image_text"),
+                     ("text", "caption_text"))), ""]
+    moved = sorted(cmp.shared_groups, key=lambda h: -abs(cmp.ranks.at[h, "text"]
+                                                         - cmp.ranks.at[h, "image_text"]))[:3]
+    lines.append("Moved most (text -> image-text): " + ", ".join(
+        f"{names[h]} ({int(cmp.ranks.at[h, 'text'])} -> {int(cmp.ranks.at[h, 'image_text'])})"
+        for h in moved))
+    return "\n".join(lines) + "\n"
+
+
+def numbers(cmp: compare.Comparison) -> dict[str, Any]:
+    names = cmp.groups["name"]
+    return {"spearman": {f"{a}:{b}": spearman(cmp, a, b) for a in MODALITIES for b in MODALITIES
+                         if a < b},
+            "groups": {names[h]: {m: {"share": float(cmp.shares.at[h, m]),
+                                      "rank": int(cmp.ranks.at[h, m])} for m in MODALITIES}
+                       for h in cmp.shared_groups}}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    register()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in args.pairs:
+            cmp = measure(pair, args.size, args.method, Path(tmp))
+            print(table(pair, cmp), flush=True)
+            out[pair] = numbers(cmp)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

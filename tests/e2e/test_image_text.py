@@ -1,0 +1,67 @@
+"""``python -m layer_sensitivity dataset=image_captions`` end to end on the image-text embedded
+model: the run records the modality and image settings, and image-text scores differ from
+text-only scores of the same model (which way is not asserted: that is what is measured)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from tests.helpers import FAST, all_runs, run_cli
+
+pytestmark = pytest.mark.slow
+
+VISION = ["model=tiny_qwen3_vl_vision", *FAST.split()]
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    (path,) = out.glob("*_quant_manifest.json")
+    return json.loads(path.read_text())
+
+
+def test_image_text_job_records_modality_and_scores_differ(tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    image = run_cli([*VISION, "dataset=image_captions", f"hydra.run.dir={tmp_path}/image"], store)
+    assert image.returncode == 0, image.stderr[-3000:]
+    text = run_cli([*VISION, "tracking=none", f"hydra.run.dir={tmp_path}/text"], store)
+    assert text.returncode == 0, text.stderr[-3000:]
+
+    (run,) = all_runs(f"sqlite:///{store}")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.runName"].endswith("image_text")
+    params = run.data.params
+    assert params["dataset.modality"] == "image_text"
+    assert params["dataset.image_max_pixels"] == "9216"
+    names = {a.path for a in mlflow.MlflowClient(f"sqlite:///{store}").list_artifacts(
+        run.info.run_id)}
+    assert "tiny-qwen3-vl-vision_autoquant_wfp8_afp8_lm_small_image_quant_manifest.json" in names
+
+    im, tx = _manifest(tmp_path / "image"), _manifest(tmp_path / "text")
+    d = im["dataset"]
+    assert d["modality"] == "image_text" and tx["dataset"]["modality"] == "text"
+    assert d["images"]["max_pixels"] == 9216 and d["images"]["vision_tokens"] == 4 * 9
+    assert 0 < d["images"]["caption_tokens"] < d["real_tokens"]  # image and prompt not scored
+    assert im["layer_sensitivity"].keys() == tx["layer_sensitivity"].keys()
+    scores = {h: g["importance"] for h, g in im["layer_sensitivity"].items()}
+    assert min(scores.values()) > 0
+    assert scores != {h: g["importance"] for h, g in tx["layer_sensitivity"].items()}
+    assert "image_text" in (tmp_path / "image" / "layer-sensitivity-report.md").read_text()
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["dataset=image_captions"], "no preprocessor_config.json"),  # the text-only default model
+    (["model=tiny_qwen3_vl_vision", "dataset=image_captions", "dataset.images_dir=/no/such/dir"],
+     "Image folder '/no/such/dir' does not exist"),
+])
+def test_bad_image_input_exits_2_before_any_run(tmp_path: Path, args: list[str],
+                                                needle: str) -> None:
+    store = tmp_path / "mlflow.db"
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path}/out"], store)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert not store.exists() or not all_runs(f"sqlite:///{store}")
