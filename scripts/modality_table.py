@@ -10,7 +10,10 @@ For each precision pair, three AutoQuantize jobs on the image-text embedded mode
 
 ``caption_text`` separates what the images change from what the other captions change. Printed:
 per group, its share of the run's total importance and its rank under each modality; Spearman
-between every two modalities; the groups that move most between text and image-text.
+between every two modalities; the groups that move most between text and image-text. For pairs
+that quantize activations (fp8), also how much each layer's static activation scale (amax, from
+``mtq.quantize`` calibration with the vision tower unquantized) changes when image tokens are
+present: image_text amax / text amax per linear layer of the language model.
 
     PYTHONPATH=src python scripts/modality_table.py                  # fp8 and int4, size small
     PYTHONPATH=src python scripts/modality_table.py --pairs fp8 --size medium
@@ -39,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", nargs="+", default=["fp8", "int4"])
     p.add_argument("--size", default="small", choices=["small", "medium", "large"])
     p.add_argument("--method", default="gradient", choices=["gradient", "kl_div"])
+    p.add_argument("--amax-pairs", nargs="*", default=["fp8"],
+                   help="pairs whose activation amax change is measured (activations quantized)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     return p.parse_args(argv)
 
@@ -73,6 +78,42 @@ def measure(pair: str, size: str, method: str, work: Path) -> compare.Comparison
         p = pipeline.plan(config(pair, modality, size, method, work))
         manifests[modality] = pipeline.run(p, work / f"{pair}-{modality}").manifest
     return compare.compare(manifests)
+
+
+def amax_ratios(pair: str, size: str, work: Path) -> dict[str, float]:
+    """Per language-model linear layer: its input amax calibrated on image-text chats over the
+    one calibrated on the bundled text captions (same model, same number of samples)."""
+    import modelopt.torch.quantization as mtq
+
+    from layer_sensitivity.reuse import Resources
+
+    amax: dict[str, dict[str, float]] = {}
+    for modality in ("text", "image_text"):
+        p = pipeline.plan(config(pair, modality, size, "gradient", work))
+        resources = Resources()
+        batches = pipeline.calibration_data(p, resources)
+        net = resources.model(p.cfg.model, p.checkpoint, p.device).model
+        cfg = {**p.quant_cfg, "quant_cfg": [*p.quant_cfg["quant_cfg"],
+                                            {"quantizer_name": "*visual*", "enable": False}]}
+
+        def loop(m: Any, batches: list[Any] = batches) -> None:
+            for b in batches:
+                m(**{k: v for k, v in b.items() if k != "labels"}, use_cache=False)
+
+        mtq.quantize(net, cfg, forward_loop=loop)
+        amax[modality] = {name: float(q.amax.max()) for name, q in net.named_modules()
+                          if name.endswith("input_quantizer") and "visual" not in name
+                          and getattr(q, "amax", None) is not None}
+    return {name.removesuffix(".input_quantizer").removeprefix("model.language_model."):
+            amax["image_text"][name] / amax["text"][name]
+            for name in amax["text"] if amax["text"][name] > 0}
+
+
+def amax_table(pair: str, ratios: dict[str, float]) -> str:
+    lines = [f"Activation amax, image_text / text ({pair}, per linear layer, largest first):", "",
+             "| layer | amax ratio |", "|---|---:|"]
+    lines += [f"| {name} | {r:.2f} |" for name, r in sorted(ratios.items(), key=lambda x: -x[1])]
+    return "\n".join(lines) + "\n"
 
 
 def spearman(cmp: compare.Comparison, a: str, b: str) -> float:
@@ -121,6 +162,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cmp = measure(pair, args.size, args.method, Path(tmp))
             print(table(pair, cmp), flush=True)
             out[pair] = numbers(cmp)
+            if pair in args.amax_pairs:
+                ratios = amax_ratios(pair, args.size, Path(tmp))
+                print(amax_table(pair, ratios), flush=True)
+                out[pair]["amax_ratio"] = ratios
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -73,3 +73,34 @@ def test_measure_job_keeps_peaks_across_modelopts_reset_and_splits_scoring() -> 
     assert report["phases"]["autoquant"]["seconds"] >= report["events"]["scoring"]["seconds"]
     if report["rss_peak_resettable"]:
         assert report["job"]["rss_peak_gib"] >= report["phases"]["autoquant"]["rss_peak_gib"] > 0
+
+
+def test_modality_table_prints_ranks_spearman_and_movers() -> None:
+    """scripts/modality_table.py's table from three manifests (no model run): the image-text run
+    here reverses the text ranking, so Spearman is -1 and the ends move most."""
+    import copy
+    import json
+
+    from layer_sensitivity import compare
+
+    m = _script("modality_table")
+    doc = json.loads((ROOT / "tests/unit/fixtures/report"
+                      / "tiny-qwen3-vl_autoquant_wfp8_afp8_lm_small_quant_manifest.json").read_text())
+    handles = list(doc["layer_sensitivity"])
+    runs = {}
+    for modality, order in (("text", handles), ("caption_text", handles),
+                            ("image_text", handles[::-1])):
+        run = copy.deepcopy(doc)
+        for i, h in enumerate(order):
+            run["layer_sensitivity"][h]["importance"] = float(len(order) - i)
+        runs[modality] = run
+    cmp = compare.compare(runs)
+    text = m.table("fp8", cmp)
+    assert "text vs image_text -1.000" in text and "text vs caption_text 1.000" in text
+    assert text.count("\n| ") == len(handles) + 1  # header + one row per group
+    first = cmp.groups["name"][handles[0]]
+    assert f"{first} (1 -> {len(handles)})" in text.splitlines()[-1]
+    numbers = m.numbers(cmp)
+    assert numbers["spearman"]["image_text:text"] == pytest.approx(-1.0)
+    assert m.amax_table("fp8", {"layers.0.mlp.down_proj": 1.5, "layers.1.mlp.down_proj": 0.5}) \
+        .splitlines()[4] == "| layers.0.mlp.down_proj | 1.50 |"
