@@ -175,7 +175,18 @@ class _Reference:
 
 
 def _no_labels(batch: calibration.Batch) -> dict[str, torch.Tensor]:
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    # Image-text batches also carry pixel_values, image_grid_thw and mm_token_type_ids.
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _scored(batch: calibration.Batch) -> torch.Tensor:
+    """Positions whose logits are compared: every real token of a captions batch; of an
+    image-text chat, those that predict a caption token (image and prompt are context)."""
+    if "pixel_values" not in batch:
+        return batch["attention_mask"].bool()
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    mask[:, :-1] = batch["labels"][:, 1:] != -100
+    return mask
 
 
 @torch.no_grad()
@@ -197,7 +208,7 @@ def _reference(m: torch.nn.Module, batches: list[calibration.Batch]) -> _Referen
         out = _forward(m, b)
         s, n = _loss_sum(out, b["labels"])
         loss_sum, tokens = loss_sum + s, tokens + n
-        logits.append(out[b["attention_mask"].bool()])
+        logits.append(out[_scored(b)])
     return _Reference(logits, loss_sum, tokens)
 
 
@@ -207,13 +218,22 @@ def _measure(m: torch.nn.Module, batches: list[calibration.Batch],
     for b, ref_logits in zip(batches, ref.logits, strict=True):
         out = _forward(m, b)
         loss_sum += _loss_sum(out, b["labels"])[0]
-        log_q = torch.log_softmax(out[b["attention_mask"].bool()].float(), dim=-1)
+        log_q = torch.log_softmax(out[_scored(b)].float(), dim=-1)
         log_p = torch.log_softmax(ref_logits.float(), dim=-1)
         kl_sum += float(torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="sum"))
         positions += log_p.shape[0]
     loss = loss_sum / ref.tokens
     return {"kl": kl_sum / positions, "loss": loss, "loss_ref": ref.loss,
             "loss_delta": loss - ref.loss, "eval_tokens": positions}
+
+
+def measure_configs(base: torch.nn.Module, configs: Sequence[Mapping[str, Any]],
+                    calib_batches: list[calibration.Batch],
+                    eval_batches: list[calibration.Batch]) -> list[dict[str, float]]:
+    """Held-out KL and loss change of each config (a recipe's), each quantized from a copy of
+    ``base`` calibrated on ``calib_batches``: already-built batches, e.g. image-text chats."""
+    ref = _reference(base, eval_batches)
+    return [_measure(quantize_copy(base, c, calib_batches), eval_batches, ref) for c in configs]
 
 
 def _enabled_weight_quantizers(m: torch.nn.Module) -> int:

@@ -27,10 +27,12 @@ def test_image_text_job_records_modality_and_scores_differ(tmp_path: Path) -> No
     store = tmp_path / "mlflow.db"
     image = run_cli([*VISION, "dataset=image_captions", f"hydra.run.dir={tmp_path}/image"], store)
     assert image.returncode == 0, image.stderr[-3000:]
-    text = run_cli([*VISION, "tracking=none", f"hydra.run.dir={tmp_path}/text"], store)
+    text = run_cli([*VISION, f"hydra.run.dir={tmp_path}/text"], store)
     assert text.returncode == 0, text.stderr[-3000:]
 
-    (run,) = all_runs(f"sqlite:///{store}")
+    runs = {r.data.tags["mlflow.runName"]: r for r in all_runs(f"sqlite:///{store}")}
+    (name,) = [n for n in runs if "image_text" in n]
+    run = runs[name]
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.runName"].endswith("image_text")
     params = run.data.params
@@ -50,6 +52,15 @@ def test_image_text_job_records_modality_and_scores_differ(tmp_path: Path) -> No
     assert min(scores.values()) > 0
     assert scores != {h: g["importance"] for h, g in tx["layer_sensitivity"].items()}
     assert "image_text" in (tmp_path / "image" / "layer-sensitivity-report.md").read_text()
+
+    # compare logs the rank agreement of the text-only and image-text runs as one comparison
+    ids = ",".join(r.info.run_id for r in runs.values())
+    cmp = run_cli(["--run-ids", ids], store, module="layer_sensitivity.cli.compare")
+    assert cmp.returncode == 0, cmp.stderr[-3000:]
+    assert "Rankings agree at Spearman" in cmp.stdout
+    (compared,) = [r for r in all_runs(f"sqlite:///{store}")
+                   if r.data.tags["mlflow.runName"] == "compare 2 runs"]
+    assert -1.0 <= compared.data.metrics["spearman_min"] < 1.0  # the rankings are not identical
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -172,3 +172,18 @@ def test_tiny_forward_scores_caption_positions_only(tokenizer, processor) -> Non
         logits = _logits_of_real_tokens(model, batch)
     assert torch.isfinite(loss) and loss < 2.0  # the model was trained on these chats
     assert logits.shape[0] == ic.caption_tokens([batch])
+
+
+def test_evaluate_compares_caption_predicting_positions(tokenizer, processor) -> None:  # type: ignore[no-untyped-def]
+    """evaluate's KL over an image-text chat looks at the positions that predict caption tokens
+    (as kl_div scoring does); captions batches keep every real token."""
+    from layer_sensitivity.evaluate import _no_labels, _scored
+
+    b = ic.encode([Image.new("RGB", (96, 96))], ["a red circle."], tokenizer, processor,
+                  SETTINGS, 128)
+    assert int(_scored(b).sum()) == ic.caption_tokens([b])
+    assert set(_no_labels(b)) == {"input_ids", "attention_mask", "mm_token_type_ids",
+                                  "pixel_values", "image_grid_thw"}
+    text = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
+            "labels": b["labels"]}
+    assert _scored(text).equal(b["attention_mask"].bool())
