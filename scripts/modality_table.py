@@ -13,7 +13,8 @@ per group, its share of the run's total importance and its rank under each modal
 between every two modalities; the groups that move most between text and image-text. For pairs
 that quantize activations (fp8), also how much each layer's static activation scale (amax, from
 ``mtq.quantize`` calibration with the vision tower unquantized) changes when image tokens are
-present: image_text amax / text amax per linear layer of the language model.
+present: image_text amax / text amax per linear layer of the language model. Last, the held-out
+image-text KL of recipes chosen from the text and the image-text rankings at equal bits.
 
     PYTHONPATH=src python scripts/modality_table.py                  # fp8 and int4, size small
     PYTHONPATH=src python scripts/modality_table.py --pairs fp8 --size medium
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", default="gradient", choices=["gradient", "kl_div"])
     p.add_argument("--amax-pairs", nargs="*", default=["fp8"],
                    help="pairs whose activation amax change is measured (activations quantized)")
+    p.add_argument("--no-kl", dest="kl", action="store_false",
+                   help="skip the held-out KL of recipes chosen from each ranking")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     return p.parse_args(argv)
 
@@ -72,12 +75,61 @@ def shape_captions(work: Path) -> Path:
     return path
 
 
-def measure(pair: str, size: str, method: str, work: Path) -> compare.Comparison:
+def measure(pair: str, size: str, method: str, work: Path
+            ) -> tuple[compare.Comparison, dict[str, Any]]:
     manifests = {}
     for modality in MODALITIES:
         p = pipeline.plan(config(pair, modality, size, method, work))
         manifests[modality] = pipeline.run(p, work / f"{pair}-{modality}").manifest
-    return compare.compare(manifests)
+    return compare.compare(manifests), manifests
+
+
+HEADROOM = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)  # LM bit budgets: from the pair (0) to 16 bits (1)
+
+
+def equal_bits_kl(pair: str, size: str, manifests: dict[str, Any], work: Path
+                  ) -> list[dict[str, Any]]:
+    """Held-out image-text KL of the keep-top recipes chosen from each modality's ranking at the
+    same LM bits: both calibrated on the same image-text chats (the training split), measured on
+    the 40 held-out images (captions_val.json, disjoint images)."""
+    from layer_sensitivity import budgets, evaluate, image_captions, paths
+    from layer_sensitivity.reuse import Resources
+
+    p = pipeline.plan(config(pair, "image_text", size, "gradient", work))
+    resources = Resources()
+    calib = pipeline.calibration_data(p, resources)
+    assets = Path(paths.asset("shapes-captions"))
+    held = image_captions.read_image_captions(assets / "captions_val.json", assets / "images", None)
+    assert p.images is not None and not {n for n, _ in held.pairs} & {n for n, _ in p.images.pairs}
+    tok = resources.tokenizer(p.cfg.model, p.checkpoint)
+    evals = image_captions.build_batches(held, tok, image_captions.load_image_processor(
+        p.checkpoint), p.image_settings, 8, p.cfg.dataset.calib_seq_len)
+    base = resources.model(p.cfg.model, p.checkpoint, p.device).model
+    rows = []
+    for h in HEADROOM:
+        chosen = {m: budgets.keep_top(manifests[m], headroom=[h])[0] for m in ("text", "image_text")}
+        kl = evaluate.measure_configs(base, [r.config for r in chosen.values()], calib, evals)
+        rows.append({"headroom": h,
+                     **{f"lm_bits_{m}": r.lm_bits for m, r in chosen.items()},
+                     **{f"kl_{m}": k["kl"] for m, k in zip(chosen, kl, strict=True)},
+                     **{f"kept_{m}": list(r.kept) for m, r in chosen.items()}})
+    return rows
+
+
+def kl_table(pair: str, rows: list[dict[str, Any]], names: Any) -> str:
+    lines = [f"Held-out image-text KL at equal bits ({pair}; recipe chosen from each ranking):", "",
+             "| headroom | LM bits (text / image) | kept | KL, text ranking | "
+             "KL, image-text ranking | kept only by text | kept only by image-text |",
+             "|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        t, i = r["kept_text"], r["kept_image_text"]
+        only = {"text": [h for h in t if h not in i], "image_text": [h for h in i if h not in t]}
+        shown = {m: ", ".join(str(names.get(h, h)) for h in hs) or "-" for m, hs in only.items()}
+        lines.append(f"| {r['headroom']:.0%} | {r['lm_bits_text']:.2f} / "
+                     f"{r['lm_bits_image_text']:.2f} | {len(t)} / {len(i)} | "
+                     f"{r['kl_text']:.4g} | {r['kl_image_text']:.4g} | {shown['text']} | "
+                     f"{shown['image_text']} |")
+    return "\n".join(lines) + "\n"
 
 
 def amax_ratios(pair: str, size: str, work: Path) -> dict[str, float]:
@@ -159,9 +211,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
-            cmp = measure(pair, args.size, args.method, Path(tmp))
+            cmp, manifests = measure(pair, args.size, args.method, Path(tmp))
             print(table(pair, cmp), flush=True)
             out[pair] = numbers(cmp)
+            if args.kl:
+                rows = equal_bits_kl(pair, args.size, manifests, Path(tmp))
+                print(kl_table(pair, rows, cmp.groups["name"].to_dict()), flush=True)
+                out[pair]["equal_bits_kl"] = rows
             if pair in args.amax_pairs:
                 ratios = amax_ratios(pair, args.size, Path(tmp))
                 print(amax_table(pair, ratios), flush=True)

@@ -146,6 +146,11 @@ def read_eval_captions(path: str | Path, calibration_lines: Sequence[str],
 def calibration_captions(manifest: Manifest) -> list[str]:
     """The captions the manifest's run calibrated on, checked against its recorded digest."""
     d = manifest.dataset
+    if d.modality not in (None, "text"):  # its calibration data are image-caption chats
+        raise UserError(
+            f"This run calibrated on {d.modality} data; evaluating its recipes on held-out "
+            "image-text pairs is not an entry point yet. scripts/modality_table.py measures "
+            "held-out image-text KL of recipes chosen from text and image-text rankings.")
     if not d.path or not d.samples_used:
         raise UserError("The manifest does not record its calibration captions (dataset.path, "
                         "dataset.samples_used); pass the calibration captions explicitly.")

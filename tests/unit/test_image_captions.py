@@ -187,3 +187,11 @@ def test_evaluate_compares_caption_predicting_positions(tokenizer, processor) ->
     text = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
             "labels": b["labels"]}
     assert _scored(text).equal(b["attention_mask"].bool())
+
+
+def test_evaluate_refuses_an_image_text_run_clearly() -> None:
+    from layer_sensitivity.evaluate import calibration_captions
+
+    with pytest.raises(UserError, match="calibrated on image_text data.*modality_table.py"):
+        calibration_captions({"dataset": {"modality": "image_text", "path": "x.json",
+                                          "samples_used": 4}})

@@ -104,3 +104,7 @@ def test_modality_table_prints_ranks_spearman_and_movers() -> None:
     assert numbers["spearman"]["image_text:text"] == pytest.approx(-1.0)
     assert m.amax_table("fp8", {"layers.0.mlp.down_proj": 1.5, "layers.1.mlp.down_proj": 0.5}) \
         .splitlines()[4] == "| layers.0.mlp.down_proj | 1.50 |"
+    row = {"headroom": 0.1, "lm_bits_text": 8.5, "lm_bits_image_text": 8.5, "kl_text": 0.002,
+           "kl_image_text": 0.001, "kept_text": ["a", "b"], "kept_image_text": ["a", "c"]}
+    assert m.kl_table("fp8", [row], {"b": "L00.attn.o"}).splitlines()[-1] == \
+        "| 10% | 8.50 / 8.50 | 2 / 2 | 0.002 | 0.001 | L00.attn.o | c |"
