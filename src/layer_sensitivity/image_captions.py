@@ -34,7 +34,7 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 class ImageCaptions:
     """The pairs a job uses, in annotation order (one caption per image: the first one)."""
 
-    annotations: Path
+    annotations: Path  # the captions JSON, or the folder itself for image/caption pairs
     images_dir: Path
     pairs: tuple[tuple[str, str], ...]  # (image file name, caption)
     available: int  # images with a caption in the file
@@ -95,11 +95,62 @@ def read_image_captions(annotations: str | Path, images_dir: str | Path,
         log.warning("%s has %d captioned image(s) but %d were asked for; the job uses %d.",
                     annotations, len(pairs), max_samples, len(pairs))
     used = tuple(pairs[:max_samples])
-    digest = hashlib.sha256()
-    for name, _ in used:
-        digest.update(name.encode() + b"\0" + check_image(images_dir, name) + b"\n")
     return ImageCaptions(annotations, images_dir, used, len(pairs), max_samples,
-                         digest.hexdigest())
+                         _images_digest(images_dir, used))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_image_folder(images_dir: str | Path, max_samples: int | None) -> ImageCaptions:
+    """A folder of image/caption pairs: each image with a caption file of the same stem
+    (``cat.jpg`` + ``cat.txt``, UTF-8, first non-blank line), in name order; images without a
+    caption file are skipped."""
+    images_dir = Path(images_dir)
+    if max_samples is not None and max_samples <= 0:
+        raise UserError(f"The number of calibration samples must be positive, got {max_samples}. "
+                        "Set dataset.size or dataset.max_calib_samples to a positive value.")
+    if not images_dir.is_dir():
+        raise UserError(
+            f"Image folder '{images_dir}' " + ("is not a directory" if images_dir.exists()
+                                              else "does not exist")
+            + ". Set dataset.images_dir to a folder of images, each with a same-named .txt caption "
+            "(or set dataset.annotations_path to a COCO-style captions JSON)."
+        )
+    pairs = []
+    for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        text = image.with_suffix(".txt")
+        if not text.is_file():
+            continue
+        try:
+            lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines()]
+        except (UnicodeDecodeError, OSError) as e:
+            raise UserError(f"Caption file '{text}' cannot be read as UTF-8 text ({e}). Save it "
+                            "as UTF-8 with the caption on its first line.") from None
+        caption = next((ln for ln in lines if ln), "")
+        if caption:
+            pairs.append((image.name, caption))
+    if not pairs:
+        raise UserError(
+            f"Image folder '{images_dir}' has no image ({', '.join(IMAGE_SUFFIXES)}) with a "
+            "same-named .txt caption. Put e.g. cat.jpg next to cat.txt, or set "
+            "dataset.annotations_path to a COCO-style captions JSON."
+        )
+    if max_samples is None:
+        max_samples = len(pairs)
+    elif len(pairs) < max_samples:
+        log.warning("%s has %d captioned image(s) but %d were asked for; the job uses %d.",
+                    images_dir, len(pairs), max_samples, len(pairs))
+    used = tuple(pairs[:max_samples])
+    return ImageCaptions(images_dir, images_dir, used, len(pairs), max_samples,
+                         _images_digest(images_dir, used))
+
+
+def _images_digest(images_dir: Path, pairs: tuple[tuple[str, str], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _ in pairs:
+        digest.update(name.encode() + b"\0" + check_image(images_dir, name) + b"\n")
+    return digest.hexdigest()
 
 
 def _pairs(path: Path, doc: Any) -> list[tuple[str, str]]:

@@ -162,10 +162,11 @@ def read_images(cfg: SensitivityConfig, checkpoint: Path) -> image_captions.Imag
     d = cfg.dataset
     if d.modality != Modality.image_text:
         return None
-    if not d.annotations_path or not d.images_dir:
-        raise UserError("dataset.modality=image_text needs dataset.annotations_path (a COCO-style "
-                        "captions JSON) and dataset.images_dir (its images). Use "
-                        "dataset=image_captions, or set both.")
+    if not d.images_dir:
+        raise UserError("dataset.modality=image_text needs dataset.images_dir: the folder of the "
+                        "images named in dataset.annotations_path (a COCO-style captions JSON), "
+                        "or, with annotations_path=null, a folder of image/caption pairs "
+                        "(cat.jpg + cat.txt). Use dataset=image_captions, or set it.")
     for name in ("image_min_pixels", "image_max_pixels"):
         if getattr(d, name) <= 0:
             raise UserError(f"dataset.{name}={getattr(d, name)} must be a positive pixel count.")
@@ -173,6 +174,8 @@ def read_images(cfg: SensitivityConfig, checkpoint: Path) -> image_captions.Imag
         raise UserError(f"dataset.image_min_pixels={d.image_min_pixels} is above "
                         f"dataset.image_max_pixels={d.image_max_pixels}; set min <= max.")
     image_captions.check_image_support(checkpoint)
+    if not d.annotations_path:  # a folder of image/caption pairs
+        return image_captions.read_image_folder(d.images_dir, sample_count(cfg))
     return image_captions.read_image_captions(d.annotations_path, d.images_dir, sample_count(cfg))
 
 

@@ -106,7 +106,8 @@ class DatasetConfig:
     pad_to_longest: bool = True
     sort_by_length: bool = False  # batch captions of similar length together (less padding)
     # modality=image_text (conf/dataset/image_captions.yaml): COCO-style captions JSON and the
-    # folder of its images; each image is resized to within [min, max] pixels by the model's
+    # folder of its images (annotations_path null: a folder of image/caption pairs, cat.jpg +
+    # cat.txt); each image is resized to within [min, max] pixels by the model's
     # processor, which sets its number of vision tokens (and so memory).
     modality: Modality = Modality.text
     annotations_path: Optional[str] = None

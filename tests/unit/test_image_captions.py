@@ -195,3 +195,26 @@ def test_evaluate_refuses_an_image_text_run_clearly() -> None:
     with pytest.raises(UserError, match="calibrated on image_text data.*modality_table.py"):
         calibration_captions({"dataset": {"modality": "image_text", "path": "x.json",
                                           "samples_used": 4}})
+
+
+def test_folder_of_image_caption_pairs(tmp_path: Path) -> None:
+    for name in ("b", "a", "c"):
+        (tmp_path / f"{name}.png").write_bytes(_png())
+    (tmp_path / "a.txt").write_text("\n  a red square.\nignored\n")
+    (tmp_path / "b.txt").write_text("two dots.\n")  # c.png has no caption: skipped
+    data = ic.read_image_folder(tmp_path, None)
+    assert data.pairs == (("a.png", "a red square."), ("b.png", "two dots."))
+    assert data.images_dir == tmp_path and data.available == 2
+    assert ic.read_image_folder(tmp_path, 1).pairs == (("a.png", "a red square."),)
+    (tmp_path / "a.png").write_bytes(b"junk")
+    with pytest.raises(UserError, match="a.png' cannot be read as an image"):
+        ic.read_image_folder(tmp_path, None)
+    with pytest.raises(UserError, match="has no image .* with a same-named .txt caption"):
+        ic.read_image_folder(_empty(tmp_path), None)
+    with pytest.raises(UserError, match="Image folder .* does not exist"):
+        ic.read_image_folder(tmp_path / "missing", None)
+
+
+def _empty(tmp_path: Path) -> Path:
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
