@@ -170,6 +170,10 @@ def read_images(cfg: SensitivityConfig, checkpoint: Path) -> image_captions.Imag
     for name in ("image_min_pixels", "image_max_pixels"):
         if getattr(d, name) <= 0:
             raise UserError(f"dataset.{name}={getattr(d, name)} must be a positive pixel count.")
+    if not d.pad_to_longest or d.sort_by_length:  # chats are batched in file order, padded
+        raise UserError("dataset.modality=image_text batches chats in file order, each batch "
+                        "padded to its longest chat: set dataset.pad_to_longest=true and "
+                        "dataset.sort_by_length=false.")
     if d.image_min_pixels > d.image_max_pixels:
         raise UserError(f"dataset.image_min_pixels={d.image_min_pixels} is above "
                         f"dataset.image_max_pixels={d.image_max_pixels}; set min <= max.")

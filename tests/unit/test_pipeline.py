@@ -196,6 +196,7 @@ def test_image_score_key_covers_images_and_settings(tmp_path: Path, resources: R
     ([*VISION, "dataset.image_min_pixels=20000"], "image_min_pixels=20000 is above"),
     ([*VISION, "dataset.image_max_pixels=0"], "image_max_pixels=0 must be a positive"),
     ([*VISION, "dataset.images_dir=null"], "needs dataset.images_dir"),
+    ([*VISION, "dataset.sort_by_length=true"], "set dataset.pad_to_longest=true and"),
     ([*VISION, "dataset.annotations_path=null"], "has no image .* with a same-named .txt caption"),
 ])
 def test_bad_image_jobs_are_refused_by_plan(tmp_path: Path, overrides: list[str],
