@@ -108,3 +108,19 @@ def test_modality_table_prints_ranks_spearman_and_movers() -> None:
            "kl_image_text": 0.001, "kept_text": ["a", "b"], "kept_image_text": ["a", "c"]}
     assert m.kl_table("fp8", [row], {"b": "L00.attn.o"}).splitlines()[-1] == \
         "| 10% | 8.50 / 8.50 | 2 / 2 | 0.002 | 0.001 | L00.attn.o | c |"
+
+
+def test_make_shapes_captions_reproduces_the_bundled_set(tmp_path: Path) -> None:
+    """scripts/make_shapes_captions.py is deterministic: it rewrites the bundled files byte for
+    byte (captions JSON and every image)."""
+    m = _script("make_shapes_captions")
+    m.main(["--out", str(tmp_path)])
+    bundled = ROOT / "src" / "layer_sensitivity" / "assets" / "shapes-captions"
+    for name in ("captions_train.json", "captions_val.json"):
+        assert (tmp_path / name).read_bytes() == (bundled / name).read_bytes(), name
+    made = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert made == sorted(p.name for p in (bundled / "images").iterdir())
+    assert all((tmp_path / "images" / n).read_bytes() == (bundled / "images" / n).read_bytes()
+               for n in made)
+    assert m.caption([("circle", "red", (0, 0)), ("circle", "red", (2, 1))]) == \
+        "two red circles, at the top left and at the right."
