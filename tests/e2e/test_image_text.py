@@ -76,3 +76,34 @@ def test_bad_image_input_exits_2_before_any_run(tmp_path: Path, args: list[str],
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
     assert not store.exists() or not all_runs(f"sqlite:///{store}")
+
+
+def test_training_script_smoke_run_makes_a_checkpoint_with_its_processor(tmp_path: Path) -> None:
+    """scripts/make_tiny_qwen3vl_vision.py with two steps: a checkpoint the image-text dataset
+    accepts (processor, chat template) and whose chats run through the model."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from layer_sensitivity import image_captions as ic
+    from tests.helpers import ROOT, SHAPES
+
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_qwen3vl_vision", ROOT / "scripts" / "make_tiny_qwen3vl_vision.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "ckpt"
+    report = script.main(["--steps", "2", "--out", str(out)])
+    loss = report["held_out_caption_loss"]
+    assert report["steps"] == 2 and report["image_captions"]["held_out"] == 40
+    assert loss["with_image"] < loss["untrained"]
+    ic.check_image_support(out)
+    data = ic.read_image_captions(SHAPES / "captions_val.json", SHAPES / "images", 2)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    settings = ic.ImageSettings(script.PROMPT, script.MIN_PIXELS, script.MAX_PIXELS)
+    [batch] = ic.build_batches(data, tok, ic.load_image_processor(out), settings, 2, 128)
+    model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch, use_cache=False).loss)
