@@ -225,6 +225,18 @@ def _json(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def with_chat_template(tokenizer: Any, path: Path) -> Any:
+    """The tokenizer, given the checkpoint's processor chat template when it has none of its own
+    (Hugging Face Qwen-VL checkpoints may keep it only in chat_template.jinja / .json)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer
+    if (path / "chat_template.jinja").is_file():
+        tokenizer.chat_template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    elif isinstance(_json(path / "chat_template.json").get("chat_template"), str):
+        tokenizer.chat_template = _json(path / "chat_template.json")["chat_template"]
+    return tokenizer
+
+
 def load_image_processor(path: Path) -> Any:
     """The checkpoint's image processor (offline)."""
     from transformers import AutoImageProcessor

@@ -70,6 +70,7 @@ class Resources:
             return self._batches[key]
         self.tokenizations += 1
         processor = image_captions.load_image_processor(path)
+        tokenizer = image_captions.with_chat_template(tokenizer, path)
         batches = image_captions.build_batches(data, tokenizer, processor, settings, batch_size,
                                                seq_len)
         if self.keep:

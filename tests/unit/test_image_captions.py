@@ -218,3 +218,13 @@ def test_folder_of_image_caption_pairs(tmp_path: Path) -> None:
 def _empty(tmp_path: Path) -> Path:
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"
+
+
+def test_chat_template_from_the_processor_files(tmp_path: Path) -> None:
+    """A tokenizer without a chat template gets the checkpoint's chat_template.json one."""
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL, local_files_only=True)  # no template
+    assert not tok.chat_template
+    template = (VISION_MODEL / "chat_template.jinja").read_text()
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    assert ic.with_chat_template(tok, tmp_path).chat_template == template
+    assert ic.prompt_ids(tok, "Describe.", 3).count(tok.convert_tokens_to_ids(ic.IMAGE_PAD)) == 3
