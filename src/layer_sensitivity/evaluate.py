@@ -148,9 +148,9 @@ def calibration_captions(manifest: Manifest) -> list[str]:
     d = manifest.dataset
     if d.modality not in (None, "text"):  # its calibration data are image-caption chats
         raise UserError(
-            f"This run calibrated on {d.modality} data; evaluating its recipes on held-out "
-            "image-text pairs is not an entry point yet. scripts/modality_table.py measures "
-            "held-out image-text KL of recipes chosen from text and image-text rankings.")
+            f"This run calibrated on {d.modality} data (image-caption chats), not on "
+            "captions: the evaluate entry point reads its pairs back, export does not yet. Export "
+            "a recipe of a text run (dataset=captions) of the same model.")
     if not d.path or not d.samples_used:
         raise UserError("The manifest does not record its calibration captions (dataset.path, "
                         "dataset.samples_used); pass the calibration captions explicitly.")
@@ -293,14 +293,23 @@ def evaluate(model_dir: str | Path | loader.LoadedModel, recipe_list: Sequence[R
         path = Path(model_dir)
         dev = placement.resolve_device(device)
         loaded = loader.load(ModelConfig(name=path.name, path=str(path), device=dev), path, dev)
-    tok, dev = loaded.tokenizer, loaded.device
-    calib = [{k: v.to(dev) for k, v in b.items()}
-             for b in calibration.build_batches(list(calib_captions), tok, batch_size, seq_len)]
-    evals = [{k: v.to(dev) for k, v in b.items()}
-             for b in calibration.build_batches(list(eval_captions), tok, eval_batch_size, seq_len)]
-    tests = [{k: v.to(dev) for k, v in b.items()}
-             for b in calibration.build_batches(list(test_captions), tok, eval_batch_size, seq_len)
-             ] if test_captions else []
+    tok = loaded.tokenizer
+    calib = calibration.build_batches(list(calib_captions), tok, batch_size, seq_len)
+    evals = calibration.build_batches(list(eval_captions), tok, eval_batch_size, seq_len)
+    tests = calibration.build_batches(list(test_captions), tok, eval_batch_size, seq_len
+                                      ) if test_captions else []
+    return evaluate_batches(loaded, recipe_list, calib, evals, tests, progress=progress,
+                            on_result=on_result)
+
+
+def evaluate_batches(loaded: loader.LoadedModel, recipe_list: Sequence[Recipe],
+                     calib: list[calibration.Batch], evals: list[calibration.Batch],
+                     tests: list[calibration.Batch], *, progress: bool = True,
+                     on_result: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    """:func:`evaluate` on batches already built (captions, or image-text chats)."""
+    dev = loaded.device
+    calib, evals, tests = ([{k: v.to(dev) for k, v in b.items()} for b in batches]
+                           for batches in (calib, evals, tests))
     ref = _reference(loaded.model, evals)
     test_ref = _reference(loaded.model, tests) if tests else None
     log.info("reference loss %.4f over %d held-out tokens", ref.loss, ref.tokens)
@@ -334,6 +343,13 @@ def _evaluate_like_the_run(manifest: Manifest, todo: Sequence[Recipe], *,
                            split: bool = False) -> pd.DataFrame:
     """``todo`` on the run's model, calibrated on its captions, measured on held-out ones (split
     into validation and test captions when ``split``)."""
+    from . import image_evaluate  # image-text runs: calibrated and measured on image chats
+
+    if image_evaluate.is_image_text(manifest):
+        return image_evaluate.evaluate_like_the_run(
+            manifest, todo, model_dir=model_dir, eval_captions_path=eval_captions_path,
+            max_eval_samples=max_eval_samples, device=device, eval_batch_size=eval_batch_size,
+            progress=progress, on_result=on_result, split=split)
     mdir, calib, held = run_inputs(manifest, model_dir, eval_captions_path, max_eval_samples)
     test: list[str] = []
     if split:

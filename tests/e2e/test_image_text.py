@@ -62,6 +62,15 @@ def test_image_text_job_records_modality_and_scores_differ(tmp_path: Path) -> No
                    if r.data.tags["mlflow.runName"] == "compare 2 runs"]
     assert -1.0 <= compared.data.metrics["spearman_min"] < 1.0  # the rankings are not identical
 
+    # its recipes evaluate on held-out image-text pairs (the val images, disjoint)
+    ev = run_cli(["--run-id", run.info.run_id, "--keep", "0.5", "--draws", "2", "--ground-truth",
+                  "none", "--max-eval-samples", "8"], store, module="layer_sensitivity.cli.evaluate")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    (evaluated,) = [r for r in all_runs(f"sqlite:///{store}")
+                    if r.data.tags["mlflow.runName"] == f"evaluate {name}"]
+    assert evaluated.data.params["evaluate.eval_captions"] == "held-out image-text pairs"
+    assert evaluated.data.metrics["eval/guided_kl_test"] > 0
+
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["dataset=image_captions"], "no preprocessor_config.json"),  # the text-only default model

@@ -192,7 +192,7 @@ def test_evaluate_compares_caption_predicting_positions(tokenizer, processor) ->
 def test_evaluate_refuses_an_image_text_run_clearly() -> None:
     from layer_sensitivity.evaluate import calibration_captions
 
-    with pytest.raises(UserError, match="calibrated on image_text data.*modality_table.py"):
+    with pytest.raises(UserError, match="calibrated on image_text data.*export does not yet"):
         calibration_captions({"dataset": {"modality": "image_text", "path": "x.json",
                                           "samples_used": 4}})
 

@@ -179,7 +179,9 @@ class EvaluateTask(Task["EqualBits"]):
         return {"evaluate.headroom": ",".join(f"{k:g}" for k in self.headroom),
                 "evaluate.random_draws": self.draws, "evaluate.ground_truth": truth,
                 "evaluate.bits_tolerance": EQUAL_BITS_TOLERANCE,
-                "evaluate.eval_captions": self.eval_captions or "held-out bundled captions",
+                "evaluate.eval_captions": self.eval_captions or (
+                    "held-out image-text pairs" if (self.doc.get("dataset") or {}).get(
+                        "modality") == "image_text" else "held-out bundled captions"),
                 "evaluate.max_eval_samples": self.max_eval_samples}
 
     def execute(self, run: Run, phases: Phases) -> EqualBits:
