@@ -10,7 +10,7 @@ held-out pairs may be a calibration image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import evaluate, image_captions
 from .errors import UserError
+from .manifest_model import Manifest
 from .model import loader, placement
 from .recipes import Recipe
 from .schema import ModelConfig
@@ -25,8 +26,8 @@ from .schema import ModelConfig
 MAX_EVAL_PAIRS = 64  # default cap on held-out pairs (each carries an image's vision tokens)
 
 
-def is_image_text(manifest: Mapping[str, Any]) -> bool:
-    return (manifest.get("dataset") or {}).get("modality") == "image_text"
+def is_image_text(manifest: Manifest) -> bool:
+    return manifest.dataset.modality == "image_text"
 
 
 def _read(annotations: Path, images_dir: Path, max_samples: int | None
@@ -36,17 +37,16 @@ def _read(annotations: Path, images_dir: Path, max_samples: int | None
     return image_captions.read_image_captions(annotations, images_dir, max_samples)
 
 
-def calibration_pairs(manifest: Mapping[str, Any]) -> image_captions.ImageCaptions:
+def calibration_pairs(manifest: Manifest) -> image_captions.ImageCaptions:
     """The pairs the run calibrated on, checked against the digest it recorded."""
-    d = manifest.get("dataset") or {}
-    images = d.get("images") or {}
-    if not images.get("annotations_path") or not images.get("images_dir") or not d.get(
-            "samples_used"):
+    d = manifest.dataset
+    images = d.images or {}
+    if not images.get("annotations_path") or not images.get("images_dir") or not d.samples_used:
         raise UserError("The manifest does not record its image-text calibration data "
                         "(dataset.images.annotations_path, images_dir, dataset.samples_used); "
                         "rerun the sensitivity job with dataset=image_captions.")
     pairs = _read(Path(images["annotations_path"]), Path(images["images_dir"]),
-                  int(d["samples_used"]))
+                  int(d.samples_used))
     if pairs.sha256 != images.get("sha256"):
         raise UserError(
             f"The image-text pairs in '{images['annotations_path']}' ('{images['images_dir']}') "
@@ -84,7 +84,7 @@ def held_out_pairs(calib: image_captions.ImageCaptions, eval_annotations: str | 
                                         cap, "")
 
 
-def evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *,
+def evaluate_like_the_run(manifest: Manifest, todo: Sequence[Recipe], *,
                           model_dir: str | Path | None, eval_captions_path: str | Path | None,
                           max_eval_samples: int | None, device: str, eval_batch_size: int,
                           progress: bool,
@@ -92,9 +92,9 @@ def evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *
                           split: bool = False) -> pd.DataFrame:
     """``todo`` on the run's model, calibrated on its image-text chats, measured on held-out ones
     (even / odd pairs as validation / test when ``split``)."""
-    d = manifest["dataset"]
-    images = d.get("images") or {}
-    mdir = Path(model_dir or (manifest.get("model") or {}).get("id") or "")
+    d = manifest.dataset
+    images = d.images or {}
+    mdir = Path(model_dir or manifest.model.id or "")
     if not (mdir / "config.json").is_file():
         raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
                         "checkpoint the run analysed>.")
@@ -107,7 +107,7 @@ def evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *
     loaded = loader.load(ModelConfig(name=mdir.name, path=str(mdir), device=dev), mdir, dev)
     tok = image_captions.with_chat_template(loaded.tokenizer, mdir)
     processor = image_captions.load_image_processor(mdir)
-    seq_len = int(d.get("seq_len") or 128)
+    seq_len = int(d.seq_len or 128)
 
     def batches(data: image_captions.ImageCaptions, size: int) -> list[Any]:
         return image_captions.build_batches(data, tok, processor, settings, size, seq_len)
@@ -120,7 +120,7 @@ def evaluate_like_the_run(manifest: Mapping[str, Any], todo: Sequence[Recipe], *
         evals = _subset(held, held.pairs[0::2])
         tests = _subset(held, held.pairs[1::2])
     return evaluate.evaluate_batches(
-        loaded, todo, batches(calib, int(d.get("batch_size") or 4)),
+        loaded, todo, batches(calib, int(d.batch_size or 4)),
         batches(evals, eval_batch_size), batches(tests, eval_batch_size) if tests else [],
         progress=progress, on_result=on_result)
 

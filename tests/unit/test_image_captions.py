@@ -191,10 +191,14 @@ def test_evaluate_compares_caption_predicting_positions(tokenizer, processor) ->
 
 def test_evaluate_refuses_an_image_text_run_clearly() -> None:
     from layer_sensitivity.evaluate import calibration_captions
+    from layer_sensitivity.manifest_model import Manifest
 
+    doc = Manifest.model_validate({"schema_version": 1, "scheme": {"name": "x"},
+                                   "layer_sensitivity": {}, "dataset": {
+                                       "modality": "image_text", "path": "x.json",
+                                       "samples_used": 4}})
     with pytest.raises(UserError, match="calibrated on image_text data.*export does not yet"):
-        calibration_captions({"dataset": {"modality": "image_text", "path": "x.json",
-                                          "samples_used": 4}})
+        calibration_captions(doc)
 
 
 def test_folder_of_image_caption_pairs(tmp_path: Path) -> None:

@@ -13,23 +13,28 @@ import pytest
 from layer_sensitivity import image_captions as ic
 from layer_sensitivity import image_evaluate as ie
 from layer_sensitivity.errors import UserError
+from layer_sensitivity.manifest_model import Manifest
 from tests.helpers import SHAPES
 
 
-def _manifest(annotations: Path, images_dir: Path, samples: int) -> dict:
+def _manifest(annotations: Path, images_dir: Path, samples: int, sha256: str | None = None
+              ) -> Manifest:
     data = ic.read_image_captions(annotations, images_dir, samples)
-    return {"dataset": {"modality": "image_text", "samples_used": samples, "images": {
-        "annotations_path": str(annotations), "images_dir": str(images_dir), "sha256": data.sha256,
-        "prompt": "Describe the picture.", "min_pixels": 1024, "max_pixels": 9216}}}
+    return Manifest.model_validate({
+        "schema_version": 1, "scheme": {"name": "x"}, "layer_sensitivity": {},
+        "dataset": {"modality": "image_text", "samples_used": samples, "images": {
+            "annotations_path": str(annotations), "images_dir": str(images_dir),
+            "sha256": sha256 or data.sha256, "prompt": "Describe the picture.",
+            "min_pixels": 1024, "max_pixels": 9216}}})
 
 
 def test_calibration_pairs_are_read_back_and_checked(tmp_path: Path) -> None:
     m = _manifest(SHAPES / "captions_train.json", SHAPES / "images", 8)
-    assert ie.is_image_text(m) and not ie.is_image_text({"dataset": {"modality": "text"}})
+    assert ie.is_image_text(m)
     assert len(ie.calibration_pairs(m).pairs) == 8
-    m["dataset"]["images"]["sha256"] = "0" * 64
+    changed = _manifest(SHAPES / "captions_train.json", SHAPES / "images", 8, sha256="0" * 64)
     with pytest.raises(UserError, match="not the ones the run calibrated on"):
-        ie.calibration_pairs(m)
+        ie.calibration_pairs(changed)
 
 
 def test_held_out_defaults_to_the_val_sibling_then_the_rest_of_the_file(tmp_path: Path) -> None:

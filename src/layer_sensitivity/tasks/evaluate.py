@@ -180,8 +180,8 @@ class EvaluateTask(Task["EqualBits"]):
                 "evaluate.random_draws": self.draws, "evaluate.ground_truth": truth,
                 "evaluate.bits_tolerance": EQUAL_BITS_TOLERANCE,
                 "evaluate.eval_captions": self.eval_captions or (
-                    "held-out image-text pairs" if (self.doc.get("dataset") or {}).get(
-                        "modality") == "image_text" else "held-out bundled captions"),
+                    "held-out image-text pairs" if self.doc.dataset.modality == "image_text"
+                    else "held-out bundled captions"),
                 "evaluate.max_eval_samples": self.max_eval_samples}
 
     def execute(self, run: Run, phases: Phases) -> EqualBits:
