@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import autoquant, pipeline, scorecache
+from . import autoquant, pipeline, scorecache, scoring
 from .errors import UserError
 from .model import placement, scope
 from .reuse import Resources
@@ -142,7 +142,7 @@ def _member(cfg: SensitivityConfig, resources: Resources, report: SharedReport
     except UserError as e:
         skip(f"the job does not validate: {str(e).splitlines()[0]}")
         return None
-    ingredients = pipeline.score_key_ingredients(
+    ingredients = scoring.score_key_ingredients(
         p, placement.resolve_dtype(cfg.model.dtype, p.device), batches)
     key = cache.key(ingredients)
     outcome = _outcome(cfg, "pending")

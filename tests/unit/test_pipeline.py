@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from layer_sensitivity import pipeline, scorecache
+from layer_sensitivity import pipeline, scorecache, scoring
 from layer_sensitivity.cli.config_store import CONF_DIR
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.model import digest
@@ -47,7 +47,7 @@ def _key(cfg: SensitivityConfig, resources: Resources, *, fingerprint: str | Non
     if fingerprint is not None:
         p = dataclasses.replace(p, fingerprint=fingerprint)
     batches = pipeline.calibration_data(p, resources)
-    return scorecache.cache_key(pipeline.score_key_ingredients(p, dtype, batches))
+    return scorecache.cache_key(scoring.score_key_ingredients(p, dtype, batches))
 
 
 def _other_captions(tmp_path: Path) -> Path:
@@ -180,12 +180,12 @@ def test_image_score_key_covers_images_and_settings(tmp_path: Path, resources: R
     prompt = _key(_with(cfg, **{"dataset.image_prompt": "What is drawn?"}), resources)
     assert len({base, text, fewer_pixels, prompt}) == 4
     p = pipeline.plan(cfg)
-    ingredients = pipeline.score_key_ingredients(p, torch.float32,
+    ingredients = scoring.score_key_ingredients(p, torch.float32,
                                                  pipeline.calibration_data(p, resources))
     assert ingredients["modality"] == "image_text" and ingredients["images_sha256"]
     # Text jobs keep exactly their earlier key ingredients (and so their stored scores).
     tp = pipeline.plan(_cfg(tmp_path))
-    assert "modality" not in pipeline.score_key_ingredients(
+    assert "modality" not in scoring.score_key_ingredients(
         tp, torch.float32, pipeline.calibration_data(tp, resources))
 
 

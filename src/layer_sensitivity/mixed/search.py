@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from .. import autoquant, calibration, pipeline, recipes
+from .. import autoquant, calibration, recipes, scoring
 from ..errors import UserError
 from ..groups import GroupStats, format_bits, min_scope_bits
 from ..model import placement, scope
@@ -65,7 +65,7 @@ def search(mp: MixedPlan, batches: list[calibration.Batch], resources: Resources
     dtype = str(placement.resolve_dtype(mp.cfg.model.dtype, mp.formats[0].device))
     why = direct_reason(mp)
     if why is None:
-        singles = [pipeline.scores(p, batches, resources) for p in mp.formats]
+        singles = [scoring.scores(p, batches, resources) for p in mp.formats]
         per_format = {pair: s.cache for pair, s in zip(mp.pairs, singles, strict=True)}
         try:
             state = autoquant.compose_states([s.state for s in singles], mp.quant_cfgs)
@@ -85,8 +85,8 @@ def search(mp: MixedPlan, batches: list[calibration.Batch], resources: Resources
 def _direct(mp: MixedPlan, batches: list[calibration.Batch], resources: Resources
             ) -> dict[str, Any]:
     try:
-        return pipeline.search(mp.formats[0], mp.quant_cfgs, mp.budgets[0], batches, resources)
-    except pipeline.Infeasible as e:
+        return scoring.search(mp.formats[0], mp.quant_cfgs, mp.budgets[0], batches, resources)
+    except scoring.Infeasible as e:
         raise UserError(
             f"effective_bits={mp.budgets[0]:g} is infeasible for formats={','.join(mp.requested)} "
             f"on this model: the language model reaches at least {e.lm_min:.4f} bits (ModelOpt "
