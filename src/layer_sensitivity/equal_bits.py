@@ -4,7 +4,7 @@
 baselines of ``baselines.py`` (random draws, reverse, practitioners' rules), the solver's frontier
 recipes and, optionally, each group quantized alone (``ground_truth.py``). Recipes are chosen on
 **validation** captions (``kl``) and reported on **test** captions (``kl_test``), disjoint from
-each other and from calibration (``evaluate.split_validation_test``).
+each other and from calibration (``held_out.split_validation_test``).
 
 :func:`recommend`: at each budget the candidates are every deterministic recipe that fits it
 (guided, ``keep_top_rank``, frontier, each rule; at any budget up to this one, since a cheaper

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import calibration, evaluate, recipe_files
+from . import calibration, evaluate, held_out, recipe_files
 from .catalogue import runtimes
 from .errors import UserError
 from .exported_checkpoint import rebuild
@@ -149,12 +149,12 @@ def plan(manifest: Manifest, recipe_path: str | Path, out_dir: str | Path, *,
     if not (mdir / "config.json").is_file():
         raise UserError(f"Model directory '{mdir}' of the run is not there; pass --model-dir "
                         "<the checkpoint the run analysed>.")
-    calib = evaluate.calibration_captions(manifest)
+    calib = held_out.calibration_captions(manifest)
     if eval_captions_path is None:
-        held = evaluate.held_out_captions(str(manifest.dataset.path), calib, mdir,
+        held = held_out.held_out_captions(str(manifest.dataset.path), calib, mdir,
                                           max_eval_samples)
     else:
-        held = evaluate.read_eval_captions(eval_captions_path, calib, max_eval_samples)
+        held = held_out.read_eval_captions(eval_captions_path, calib, max_eval_samples)
     return ExportPlan(manifest, path, recipe, serving, out, mdir, calib, held, force)
 
 

@@ -19,6 +19,7 @@ from layer_sensitivity import (
     budgets,
     calibration,
     evaluate,
+    held_out,
     mixed,
     paths,
     pipeline,
@@ -198,9 +199,9 @@ def test_evaluate_mixed_against_keep_top_int4(runs: Runs) -> None:
     mix = table[table["kind"] == recipes.MIXED].reset_index(drop=True)
     keep = table[table["kind"] == recipes.KEEP_TOP].reset_index(drop=True)
     everywhere = evaluate.evaluate(TINY_MODEL, budgets.keep_top(int4, headroom=[0.0]),
-                                   evaluate.calibration_captions(int4),
-                                   evaluate.held_out_captions(str(doc.dataset.path),
-                                                              evaluate.calibration_captions(doc),
+                                   held_out.calibration_captions(int4),
+                                   held_out.held_out_captions(str(doc.dataset.path),
+                                                              held_out.calibration_captions(doc),
                                                               TINY_MODEL),
                                    batch_size=4, seq_len=128, progress=False)["kl"].iloc[0]
     print(f"\n{doc.scheme.method}: INT4 everywhere KL {everywhere:.5f}")

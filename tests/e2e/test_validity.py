@@ -24,7 +24,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from layer_sensitivity import baselines, equal_bits, evaluate, ground_truth, manifest, paths, pipeline
+from layer_sensitivity import (
+    baselines,
+    equal_bits,
+    evaluate,
+    ground_truth,
+    held_out,
+    manifest,
+    paths,
+    pipeline,
+)
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.schema import (
     AutoQuantConfig,
@@ -83,31 +92,31 @@ def test_guided_recipes_at_equal_bits(pair: str, tmp_path: Path) -> None:
 
 def test_validation_and_test_captions_are_disjoint() -> None:
     lines = [ln.strip() for ln in Path(CAPTIONS).read_text().splitlines() if ln.strip()]
-    held = evaluate.held_out_captions(CAPTIONS, lines[:16], TINY_MODEL)
-    validation, test = evaluate.split_validation_test(held)
+    held = held_out.held_out_captions(CAPTIONS, lines[:16], TINY_MODEL)
+    validation, test = held_out.split_validation_test(held)
     assert not set(validation) & set(test) and sorted(validation + test) == sorted(held)
     assert abs(len(validation) - len(test)) <= 1
     with pytest.raises(UserError, match="appear twice"):
-        evaluate.split_validation_test([held[0], held[0], held[1], held[2]])
+        held_out.split_validation_test([held[0], held[0], held[1], held[2]])
 
 
 def test_held_out_captions_are_disjoint_from_calibration_and_training(tmp_path: Path) -> None:
     lines = [ln.strip() for ln in Path(CAPTIONS).read_text().splitlines() if ln.strip()]
     calib = lines[:16]
-    held = evaluate.held_out_captions(CAPTIONS, calib, TINY_MODEL)
+    held = held_out.held_out_captions(CAPTIONS, calib, TINY_MODEL)
     generator_held = [c for i, c in enumerate(lines) if i % 10 == 9]
     assert held == [c for c in generator_held if c not in calib]
     assert len(held) == len(generator_held) - 1  # line 9 is also a calibration caption
-    assert len(evaluate.held_out_captions(CAPTIONS, calib, TINY_MODEL, max_samples=5)) == 5
-    assert len(evaluate.held_out_captions(CAPTIONS, calib)) == len(lines) - 16  # no training rule
+    assert len(held_out.held_out_captions(CAPTIONS, calib, TINY_MODEL, max_samples=5)) == 5
+    assert len(held_out.held_out_captions(CAPTIONS, calib)) == len(lines) - 16  # no training rule
     overlapping = tmp_path / "eval.txt"
     overlapping.write_text("\n".join([lines[100], lines[3]]) + "\n")
     with pytest.raises(UserError, match="1 evaluation caption"):
-        evaluate.read_eval_captions(overlapping, calib)
+        held_out.read_eval_captions(overlapping, calib)
     with pytest.raises(UserError, match="calibration captions"):
         evaluate.evaluate(TINY_MODEL, [], calib, [lines[3]])
     with pytest.raises(UserError, match="no caption left"):
-        evaluate.held_out_captions(CAPTIONS, generator_held, TINY_MODEL)
+        held_out.held_out_captions(CAPTIONS, generator_held, TINY_MODEL)
 
 
 def test_the_8_layer_model_reproduces_the_readme_numbers(tmp_path: Path) -> None:

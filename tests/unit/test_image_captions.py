@@ -190,7 +190,7 @@ def test_evaluate_compares_caption_predicting_positions(tokenizer, processor) ->
 
 
 def test_evaluate_refuses_an_image_text_run_clearly() -> None:
-    from layer_sensitivity.evaluate import calibration_captions
+    from layer_sensitivity.held_out import calibration_captions
     from layer_sensitivity.manifest_model import Manifest
 
     doc = Manifest.model_validate({"schema_version": 1, "scheme": {"name": "x"},

@@ -58,6 +58,8 @@ TESTED_ELSEWHERE = {
     "cli/compare.py": "an entry point: tests/e2e/test_compare_evaluate.py",
     "cli/evaluate.py": "an entry point: tests/e2e/test_compare_evaluate.py",
     "cli/export.py": "an entry point: tests/e2e/test_export.py",
+    "held_out.py": "needs the embedded model's training report and captions: "
+                   "tests/e2e/test_validity.py (held out, disjoint, split)",
     "scoring.py": "the score key in tests/unit/test_pipeline.py; stored vs searched scores in "
                   "tests/e2e/test_reuse.py, tests/e2e/test_scorecache_faults.py",
     "phases.py": "timed by every task: tests/unit/tasks/test_lifecycle.py",
