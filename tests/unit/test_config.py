@@ -101,3 +101,48 @@ def test_unknown_pair_lists_choices() -> None:
 def test_real_checkpoint_presets_read_path_from_env() -> None:
     job = _compose("model=qwen3_vl_4b")
     assert job.model.path is None and job.model.path_env == "QWEN3_VL_4B_PATH"
+
+
+def test_image_captions_brings_the_vision_trained_embedded_model() -> None:
+    job = _compose("dataset=image_captions", "quant_pair=fp8")
+    assert (job.model.name, job.dataset.modality.value) == ("tiny-qwen3-vl-vision", "image_text")
+    assert Path(job.model.path or "").joinpath("preprocessor_config.json").is_file()
+    assert _compose().model.name == "tiny-qwen3-vl"  # text-only default unchanged
+    assert _compose("dataset=captions").model.name == "tiny-qwen3-vl"
+
+
+@pytest.mark.parametrize("overrides", [("dataset=image_captions", "model=qwen3_vl_4b"),
+                                       ("model=qwen3_vl_4b", "dataset=image_captions")])
+def test_an_explicit_model_wins_over_the_image_dataset_default(overrides: tuple[str, ...]) -> None:
+    job = _compose(*overrides)
+    assert (job.model.name, job.model.path_env) == ("Qwen3-VL-4B-Instruct", "QWEN3_VL_4B_PATH")
+    assert job.dataset.modality.value == "image_text"
+    assert _compose("dataset=image_captions", "model=tiny_qwen3_vl").model.name == "tiny-qwen3-vl"
+
+
+def _mlproject_argv(**params: str) -> list[str]:
+    """The sensitivity entry point's command line as `mlflow run` fills it in."""
+    import shlex
+
+    import yaml
+
+    from layer_sensitivity.cli.common import expand_packed_overrides
+
+    entry = yaml.safe_load((paths.CONF_DIR.parent / "MLproject").read_text())
+    entry = entry["entry_points"]["sensitivity"]
+    values = {k: str(v["default"]) for k, v in entry["parameters"].items()} | params
+    argv = shlex.split(entry["command"].format(**values))
+    return expand_packed_overrides(argv[argv.index("layer_sensitivity") + 1:])
+
+
+def test_typo_check_and_mlproject_accept_the_image_dataset() -> None:
+    from layer_sensitivity.cli.typos import check_overrides
+
+    check_overrides(["dataset=image_captions", "quant_pair=fp8"])
+    argv = _mlproject_argv(model="tiny_qwen3_vl_vision", overrides="dataset=image_captions")
+    check_overrides(argv)
+    job = _compose(*argv)
+    assert (job.model.name, job.dataset.name) == ("tiny-qwen3-vl-vision", "bundled-shapes")
+    # MLproject always passes model= (default tiny_qwen3_vl), and an explicit model wins.
+    assert _compose(*_mlproject_argv(overrides="dataset=image_captions")).model.name == \
+        "tiny-qwen3-vl"
