@@ -157,8 +157,11 @@ def write_planned(p: Plan) -> None:
         memo.write()
 
 
-def read_images(cfg: SensitivityConfig, checkpoint: Path) -> image_captions.ImageCaptions | None:
-    """The image-caption pairs of an image_text job, every one checked (None for text jobs)."""
+def read_images(cfg: SensitivityConfig,
+                checkpoint: Path | None) -> image_captions.ImageCaptions | None:
+    """The image-caption pairs of an image_text job, every one checked (None for text jobs);
+    with a ``checkpoint``, also that it has an image processor and chat template (a dry run
+    plans without one)."""
     d = cfg.dataset
     if d.modality != Modality.image_text:
         return None
@@ -177,7 +180,8 @@ def read_images(cfg: SensitivityConfig, checkpoint: Path) -> image_captions.Imag
     if d.image_min_pixels > d.image_max_pixels:
         raise UserError(f"dataset.image_min_pixels={d.image_min_pixels} is above "
                         f"dataset.image_max_pixels={d.image_max_pixels}; set min <= max.")
-    image_captions.check_image_support(checkpoint)
+    if checkpoint is not None:
+        image_captions.check_image_support(checkpoint)
     if not d.annotations_path:  # a folder of image/caption pairs
         return image_captions.read_image_folder(d.images_dir, sample_count(cfg))
     return image_captions.read_image_captions(d.annotations_path, d.images_dir, sample_count(cfg))

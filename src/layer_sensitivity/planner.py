@@ -25,7 +25,7 @@ import torch
 from .errors import UserError
 from .groups import RECIPE_SUFFIX, layer_and_kind
 from .model import architecture, scope
-from .schema import Coverage, DType, Method, ModelConfig, ModelInit, SensitivityConfig
+from .schema import Coverage, DType, Method, Modality, ModelConfig, ModelInit, SensitivityConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,35 @@ class TextShape:
                    t.num_key_value_heads, int(head_dim), t.vocab_size, tied, experts)
 
 
+@dataclass(frozen=True)
+class VisionShape:
+    """What the memory estimate of an image-text job needs from the vision tower's config."""
+
+    hidden: int
+    intermediate: int
+    patch: int  # pixels per patch side
+    merge: int  # merge x merge patches -> one vision token (the language model's)
+    patch_values: int  # pixel values per patch: channels x temporal patch x patch x patch
+    deepstack: int  # decoder layers DeepStack adds visual features to
+
+    @classmethod
+    def from_config(cls, config: Any) -> VisionShape:
+        v = getattr(config, "vision_config", None)
+        if v is None:
+            raise UserError(f"dataset.modality=image_text needs a vision tower, but the model's "
+                            f"config ({getattr(config, 'model_type', '?')}) has no vision_config. "
+                            "Plan a Qwen3-VL checkpoint or preset.")
+        patch, temporal = int(v.patch_size), int(getattr(v, "temporal_patch_size", 1))
+        return cls(int(v.hidden_size), int(v.intermediate_size), patch, int(v.spatial_merge_size),
+                   int(getattr(v, "in_channels", 3)) * temporal * patch * patch,
+                   len(getattr(v, "deepstack_visual_indexes", None) or []))
+
+    def tokens_per_image(self, max_pixels: int) -> int:
+        """Vision tokens of the largest image the processor makes within ``max_pixels`` (its
+        sides are multiples of patch x merge pixels: one token per (patch x merge)^2 pixels)."""
+        return max_pixels // (self.patch * self.merge) ** 2
+
+
 MEMORY_FORMULAS = {
     "weights": "parameters x dtype bytes",
     "quantizers": "2 x largest quantizable weight x b (fake-quantized weight and its working "
@@ -155,17 +184,32 @@ MEMORY_FORMULAS = {
     "peak": "process + weights + quantizers + checkpointed_inputs + embedding_grad "
             "+ max(logits, layer_activations + output_diffs)",
 }
+# Image-text jobs: S holds each sample's V vision tokens + prompt + caption (the language model
+# terms above already count them); the vision tower runs first, on P = V x merge^2 patches per
+# image, unquantized in the model's dtype (lm_only) and forward only (nothing in it needs a grad).
+IMAGE_MEMORY_FORMULAS = {
+    "vision_activations": "B x P x (4 B x patch values (fp32 pixels) + b x (10 vision_hidden + 4 "
+                          "vision_intermediate)) (one vision block at a time, forward only)",
+    "visual_features": "B x V x hidden x b x (1 + DeepStack layers) (the merged image embeddings "
+                       "and DeepStack features, held through the language model's forward)",
+    "peak": "process + weights + quantizers + checkpointed_inputs + embedding_grad "
+            "+ visual_features + max(logits, layer_activations + output_diffs, "
+            "vision_activations)",
+}
 
 
 def memory_estimate(shape: TextShape, *, parameters: int, largest_weight: int,
                     quantized_out_features: int, batch_size: int, seq_len: int, dtype_bytes: int,
-                    method: Method, formats: int = 1, process_gib: float = 0.0
+                    method: Method, formats: int = 1, process_gib: float = 0.0,
+                    vision: VisionShape | None = None, vision_tokens: int = 0
                     ) -> dict[str, float]:
     """Peak memory of an AutoQuantize job in GiB, term by term (see MEMORY_FORMULAS): GPU memory
     on CUDA, the peak resident set on CPU (``process_gib`` = :data:`CPU_PROCESS_GIB` there).
 
     B = batch_size, S = seq_len (an upper bound: batches are padded only to their longest
-    caption), b = dtype_bytes. Calibration (forward only) needs less than scoring.
+    caption), b = dtype_bytes. Calibration (forward only) needs less than scoring. With
+    ``vision`` (an image-text job, one image of ``vision_tokens`` per sample) the vision tower's
+    terms join (IMAGE_MEMORY_FORMULAS).
     """
     b, tokens = dtype_bytes, batch_size * seq_len
     s = shape
@@ -182,13 +226,21 @@ def memory_estimate(shape: TextShape, *, parameters: int, largest_weight: int,
     else:  # kl_div: forward passes only, reference and quantized logits
         checkpoints, layer_total, diffs, embed_grad = 0, layer, 0, 0
         logits = tokens * s.vocab * (b + 12)
+    vision_total = features = 0
+    if vision is not None:
+        patches = batch_size * vision_tokens * vision.merge**2
+        vision_total = patches * (4 * vision.patch_values
+                                  + b * (10 * vision.hidden + 4 * vision.intermediate))
+        features = batch_size * vision_tokens * s.hidden * b * (1 + vision.deepstack)
     process = process_gib * GIB
-    peak = (process + weights + quantizers + checkpoints + embed_grad
-            + max(logits, layer_total + diffs))
+    peak = (process + weights + quantizers + checkpoints + embed_grad + features
+            + max(logits, layer_total + diffs, vision_total))
     terms = {"process": process, "weights": weights, "quantizers": quantizers,
              "checkpointed_inputs": checkpoints,
              "layer_activations": layer_total, "output_diffs": diffs, "logits": logits,
              "embedding_grad": embed_grad, "peak": peak}
+    if vision is not None:
+        terms |= {"vision_activations": vision_total, "visual_features": features}
     return {k: v / GIB for k, v in terms.items()}
 
 
@@ -214,9 +266,13 @@ def plan_dtype(cfg: ModelConfig, device: str) -> torch.dtype:
 def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | None = None,
                batch_size: int = 4, seq_len: int = 128, method: Method = Method.gradient,
                device: str = "auto", coverage: Coverage = Coverage.lm_only, formats: int = 1,
-               gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB) -> dict[str, Any]:
+               gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+               image_max_pixels: int | None = None) -> dict[str, Any]:
     """Build the architecture on the meta device (config.json of the checkpoint, else
-    ``cfg.config``) and return the plan as plain data. Reads no weights and no data."""
+    ``cfg.config``) and return the plan as plain data. Reads no weights and no data.
+
+    ``image_max_pixels`` plans an image-text job: one image of at most that many pixels per
+    sample, its vision tokens inside the ``seq_len`` tokens (image + prompt + caption)."""
     if batch_size <= 0 or seq_len <= 0:
         raise UserError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive.")
     values, source = architecture.architecture(cfg)
@@ -238,12 +294,18 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
     out_features = sum(int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0) or 0)
                        for m in quantized)
     params = parameter_counts(net)
+    vision, images = None, None
+    if image_max_pixels is not None:
+        vision = VisionShape.from_config(config)
+        images = image_plan(vision, image_max_pixels, seq_len)
     memory = memory_estimate(shape, parameters=params["total"], largest_weight=largest,
                              quantized_out_features=out_features, batch_size=batch_size,
                              seq_len=seq_len, dtype_bytes=dtype.itemsize, method=method,
-                             formats=formats, process_gib=CPU_PROCESS_GIB if on_cpu else 0.0)
+                             formats=formats, process_gib=CPU_PROCESS_GIB if on_cpu else 0.0,
+                             vision=vision,
+                             vision_tokens=images["vision_tokens_per_image"] if images else 0)
     targets = targets or [format_bits]
-    return {
+    plan = {
         "model": {
             "name": cfg.name,
             "architecture_source": source,
@@ -276,10 +338,31 @@ def plan_model(cfg: ModelConfig, *, format_bits: float, targets: list[float] | N
                 "formats": formats},
         "memory_gib": memory,
         "memory_kind": "peak resident set (CPU)" if on_cpu else "peak GPU memory",
-        "memory_formulas": MEMORY_FORMULAS,
+        "memory_formulas": MEMORY_FORMULAS | (IMAGE_MEMORY_FORMULAS if images else {}),
         "gpus": {"memory_gib": gpu_memory_gib, "usable_fraction": GPU_USABLE_FRACTION,
                  "needed": gpus_needed(memory["peak"], gpu_memory_gib)},
     }
+    if images is not None:
+        plan["images"] = images
+    return plan
+
+
+def image_plan(vision: VisionShape, max_pixels: int, seq_len: int) -> dict[str, Any]:
+    """What one image costs: its vision tokens in the language model's sequence and its patches
+    in the vision tower (the largest image within ``max_pixels``)."""
+    tokens = vision.tokens_per_image(max_pixels)
+    if tokens <= 0 or tokens >= seq_len:
+        raise UserError(
+            f"dataset.image_max_pixels={max_pixels} gives {tokens} vision tokens per image "
+            f"({vision.patch * vision.merge} x {vision.patch * vision.merge} pixels each), which "
+            f"leaves no room for the prompt and caption in dataset.calib_seq_len={seq_len}. "
+            + ("Raise dataset.image_max_pixels." if tokens <= 0 else
+               "Raise dataset.calib_seq_len or lower dataset.image_max_pixels."))
+    return {"max_pixels": max_pixels, "vision_tokens_per_image": tokens,
+            "patches_per_image": tokens * vision.merge**2, "patch_size": vision.patch,
+            "merge_size": vision.merge, "deepstack_layers": vision.deepstack,
+            "vision_hidden": vision.hidden, "vision_intermediate": vision.intermediate,
+            "sequence": f"{tokens} vision tokens + prompt + caption <= {seq_len} tokens"}
 
 
 def write_plan(plan: dict[str, Any], out_dir: Path) -> Path:
@@ -325,6 +408,12 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"logits {mem['logits']:.2f}, one layer "
         f"{mem['layer_activations'] + mem['output_diffs']:.2f}, embedding grad "
         f"{mem['embedding_grad']:.2f}, quantizers {mem['quantizers']:.2f}")
+    if "images" in plan:
+        im = plan["images"]
+        lines.append(
+            f"  images: one per sample, {im['sequence']}; vision tower (unquantized, forward only) on "
+            f"{im['patches_per_image']} patches per image: one block "
+            f"{mem['vision_activations']:.2f} GiB, visual features {mem['visual_features']:.2f}")
     if not on_cpu:
         lines.append(f"  GPUs of {gpus['memory_gib']:g} GiB needed: {gpus['needed']}")
     return "\n".join(lines)
@@ -332,20 +421,25 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def dry_run(cfg: SensitivityConfig, out_dir: Path,
             gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB) -> dict[str, Any]:
-    """Everything ``runner.dry_run=true`` does: validate the pair, count the captions, plan the
-    model on the meta device, write ``plan.json`` into ``out_dir``; return the plan."""
+    """Everything ``runner.dry_run=true`` does: validate the pair, count the captions (an
+    image-text job: its image-caption pairs, each image checked), plan the model on the meta
+    device, write ``plan.json`` into ``out_dir``; return the plan."""
     from . import calibration, catalogue
-    from .pipeline import checked_targets, sample_count
+    from .pipeline import checked_targets, read_images, sample_count
 
-    aq, pair = cfg.autoquant, cfg.quant_pair
+    aq, pair, d = cfg.autoquant, cfg.quant_pair, cfg.dataset
     quant_cfg = catalogue.build_quant_config(pair, cfg.quant_granularity)
     fmt_bits = catalogue.format_effective_bits(quant_cfg)
     targets = checked_targets(aq.effective_bits, fmt_bits, pair)
-    samples = len(calibration.read_captions(cfg.dataset.captions_path, sample_count(cfg)).lines)
+    images = read_images(cfg, checkpoint=None)  # None for text; a plan needs no processor
+    samples = len(images.pairs if images is not None
+                  else calibration.read_captions(d.captions_path, sample_count(cfg)).lines)
     score_samples = min(aq.score_size or samples, samples)
     plan = plan_model(cfg.model, format_bits=fmt_bits, targets=targets, batch_size=aq.batch_size,
-                      seq_len=cfg.dataset.calib_seq_len, method=aq.method, device=cfg.model.device,
-                      coverage=aq.coverage, gpu_memory_gib=gpu_memory_gib)
+                      seq_len=d.calib_seq_len, method=aq.method, device=cfg.model.device,
+                      coverage=aq.coverage, gpu_memory_gib=gpu_memory_gib,
+                      image_max_pixels=d.image_max_pixels if d.modality == Modality.image_text
+                      else None)
     plan["job"] |= {
         "quant_pair": pair.name,
         "modelopt_base": pair.modelopt_base,

@@ -155,3 +155,68 @@ def test_cpu_mode_plans_fp32_and_the_process_resident_set(monkeypatch: pytest.Mo
     text = planner.format_plan(cpu)
     assert "peak resident set" in text and "GPUs of" not in text
     assert "peak GPU memory" in planner.format_plan(gpu)
+
+
+VISION = Path(paths.asset("tiny-qwen3-vl-vision"))
+
+
+def test_an_image_text_plan_adds_the_vision_tower_and_visual_features() -> None:
+    cfg = ModelConfig(path=str(VISION))
+    text = planner.plan_model(cfg, format_bits=8.0, batch_size=4, seq_len=128, device="cuda")
+    image = planner.plan_model(cfg, format_bits=8.0, batch_size=4, seq_len=128, device="cuda",
+                               image_max_pixels=9216)
+    # 96 x 96 pixels: 9 vision tokens of 32 x 32 pixels, 36 patches of 16 x 16 before the merge.
+    assert image["images"]["vision_tokens_per_image"] == 9
+    assert image["images"]["patches_per_image"] == 36
+    assert "images" not in text and "vision_activations" not in text["memory_gib"]
+    t, m = text["memory_gib"], image["memory_gib"]
+    for term in ("weights", "quantizers", "checkpointed_inputs", "layer_activations",
+                 "output_diffs", "logits", "embedding_grad"):
+        assert m[term] == t[term]  # the language model's S already holds the image tokens
+    gib, b = planner.GIB, 2  # bf16
+    # vision: hidden 64, intermediate 128, 3 x 2 x 16 x 16 fp32 pixel values per patch
+    assert m["vision_activations"] == pytest.approx(
+        4 * 36 * (4 * 3 * 2 * 16 * 16 + b * (10 * 64 + 4 * 128)) / gib)
+    # merged embeddings + one DeepStack layer, language model hidden 128
+    assert m["visual_features"] == pytest.approx(4 * 9 * 128 * b * 2 / gib)
+    one_phase = max(t["logits"], t["layer_activations"] + t["output_diffs"])
+    assert m["peak"] == pytest.approx(
+        t["peak"] + m["visual_features"]
+        + max(one_phase, m["vision_activations"]) - one_phase)
+    assert m["peak"] > t["peak"]
+    assert "vision_activations" in image["memory_formulas"]
+    assert "9 vision tokens + prompt + caption <= 128 tokens" in planner.format_plan(image)
+
+
+def test_vision_activations_grow_with_the_pixel_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = preset("qwen3_vl_4b", monkeypatch)
+    small, large = (planner.plan_model(cfg, format_bits=8.0, seq_len=512, image_max_pixels=px)
+                    for px in (9216, 200704))
+    assert large["images"]["vision_tokens_per_image"] == 196
+    assert large["images"]["deepstack_layers"] == 3
+    assert large["memory_gib"]["vision_activations"] > small["memory_gib"]["vision_activations"]
+    assert large["memory_gib"]["peak"] > small["memory_gib"]["peak"]
+    with pytest.raises(UserError, match="calib_seq_len=128"):
+        planner.plan_model(cfg, format_bits=8.0, seq_len=128, image_max_pixels=200704)
+
+
+def test_image_text_dry_run_counts_pairs_and_plans_more_than_text(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from layer_sensitivity.cli.config_store import CONF_DIR
+
+    def dry(*overrides: str) -> dict:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("sensitivity", overrides=["model=tiny_qwen3_vl_vision", "model.device=cuda",
+                                                    "dataset.max_calib_samples=6", *overrides])
+        cfg.output_layout.dir = str(tmp_path)
+        return planner.dry_run(OmegaConf.to_object(cfg), tmp_path / "_".join(overrides))
+
+    text, image = dry("dataset=captions"), dry("dataset=image_captions")
+    assert text["job"]["samples"] == image["job"]["samples"] == 6
+    assert image["images"]["vision_tokens_per_image"] == 9
+    assert image["memory_gib"]["peak"] == pytest.approx(
+        text["memory_gib"]["peak"] + image["memory_gib"]["visual_features"])  # logits dominate
+    plan = json.loads((tmp_path / "dataset=image_captions" / "plan.json").read_text())
+    assert plan["images"]["patches_per_image"] == 36
