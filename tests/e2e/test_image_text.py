@@ -25,7 +25,9 @@ def _manifest(out: Path) -> dict[str, Any]:
 
 def test_image_text_job_records_modality_and_scores_differ(tmp_path: Path) -> None:
     store = tmp_path / "mlflow.db"
-    image = run_cli([*VISION, "dataset=image_captions", f"hydra.run.dir={tmp_path}/image"], store)
+    # No model=: dataset=image_captions brings the vision-trained embedded model (the done-when).
+    image = run_cli([*FAST.split(), "dataset=image_captions", f"hydra.run.dir={tmp_path}/image"],
+                    store)
     assert image.returncode == 0, image.stderr[-3000:]
     text = run_cli([*VISION, f"hydra.run.dir={tmp_path}/text"], store)
     assert text.returncode == 0, text.stderr[-3000:]
@@ -37,6 +39,7 @@ def test_image_text_job_records_modality_and_scores_differ(tmp_path: Path) -> No
     assert run.data.tags["mlflow.runName"].endswith("image_text")
     params = run.data.params
     assert params["dataset.modality"] == "image_text"
+    assert params["model"] == "tiny_qwen3_vl_vision"
     assert params["dataset.image_max_pixels"] == "9216"
     names = {a.path for a in mlflow.MlflowClient(f"sqlite:///{store}").list_artifacts(
         run.info.run_id)}
@@ -73,7 +76,7 @@ def test_image_text_job_records_modality_and_scores_differ(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["dataset=image_captions"], "no preprocessor_config.json"),  # the text-only default model
+    (["model=tiny_qwen3_vl", "dataset=image_captions"], "no preprocessor_config.json"),  # text-only
     (["model=tiny_qwen3_vl_vision", "dataset=image_captions", "dataset.images_dir=/no/such/dir"],
      "Image folder '/no/such/dir' does not exist"),
 ])

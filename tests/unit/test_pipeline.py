@@ -190,7 +190,8 @@ def test_image_score_key_covers_images_and_settings(tmp_path: Path, resources: R
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["dataset=image_captions"], "no preprocessor_config.json and a chat template"),
+    (["model=tiny_qwen3_vl", "dataset=image_captions"],  # the text-only embedded model
+     "no preprocessor_config.json and a chat template"),
     ([*VISION, "dataset.images_dir=/nonexistent/images"], "Image folder .* does not exist"),
     ([*VISION, "dataset.annotations_path=/nonexistent.json"], "does not exist"),
     ([*VISION, "dataset.image_min_pixels=20000"], "image_min_pixels=20000 is above"),
