@@ -28,7 +28,7 @@ from typing import Any
 import mlflow
 import pytest
 
-from layer_sensitivity import calibration, publish
+from layer_sensitivity import calibration, manifest, publish
 from layer_sensitivity.tracking import store as tracking_store
 from tests.helpers import (
     CAPTIONS,
@@ -533,7 +533,7 @@ def test_publish_cleans_its_own_leftovers(tmp_path: Path) -> None:
     doc = json.loads(GOOD_MANIFEST.read_text())
     run_id = _logged_run(uri, doc, tmp_path / "run")
     root = tmp_path / "models"
-    dest = publish.destination(root, doc)
+    dest = publish.destination(root, manifest.load(GOOD_MANIFEST))
     dest.parent.mkdir(parents=True)
     two_minutes_ago = time.time() - 120
     dead = dest.parent / f".{dest.name}.staging-{_dead_pid()}-abcd1234"  # its publisher is gone
