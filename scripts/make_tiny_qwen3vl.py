@@ -24,6 +24,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import tokenizers
 import torch
@@ -283,11 +284,16 @@ def _make(args: argparse.Namespace) -> dict:
         "train_captions_loss": round(train_set, 6),
         "train_seconds": round(train_seconds, 1),
         "model_safetensors_sha256": sha256(args.out / "model.safetensors"),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "tokenizers": tokenizers.__version__},
     }
-    (args.out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    return write_report(args.out, report)
+
+
+def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """``training_report.json`` in ``out``, the library versions last."""
+    report["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                          "tokenizers": tokenizers.__version__}
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
     return report
 
 

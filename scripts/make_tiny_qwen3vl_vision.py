@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import time
 from pathlib import Path
 
-import tokenizers
 import torch
-import transformers
 from PIL import Image
 from transformers import Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -195,12 +192,8 @@ def _make(args: argparse.Namespace) -> dict:
         "held_out_text_loss": round(text_loss, 6),
         "train_seconds": round(seconds, 1),
         "model_safetensors_sha256": tiny.sha256(args.out / "model.safetensors"),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "tokenizers": tokenizers.__version__},
     }
-    (args.out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return report
+    return tiny.write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -88,15 +88,7 @@ def read_image_captions(annotations: str | Path, images_dir: str | Path,
         raise _bad_file(annotations, f"is not valid JSON ({e})") from None
     except OSError as e:
         raise _bad_file(annotations, f"cannot be read ({e.strerror or e})") from None
-    pairs = _pairs(annotations, doc)
-    if max_samples is None:
-        max_samples = len(pairs)
-    elif len(pairs) < max_samples:
-        log.warning("%s has %d captioned image(s) but %d were asked for; the job uses %d.",
-                    annotations, len(pairs), max_samples, len(pairs))
-    used = tuple(pairs[:max_samples])
-    return ImageCaptions(annotations, images_dir, used, len(pairs), max_samples,
-                         _images_digest(images_dir, used))
+    return _first(annotations, images_dir, _pairs(annotations, doc), max_samples)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -136,13 +128,19 @@ def read_image_folder(images_dir: str | Path, max_samples: int | None) -> ImageC
             "same-named .txt caption. Put e.g. cat.jpg next to cat.txt, or set "
             "dataset.annotations_path to a COCO-style captions JSON."
         )
+    return _first(images_dir, images_dir, pairs, max_samples)
+
+
+def _first(source: Path, images_dir: Path, pairs: list[tuple[str, str]],
+           max_samples: int | None) -> ImageCaptions:
+    """The first ``max_samples`` pairs (all when None; fewer, with a warning, when short)."""
     if max_samples is None:
         max_samples = len(pairs)
     elif len(pairs) < max_samples:
         log.warning("%s has %d captioned image(s) but %d were asked for; the job uses %d.",
-                    images_dir, len(pairs), max_samples, len(pairs))
+                    source, len(pairs), max_samples, len(pairs))
     used = tuple(pairs[:max_samples])
-    return ImageCaptions(images_dir, images_dir, used, len(pairs), max_samples,
+    return ImageCaptions(source, images_dir, used, len(pairs), max_samples,
                          _images_digest(images_dir, used))
 
 
