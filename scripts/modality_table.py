@@ -18,6 +18,8 @@ image-text KL of recipes chosen from the text and the image-text rankings at equ
 
     PYTHONPATH=src python scripts/modality_table.py                  # fp8 and int4, size small
     PYTHONPATH=src python scripts/modality_table.py --pairs fp8 --size medium
+    PYTHONPATH=src python scripts/modality_table.py --size medium --no-kl --amax-pairs \
+        --json out.json     # the scores only, as numbers (tests/e2e/test_modality_table.py)
 """
 
 from __future__ import annotations
