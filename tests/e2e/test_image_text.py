@@ -119,3 +119,37 @@ def test_training_script_smoke_run_makes_a_checkpoint_with_its_processor(tmp_pat
     model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).eval()
     with torch.no_grad():
         assert torch.isfinite(model(**batch, use_cache=False).loss)
+
+
+def test_mixed_recipe_on_image_text_pairs(tmp_path: Path) -> None:
+    """``recipe --formats fp8,int4`` with ``dataset=image_captions``: int4's stored image-text
+    scores are reused (the key the image-text sensitivity job stored), fp8 is searched, and the mix
+    is measured on held-out image-text pairs; the run records the modality as sensitivity runs do."""
+    store, cache = tmp_path / "mlflow.db", tmp_path / "cache"
+    data = [*FAST.split(), "dataset=image_captions", f"autoquant.score_cache_dir={cache}"]
+    single = run_cli([*data, "quant_pair=int4", "tracking.enabled=false",
+                      f"hydra.run.dir={tmp_path}/int4"], tmp_path / "unused.db")
+    assert single.returncode == 0, single.stderr[-3000:]
+    proc = run_cli(["--formats", "fp8,int4", "--effective-bits", "6", *data,
+                    f"hydra.run.dir={tmp_path}/mixed"], store, module="layer_sensitivity.cli.recipe")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    (run,) = all_runs(f"sqlite:///{store}")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.runName"] == "mixed/fp8+int4/6bits image_text"
+    assert run.data.params["dataset.modality"] == "image_text"
+    assert run.data.params["dataset.image_max_pixels"] == "9216"
+    doc = _manifest(tmp_path / "mixed")
+    assert doc["scheme"]["name"].endswith("_lm_small_image")
+    assert doc["dataset"]["modality"] == "image_text"
+    assert doc["dataset"]["images"]["vision_tokens"] == 4 * 9
+    stored = _manifest(tmp_path / "int4")["score_cache"]
+    scores = doc["mixed"]["single_format_scores"]
+    assert scores["wint4_afp16"] == {**stored, "hit": True}  # the image-text state, reused
+    assert scores["wfp8_afp8"]["hit"] is False and doc["mixed"]["composed"] is True
+    # held-out quality on pairs of other images (the val file), against INT4 alone at equal bits
+    assert run.data.metrics["run/heldout_kl_mixed"] > 0
+    assert run.data.metrics["run/heldout_kl_best_single"] > 0
+    note = run.data.tags["mlflow.note.content"]
+    assert "Held-out KL (test image-text pairs" in note, note
+    assert "image-caption chats" in (tmp_path / "mixed" / "mixed-recipe-report.md").read_text()

@@ -20,6 +20,7 @@ from layer_sensitivity.schema import (
     AutoQuantConfig,
     Coverage,
     DatasetConfig,
+    Modality,
     ModelConfig,
     Precision,
     PresetEdit,
@@ -56,6 +57,29 @@ def test_plan_resolves_formats_and_defaults_to_the_midpoint() -> None:
     assert mp.min_bits == 4.0 and mp.tag == "wfp8_afp8+wint4_afp16"
     assert mp.recipe_name(5.5) == "mixed_wfp8_afp8+wint4_afp16_5.5bits"
     assert mixed.plan(_cfgs("wfp8_afp8", "wint4_afp16"), [4, 6.5, 16]).budgets == [4.0, 6.5, 16.0]
+
+
+def test_an_image_text_mix_is_named_and_logged_as_image_text_jobs_are() -> None:
+    """dataset=image_captions: ``_image`` scheme name and `` image_text`` run name, as sensitivity
+    jobs; the image settings as params under a sensitivity run's names; text mixes unchanged."""
+    shapes = paths.asset("shapes-captions")
+    cfgs = [dataclasses.replace(c, model=ModelConfig(
+        name="tiny_qwen3_vl_vision", path=paths.asset("tiny-qwen3-vl-vision"), device="cpu"),
+        dataset=dataclasses.replace(c.dataset, name="bundled-shapes", modality=Modality.image_text,
+                                    annotations_path=f"{shapes}/captions_train.json",
+                                    images_dir=f"{shapes}/images"))
+            for c in _cfgs("wfp8_afp8", "wint4_afp16")]
+    mp = mixed.plan(cfgs, 6, requested=["fp8", "int4"])
+    assert mp.scheme_name == "tiny_qwen3_vl_vision_mixed_wfp8_afp8+wint4_afp16_lm_small_image"
+    assert recipe_task.default_run_name(mp) == "mixed/fp8+int4/6bits image_text"
+    req = recipe_task.MixedRequest(cfgs, 6, Path("out"))
+    params = recipe_task.params(req, mp)
+    assert params["dataset.modality"] == "image_text" and params["dataset.image_max_pixels"] == 9216
+    assert params["resolved.samples"] == 4
+    text = mixed.plan(_cfgs("wfp8_afp8", "wint4_afp16"), 6, requested=["fp8", "int4"])
+    assert recipe_task.default_run_name(text) == "mixed/fp8+int4/6bits"
+    assert not text.scheme_name.endswith("_image")
+    assert "dataset.modality" not in recipe_task.params(req, text)
 
 
 @pytest.mark.parametrize(("pairs", "budgets", "kwargs", "expected"), [
@@ -319,6 +343,8 @@ def test_heldout_quality_is_one_line_and_single_value_metrics() -> None:
     assert mixed.heldout_metrics(_heldout()) == [("run/heldout_kl_mixed", 0.0046, None),
                                                  ("run/heldout_kl_best_single", 0.0041, None),
                                                  ("run/heldout_bits_best_single", 5.88, None)]
+    image = mixed.describe_heldout({**_heldout(), "data": "image-text pairs"})  # image-text runs
+    assert "(test image-text pairs," in image and "chosen on validation image-text pairs" in image
     # no single format within the tolerance: the mix alone, said so
     assert "no single format gets within 0.5 bits" in mixed.describe_heldout(_heldout(best=False))
     assert [m[0] for m in mixed.heldout_metrics(_heldout(best=False))] == ["run/heldout_kl_mixed"]

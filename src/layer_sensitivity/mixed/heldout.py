@@ -1,5 +1,5 @@
 """Mixed-format recipes, held-out quality: the main budget's mix against each single format at
-equal bits, on captions disjoint from calibration."""
+equal bits, on captions disjoint from calibration (an image-text run: pairs of other images)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def heldout_quality(mp: MixedPlan, s: MixedScores, doc: Manifest) -> dict[str, A
 
     measured = [row(r) for r in singles]
     first = rows.iloc[0]
-    return {"mixed": row(mixed_recipe), "singles": measured,
+    data = "image-text pairs" if doc.dataset.modality == "image_text" else "captions"
+    return {"mixed": row(mixed_recipe), "singles": measured, "data": data,
             "best_single": min(measured, key=lambda r: r["kl"]) if measured else None,
             "tolerance_bits": EQUAL_BITS_TOLERANCE,
             "eval_tokens": int(first["eval_tokens"]), "test_tokens": int(first["test_tokens"])}
@@ -105,10 +106,11 @@ def describe_heldout(heldout: dict[str, Any] | None) -> str:
     if not heldout:
         return "Held-out quality not measured (heldout=false); measure it with `evaluate`."
     m, best = heldout["mixed"], heldout["best_single"]
-    head = f"Held-out KL (test captions, lower is better): mixed **{m['kl_test']:.4g}** at " \
+    data = heldout.get("data", "captions")  # image-text runs: held-out image-text pairs
+    head = f"Held-out KL (test {data}, lower is better): mixed **{m['kl_test']:.4g}** at " \
            f"{m['lm_bits']:.2f} bits"
     if best is None:
         return (f"{head}; no single format gets within {heldout['tolerance_bits']:g} bits of it "
                 "(nothing to compare at equal bits).")
     return (f"{head} vs **{best['kl_test']:.4g}** for {best['pair']} alone at {best['lm_bits']:.2f} bits "
-            "(the best single format at equal bits, chosen on validation captions).")
+            f"(the best single format at equal bits, chosen on validation {data}).")

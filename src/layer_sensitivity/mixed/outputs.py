@@ -104,7 +104,7 @@ def _report(doc: Manifest, recipe_files: list[Path]) -> str:
     scheme, data, aq = doc.scheme, doc.dataset, doc.autoquant
     lines = [f"# Mixed recipe: {' + '.join(scheme.formats)}", "",
              f"Model {doc.model.name}, {scheme.method} scores over "
-             f"{data.samples_used} captions ({data.size}). "
+             f"{data.samples_used} {_samples(doc)} ({data.size}). "
              f"Scores: {mix_of(doc).reason}.", "",
              f"Main budget {scheme.effective_bits_requested:g} LM bits: achieved "
              f"{aq.effective_bits_achieved:.4f}, total score {aq.total_score:.6g}.", "",
@@ -125,6 +125,10 @@ def _report(doc: Manifest, recipe_files: list[Path]) -> str:
     lines += ["", "## Figures", ""]
     lines += [f"![{n}]({figures.FIGURES_DIR}/{n})\n" for n in figures.mixed_figure_names(doc)]
     return "\n".join(lines)
+
+
+def _samples(doc: Manifest) -> str:
+    return "image-caption chats" if doc.dataset.modality == "image_text" else "captions"
 
 
 def write_outputs(mp: MixedPlan, doc: Manifest, out_dir: Path) -> tuple[list[Path], list[Path]]:

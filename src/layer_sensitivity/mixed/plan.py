@@ -74,7 +74,8 @@ class MixedPlan:
     def scheme_name(self) -> str:
         c = self.cfg
         scope = "lm" + ("" if c.autoquant.lm_head else "_nohead")
-        return f"{c.model.name}_mixed_{self.tag}_{scope}_{c.dataset.size.value}"
+        images = "_image" if self.formats[0].images is not None else ""
+        return f"{c.model.name}_mixed_{self.tag}_{scope}_{c.dataset.size.value}{images}"
 
     def recipe_name(self, bits: float) -> str:
         return f"{KIND}_{self.tag}_{bits:g}bits"

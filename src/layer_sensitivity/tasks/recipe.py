@@ -62,7 +62,20 @@ class MixedRequest:
 
 
 def default_run_name(mp: MixedPlan) -> str:
-    return f"mixed/{'+'.join(mp.requested)}/{','.join(f'{b:g}' for b in mp.budgets)}bits"
+    name = f"mixed/{'+'.join(mp.requested)}/{','.join(f'{b:g}' for b in mp.budgets)}bits"
+    modality = mp.cfg.dataset.modality.value
+    return name if modality == "text" else f"{name} {modality}"  # as sensitivity run names
+
+
+def image_params(mp: MixedPlan) -> dict[str, Any]:
+    """An image-text run's data settings, named as a sensitivity run logs them (text runs: none)."""
+    d = mp.cfg.dataset
+    if mp.formats[0].images is None:
+        return {}
+    return {"dataset.modality": d.modality.value, "dataset.annotations_path": d.annotations_path,
+            "dataset.images_dir": d.images_dir, "dataset.image_prompt": d.image_prompt,
+            "dataset.image_min_pixels": d.image_min_pixels,
+            "dataset.image_max_pixels": d.image_max_pixels}
 
 
 def params(req: MixedRequest, mp: MixedPlan) -> dict[str, Any]:
@@ -86,6 +99,7 @@ def params(req: MixedRequest, mp: MixedPlan) -> dict[str, Any]:
         "resolved.lm_head": c.autoquant.lm_head,
         "resolved.granularity": c.quant_granularity.name,
         "heldout": str(req.heldout).lower(),
+        **image_params(mp),
     }
 
 
