@@ -4,15 +4,17 @@
    against the run's manifest, the serving catalogue says which runtimes read the export (none:
    a UserError unless forced), the output directory must be new (or empty) in a writable folder.
 2. **Quantize**: a fresh copy of the run's model, ``mtq.quantize`` with the recipe, calibrated on
-   the run's captions in the run's batch shapes (the recipe carries the algorithm).
+   the run's captions in the run's batch shapes (the recipe carries the algorithm). An image-text
+   run (``dataset=image_captions``) calibrates on its own image-caption chats and is measured on
+   held-out pairs of other images, as ``evaluate`` does (``image_evaluate``).
 3. **Export**: ``modelopt.torch.export.export_hf_checkpoint`` into a staging folder beside the
-   target, plus the tokenizer and processor files; renamed into place only once verified, so a
-   failure leaves nothing half-written.
+   target, plus the tokenizer and processor files (image processor, chat template); renamed into
+   place only once verified, so a failure leaves nothing half-written.
 4. **Verify, not assume**: the file's weights are dequantized with their scales (and its
    activation scales applied) into a fresh unquantized model, which must reproduce the
-   fake-quantized model's logits on held-out captions within :data:`LOGIT_TOLERANCE`; the vision
-   tower must be unquantized in the file; held-out KL of the rebuilt model is measured next to the
-   recipe's own.
+   fake-quantized model's logits on held-out captions (or image-text chats, through the file's
+   vision tower) within :data:`LOGIT_TOLERANCE`; the vision tower must be unquantized in the file;
+   held-out KL of the rebuilt model is measured next to the recipe's own.
 
 No MLflow, no Hydra: ``tasks/export.py`` logs the result.
 """
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from . import calibration, evaluate, held_out, recipe_files
+from . import calibration, evaluate, held_out, image_captions, image_evaluate, recipe_files
 from .catalogue import runtimes
 from .errors import UserError
 from .exported_checkpoint import rebuild
@@ -66,8 +68,9 @@ class ExportPlan:
     out_dir: Path
     model_dir: Path
     calib_captions: list[str]
-    eval_captions: list[str]
+    eval_captions: list[str]  # an image-text run: the held-out pairs' captions
     forced: bool = False
+    images: image_evaluate.RunPairs | None = None  # an image-text run's pairs and settings
 
 
 @dataclass
@@ -149,6 +152,11 @@ def plan(manifest: Manifest, recipe_path: str | Path, out_dir: str | Path, *,
     if not (mdir / "config.json").is_file():
         raise UserError(f"Model directory '{mdir}' of the run is not there; pass --model-dir "
                         "<the checkpoint the run analysed>.")
+    if image_evaluate.is_image_text(manifest):  # calibrated on image-caption chats
+        pairs = image_evaluate.run_pairs(manifest, mdir, eval_captions_path, max_eval_samples)
+        return ExportPlan(manifest, path, recipe, serving, out, mdir,
+                          list(pairs.calib.captions.lines), list(pairs.held.captions.lines),
+                          force, pairs)
     calib = held_out.calibration_captions(manifest)
     if eval_captions_path is None:
         held = held_out.held_out_captions(str(manifest.dataset.path), calib, mdir,
@@ -208,6 +216,17 @@ def _copy_tokenizer_files(tokenizer: Any, source: Path, staging: Path) -> None:
             shutil.copy2(source / name, staging / name)
 
 
+def _batches(p: ExportPlan, tokenizer: Any, batch_size: int, seq_len: int
+             ) -> tuple[list[calibration.Batch], list[calibration.Batch]]:
+    """(calibration, held-out) batches: captions, or an image-text run's chats."""
+    if p.images is None:
+        return (calibration.build_batches(p.calib_captions, tokenizer, batch_size, seq_len),
+                calibration.build_batches(p.eval_captions, tokenizer, evaluate.EVAL_BATCH_SIZE,
+                                          seq_len))
+    build = image_evaluate.batch_builder(p.model_dir, tokenizer, p.images.settings, seq_len)
+    return build(p.images.calib, batch_size), build(p.images.held, evaluate.EVAL_BATCH_SIZE)
+
+
 def run(p: ExportPlan, device: str = "auto") -> ExportResult:
     """Quantize, calibrate, export into a staging folder, verify, move into place."""
     from modelopt.torch.export import export_hf_checkpoint
@@ -220,11 +239,8 @@ def run(p: ExportPlan, device: str = "auto") -> ExportResult:
     d = p.manifest.dataset
     batch_size, seq_len = int(d.batch_size or 4), int(d.seq_len or 128)
     tok = loaded.tokenizer
-    calib = [{k: v.to(dev) for k, v in b.items()}
-             for b in calibration.build_batches(p.calib_captions, tok, batch_size, seq_len)]
-    evals = [{k: v.to(dev) for k, v in b.items()}
-             for b in calibration.build_batches(p.eval_captions, tok, evaluate.EVAL_BATCH_SIZE,
-                                                seq_len)]
+    calib, evals = ([{k: v.to(dev) for k, v in b.items()} for b in batches]
+                    for batches in _batches(p, tok, batch_size, seq_len))
     ref = evaluate._reference(loaded.model, evals)
     q = evaluate.quantize_copy(loaded.model, p.recipe.config, calib)
     fake = evaluate._measure(q, evals, ref)
@@ -262,7 +278,7 @@ def run(p: ExportPlan, device: str = "auto") -> ExportResult:
         if not verified:
             log.warning("forced export: the checkpoint does not reproduce the fake-quantized "
                         "logits (max error %.4g, mean %.4g of the largest logit)", rel, mean_rel)
-        verify_loads(staging)
+        verify_loads(staging, images=p.images is not None)
         seconds["verify"] = time.perf_counter() - t
         if p.out_dir.exists():
             p.out_dir.rmdir()  # empty, checked by plan
@@ -280,11 +296,15 @@ def run(p: ExportPlan, device: str = "auto") -> ExportResult:
                         verified, sorted(f.name for f in p.out_dir.iterdir()), seconds)
 
 
-def verify_loads(directory: Path) -> None:
-    """The exported directory loads back with transformers' own readers (config, tokenizer)."""
+def verify_loads(directory: Path, images: bool = False) -> None:
+    """The exported directory loads back with transformers' own readers (config, tokenizer; with
+    ``images``, the image processor and chat template an image-text deployment needs)."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(str(directory))
     if "quantization_config" not in config.to_dict():
         raise RuntimeError(f"{directory}/config.json has no quantization_config")
     AutoTokenizer.from_pretrained(str(directory))
+    if images:
+        image_captions.check_image_support(directory)
+        image_captions.load_image_processor(directory)

@@ -118,8 +118,8 @@ def calibration_captions(manifest: Manifest) -> list[str]:
     if d.modality not in (None, "text"):  # its calibration data are image-caption chats
         raise UserError(
             f"This run calibrated on {d.modality} data (image-caption chats), not on "
-            "captions: the evaluate entry point reads its pairs back, export does not yet. Export "
-            "a recipe of a text run (dataset=captions) of the same model.")
+            "captions; read its pairs back with image_evaluate.calibration_pairs (what evaluate "
+            "and export do).")
     if not d.path or not d.samples_used:
         raise UserError("The manifest does not record its calibration captions (dataset.path, "
                         "dataset.samples_used); pass the calibration captions explicitly.")

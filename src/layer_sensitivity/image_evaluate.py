@@ -11,6 +11,7 @@ held-out pairs may be a calibration image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,40 @@ def held_out_pairs(calib: image_captions.ImageCaptions, eval_annotations: str | 
                                         cap, "")
 
 
+@dataclass(frozen=True)
+class RunPairs:
+    """An image-text run's calibration pairs (read back, checked), held-out pairs of other images
+    and the image settings it ran with."""
+
+    calib: image_captions.ImageCaptions
+    held: image_captions.ImageCaptions
+    settings: image_captions.ImageSettings
+
+
+def run_pairs(manifest: Manifest, mdir: Path, eval_annotations: str | Path | None,
+              max_samples: int | None) -> RunPairs:
+    """Everything an image-text run's recipes are calibrated and measured on, checked before the
+    model loads (the checkpoint's processor and chat template too)."""
+    image_captions.check_image_support(mdir)
+    calib = calibration_pairs(manifest)
+    images = manifest.dataset.images or {}
+    settings = image_captions.ImageSettings(str(images.get("prompt", "Describe the picture.")),
+                                            int(images["min_pixels"]), int(images["max_pixels"]))
+    return RunPairs(calib, held_out_pairs(calib, eval_annotations, max_samples), settings)
+
+
+def batch_builder(mdir: Path, tokenizer: Any, settings: image_captions.ImageSettings,
+                  seq_len: int) -> Callable[[image_captions.ImageCaptions, int], list[Any]]:
+    """pairs, batch size -> chat batches, through the checkpoint's processor and chat template."""
+    tok = image_captions.with_chat_template(tokenizer, mdir)
+    processor = image_captions.load_image_processor(mdir)
+
+    def batches(data: image_captions.ImageCaptions, size: int) -> list[Any]:
+        return image_captions.build_batches(data, tok, processor, settings, size, seq_len)
+
+    return batches
+
+
 def evaluate_like_the_run(manifest: Manifest, todo: Sequence[Recipe], *,
                           model_dir: str | Path | None, eval_captions_path: str | Path | None,
                           max_eval_samples: int | None, device: str, eval_batch_size: int,
@@ -93,25 +128,15 @@ def evaluate_like_the_run(manifest: Manifest, todo: Sequence[Recipe], *,
     """``todo`` on the run's model, calibrated on its image-text chats, measured on held-out ones
     (even / odd pairs as validation / test when ``split``)."""
     d = manifest.dataset
-    images = d.images or {}
     mdir = Path(model_dir or manifest.model.id or "")
     if not (mdir / "config.json").is_file():
         raise UserError(f"Model directory '{mdir}' of the run is not there; pass model_dir=<the "
                         "checkpoint the run analysed>.")
-    image_captions.check_image_support(mdir)
-    calib = calibration_pairs(manifest)
-    held = held_out_pairs(calib, eval_captions_path, max_eval_samples)
-    settings = image_captions.ImageSettings(str(images.get("prompt", "Describe the picture.")),
-                                            int(images["min_pixels"]), int(images["max_pixels"]))
+    pairs = run_pairs(manifest, mdir, eval_captions_path, max_eval_samples)
+    calib, held = pairs.calib, pairs.held
     dev = placement.resolve_device(device)
     loaded = loader.load(ModelConfig(name=mdir.name, path=str(mdir), device=dev), mdir, dev)
-    tok = image_captions.with_chat_template(loaded.tokenizer, mdir)
-    processor = image_captions.load_image_processor(mdir)
-    seq_len = int(d.seq_len or 128)
-
-    def batches(data: image_captions.ImageCaptions, size: int) -> list[Any]:
-        return image_captions.build_batches(data, tok, processor, settings, size, seq_len)
-
+    batches = batch_builder(mdir, loaded.tokenizer, pairs.settings, int(d.seq_len or 128))
     evals, tests = held, None
     if split:
         if len(held.pairs) < 2:

@@ -11,6 +11,7 @@ from typing import Any
 import mlflow
 import pytest
 
+from layer_sensitivity import export, exported_checkpoint
 from tests.helpers import FAST, all_runs, run_cli
 
 pytestmark = pytest.mark.slow
@@ -121,10 +122,12 @@ def test_training_script_smoke_run_makes_a_checkpoint_with_its_processor(tmp_pat
         assert torch.isfinite(model(**batch, use_cache=False).loss)
 
 
-def test_mixed_recipe_on_image_text_pairs(tmp_path: Path) -> None:
+def test_mixed_recipe_on_image_text_pairs_and_its_export(tmp_path: Path) -> None:
     """``recipe --formats fp8,int4`` with ``dataset=image_captions``: int4's stored image-text
     scores are reused (the key the image-text sensitivity job stored), fp8 is searched, and the mix
-    is measured on held-out image-text pairs; the run records the modality as sensitivity runs do."""
+    is measured on held-out image-text pairs; the run records the modality as sensitivity runs do.
+    Then ``export`` of that recipe: calibrated on the run's chats, verified on held-out image-text
+    chats through the file's own vision tower (unquantized), processor files carried along."""
     store, cache = tmp_path / "mlflow.db", tmp_path / "cache"
     data = [*FAST.split(), "dataset=image_captions", f"autoquant.score_cache_dir={cache}"]
     single = run_cli([*data, "quant_pair=int4", "tracking.enabled=false",
@@ -153,3 +156,32 @@ def test_mixed_recipe_on_image_text_pairs(tmp_path: Path) -> None:
     note = run.data.tags["mlflow.note.content"]
     assert "Held-out KL (test image-text pairs" in note, note
     assert "image-caption chats" in (tmp_path / "mixed" / "mixed-recipe-report.md").read_text()
+
+    ckpt = tmp_path / "ckpt"
+    exp = run_cli(["--run-id", run.info.run_id, "--recipe", "mixed_wfp8_afp8+wint4_afp16_6bits",
+                   "--out", str(ckpt), "--max-eval-samples", "8"], store,
+                  module="layer_sensitivity.cli.export")
+    assert exp.returncode == 0, exp.stderr[-3000:]
+    (exported,) = [r for r in all_runs(f"sqlite:///{store}")
+                   if r.data.tags["mlflow.runName"] == "export mixed_wfp8_afp8+wint4_afp16_6bits"]
+    assert exported.data.params["export.eval_captions"] == "held-out image-text pairs"
+    m = exported.data.metrics
+    assert m["export/max_logit_error"] <= export.LOGIT_TOLERANCE
+    assert 0 < m["export/kl"] == pytest.approx(m["export/recipe_kl"], rel=0.05)
+    hf = json.loads((ckpt / export.HF_QUANT_CONFIG).read_text())
+    assert not [k for k in exported_checkpoint.layer_algos(hf) if "visual" in k]
+    # complete: the exported directory alone turns an image and caption into the same chat batch
+    import torch
+    from transformers import AutoTokenizer
+
+    from layer_sensitivity import image_captions as ic
+    from tests.helpers import SHAPES
+
+    data = ic.read_image_captions(SHAPES / "captions_val.json", SHAPES / "images", 2)
+    settings = ic.ImageSettings("Describe the picture.", 1024, 9216)
+    source = Path(doc["model"]["id"])
+    batches = [ic.build_batches(data, ic.with_chat_template(
+        AutoTokenizer.from_pretrained(d, local_files_only=True), d), ic.load_image_processor(d),
+        settings, 2, 128)[0] for d in (source, ckpt)]
+    assert batches[0].keys() == batches[1].keys()
+    assert all(torch.equal(batches[0][k], batches[1][k]) for k in batches[0])

@@ -189,7 +189,7 @@ def test_evaluate_compares_caption_predicting_positions(tokenizer, processor) ->
     assert _scored(text).equal(b["attention_mask"].bool())
 
 
-def test_evaluate_refuses_an_image_text_run_clearly() -> None:
+def test_caption_readers_refuse_an_image_text_run_clearly() -> None:
     from layer_sensitivity.held_out import calibration_captions
     from layer_sensitivity.manifest_model import Manifest
 
@@ -197,7 +197,7 @@ def test_evaluate_refuses_an_image_text_run_clearly() -> None:
                                    "layer_sensitivity": {}, "dataset": {
                                        "modality": "image_text", "path": "x.json",
                                        "samples_used": 4}})
-    with pytest.raises(UserError, match="calibrated on image_text data.*export does not yet"):
+    with pytest.raises(UserError, match="calibrated on image_text data.*image_evaluate.calibration_pairs"):
         calibration_captions(doc)
 
 

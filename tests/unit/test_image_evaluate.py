@@ -1,6 +1,6 @@
 """Which image-text pairs evaluate an image-text run's recipes: its calibration pairs read back and
 checked, held-out pairs of other images (no model run here; tests/e2e/test_image_text.py runs the
-evaluate entry point)."""
+evaluate and export entry points)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from layer_sensitivity import image_captions as ic
 from layer_sensitivity import image_evaluate as ie
+from layer_sensitivity import paths
 from layer_sensitivity.errors import UserError
 from layer_sensitivity.manifest_model import Manifest
 from tests.helpers import SHAPES
@@ -59,3 +60,12 @@ def test_explicit_eval_pairs_must_be_other_images(tmp_path: Path) -> None:
     calib_all = ie.calibration_pairs(_manifest(few, SHAPES / "images", 8))
     with pytest.raises(UserError, match="No held-out image-text pair is left"):
         ie.held_out_pairs(calib_all, None, None)
+
+
+def test_run_pairs_are_what_evaluate_and_export_calibrate_and_measure_on() -> None:
+    m = _manifest(SHAPES / "captions_train.json", SHAPES / "images", 8)
+    pairs = ie.run_pairs(m, Path(paths.asset("tiny-qwen3-vl-vision")), None, 6)
+    assert len(pairs.calib.pairs) == 8 and len(pairs.held.pairs) == 6
+    assert pairs.settings == ic.ImageSettings("Describe the picture.", 1024, 9216)
+    with pytest.raises(UserError, match="no preprocessor_config.json"):  # a text-only checkpoint
+        ie.run_pairs(m, Path(paths.asset("tiny-qwen3-vl")), None, 6)

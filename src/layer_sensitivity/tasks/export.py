@@ -96,7 +96,9 @@ class ExportTask(Task["export.ExportResult"]):
                 "export.quantized_groups": len(r.quantized),
                 "export.runtimes": ",".join(p.serving.runtimes) or "none",
                 "export.forced": self.force,
-                "export.eval_captions": self.eval_captions or "held-out bundled captions"}
+                "export.eval_captions": self.eval_captions or (
+                    "held-out image-text pairs" if p.images is not None
+                    else "held-out bundled captions")}
 
     def execute(self, run: Run, phases: Phases) -> export.ExportResult:
         p, r = self.plan, self.plan.recipe
