@@ -1,6 +1,7 @@
 """``python -m layer_sensitivity dataset=image_captions`` end to end on the image-text embedded
 model: the run records the modality and image settings, and image-text scores differ from
-text-only scores of the same model (which way is not asserted: that is what is measured)."""
+text-only scores of the same model (which way is not asserted: that is what is measured); compare
+and evaluate of such runs; a mixed-format recipe on image-text data and its export."""
 
 from __future__ import annotations
 
