@@ -161,6 +161,41 @@ def test_submitit_local_logs_finished_and_failed_children(tmp_path: Path) -> Non
     assert "FINISHED" in summary and "FAILED" in summary
 
 
+def _runs_in(store: Path) -> int:
+    if not store.exists():
+        return 0
+    with sqlite3.connect(store, timeout=5) as db:
+        tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
+        return int(db.execute("select count(*) from runs").fetchone()[0]) if "runs" in tables else 0
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel", "submitit_local"])
+def test_a_job_that_does_not_compose_is_bad_input_under_every_launcher(tmp_path: Path,
+                                                                       launcher: str) -> None:
+    """Hydra's sweeper composes every job where the sweep starts, whatever the launcher: a job's
+    bad value is exit 2, one paragraph, no run (not even the parent), no job folder."""
+    proc = _sweep(tmp_path, f"hydra/launcher={launcher}", "autoquant.score_size=2,abc")
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "autoquant.score_size=abc" in errors[0], proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr
+    assert _runs_in(tmp_path / "mlflow.db") == 0
+    assert not (tmp_path / "multi").exists() or not any((tmp_path / "multi").iterdir())
+
+
+def test_a_config_that_does_not_compose_is_bad_input(tmp_path: Path) -> None:
+    """A value the typed schema refuses stops Hydra before any job: Hydra's message, exit 2."""
+    store = tmp_path / "mlflow.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "layer_sensitivity", "autoquant.score_size=abc", *FAST,
+         f"tracking.uri=sqlite:///{store}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=tool_env(store) | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"},
+        capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "autoquant.score_size=abc" in proc.stderr and "Traceback" not in proc.stderr
+    assert _runs_in(store) == 0 and not (tmp_path / "run").exists()
+
+
 def _running_runs(store: Path) -> int:
     if not store.exists():
         return 0

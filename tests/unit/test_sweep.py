@@ -11,11 +11,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from layer_sensitivity import paths, sweep
 from layer_sensitivity.cli.sweep import multirun_argv
-from layer_sensitivity.cli.sweep_callback import planned_jobs, sweep_name
+from layer_sensitivity.cli.sweep_callback import compose_jobs, planned_jobs, sweep_name
 from layer_sensitivity.manifest import Manifest
 from layer_sensitivity.schema import DatasetSize
 from layer_sensitivity.tracking import NoopTracker
@@ -223,6 +224,26 @@ def test_command_line_overrides_win_over_a_preset() -> None:
 def test_a_glob_sweep_leaves_the_plan_unknown() -> None:
     jobs, swept = _plan({}, ["quant_pair=glob(w*)"])
     assert jobs == [] and swept == {"quant_pair"}
+
+
+def test_the_planned_jobs_are_composed_before_the_sweep_starts(tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        config = compose("sensitivity", [f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+        composed = compose_jobs(config, [["quant_pair=fp8"], ["quant_pair=int8"]])
+        assert [c.quant_pair.name for _, c in composed] == ["wfp8_afp8", "wint8_aint8"]
+        assert {str(c.output_layout.dir) for _, c in composed} == {str(tmp_path)}
+
+
+def test_a_job_that_does_not_compose_refuses_the_sweep_in_one_paragraph(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        config = compose("sensitivity", [f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+        with pytest.raises(SystemExit) as stop:  # before the parent run: none exists yet
+            compose_jobs(config, [["autoquant.batch_size=2"], ["autoquant.batch_size=abc"]])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "`autoquant.batch_size=abc` does not compose" in err and "'abc'" in err
 
 
 def test_cpu_all_preset_is_every_cpu_capable_pair_by_every_size() -> None:

@@ -23,7 +23,7 @@ from ..redact import redact_text
 from ..schema import SensitivityConfig
 from ..tasks import sensitivity as job
 from . import config_store  # noqa: F401 - registers the schemas and resolvers
-from .app_state import APP
+from .app_state import APP, compose_error
 from .common import fail, flatten, install_signal_handlers, redact_logging, user_errors
 from .config_store import CONF_DIR, check_known_keys
 from .sweep_callback import finish_active
@@ -77,7 +77,6 @@ def _other_mode(spec: SensitivityConfig, out_dir: Path) -> None:
 
 def run_task(cfg: DictConfig) -> None:
     """One job, as Hydra hands it over: build the request, make one call."""
-    APP.task_started = True
     redact_logging()
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -144,8 +143,9 @@ def main() -> None:
         try:
             _hydra_main()
         except SystemExit as e:
-            if e.code == 1 and APP.nothing_ran():
-                # Hydra's compose error (no job ran here nor in a launcher's worker): exit 2
+            if compose_error(e) is not None:  # Hydra printed why; no job ran: bad input
+                # (a sweep's parent run is open here only for a glob sweep, whose jobs its
+                # callback could not compose before starting it)
                 finish_active(UserError("The sweep's configuration does not compose (see the "
                                         "message above); no job ran."))
                 tracking.discard_launched_run("The configuration does not compose.")

@@ -22,7 +22,7 @@ from .. import console, sweep, tracking
 from ..errors import UserError
 from ..schema import TrackingConfig
 from . import common
-from .app_state import APP
+from .app_state import APP, COMPOSE_ERRORS
 from .common import fail
 from .config_store import check_known_keys
 
@@ -85,6 +85,7 @@ class SweepRuns(Callback):
         except UserError as e:
             fail(str(e))
         jobs, swept, args = planned_overrides(config)
+        composed = compose_jobs(config, jobs)  # before any run exists: a bad job refuses the sweep
         planned = [sweep.overrides_key(j) for j in jobs]
         tcfg: TrackingConfig = OmegaConf.to_object(  # type: ignore[assignment]
             OmegaConf.merge(OmegaConf.structured(TrackingConfig), config.tracking))
@@ -95,27 +96,47 @@ class SweepRuns(Callback):
         s.start()
         APP.sweep = s
         if self.share_scores:
-            share_scores(config, jobs, s)
+            share_scores(config, composed, s)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish_active(None)
 
 
-def share_scores(config: DictConfig, jobs: list[list[str]], s: sweep.Sweep) -> None:
-    """Compose every planned job's config and store shared scores for them (on the parent run:
-    ``shared_scores.json`` and ``seconds/shared_scores``). Runs where the sweep was started, so
-    not for SLURM (the login node): there each job scores itself."""
+def compose_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[list[str], DictConfig]]:
+    """Every planned job's config, composed as Hydra's sweeper is about to compose it; one that
+    does not compose refuses the sweep here (exit 2, one paragraph), before its parent run
+    exists. (The sweeper would stop the whole sweep on it anyway, before launching any job.)"""
+    composed = []
+    for overrides in jobs:
+        try:
+            composed.append((overrides, compose(str(config.hydra.job.config_name), overrides=[
+                *overrides, f"output_layout.dir={config.hydra.sweep.dir}"])))
+        except COMPOSE_ERRORS as e:
+            fail(f"The sweep's job `{' '.join(overrides)}` does not compose: {why(e)}. "
+                 "Fix that override; no job ran.")
+    return composed
+
+
+def why(e: Exception) -> str:
+    """Hydra's compose error on one line, with the first line of the value error behind it."""
+    cause = str(e.__cause__).strip().splitlines()[:1] if e.__cause__ is not None else []
+    return ": ".join(" ".join(part.split()).rstrip(".") for part in [str(e), *cause])
+
+
+def share_scores(config: DictConfig, composed: list[tuple[list[str], DictConfig]],
+                 s: sweep.Sweep) -> None:
+    """Store shared scores for the planned jobs (on the parent run: ``shared_scores.json`` and
+    ``seconds/shared_scores``). Runs where the sweep was started, so not for SLURM (the login
+    node): there each job scores itself."""
     launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
     if "slurm" in launcher.lower():
         log.info("shared scores: off for %s (it would run on the submitting node); each job "
                  "scores itself", launcher.rsplit(".", 1)[-1])
         return
     cfgs = []
-    for overrides in jobs:
+    for overrides, cfg in composed:
         try:
-            composed = compose(str(config.hydra.job.config_name), overrides=[
-                *overrides, f"output_layout.dir={config.hydra.sweep.dir}"])
-            cfgs.append(OmegaConf.to_object(composed))
+            cfgs.append(OmegaConf.to_object(cfg))
         except Exception as e:  # noqa: BLE001 - that job fails on its own, with its own message
             log.info("shared scores: %s left to its job (%s)", " ".join(overrides),
                      str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
