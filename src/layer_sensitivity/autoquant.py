@@ -187,6 +187,28 @@ def frontier_point(groups: dict[str, GroupStats], recipe: dict[str, str], target
                          achieved <= target_bits + 1e-6, {h: recipe[h] for h in scoped})
 
 
+@dataclass(frozen=True)
+class Solved:
+    """Every target re-solved from one search state: what a job's solve phase needs of it."""
+
+    groups: dict[str, GroupStats]  # per-group data, ModelOpt's labels, the state's own choice
+    points: list[FrontierPoint]  # one per target, in the order given
+    chosen: dict[str, GroupStats]  # the groups with the first (main) target's choice
+    modelopt_achieved_bits: float  # the main choice over every group ModelOpt sees
+
+
+def solve(state: dict[str, Any], frozen_patterns: list[str],
+          targets: Sequence[tuple[float, float]]) -> Solved:
+    """Each (LM target, ModelOpt's all-layer target) re-solved from the scores alone; the first
+    is the main target."""
+    groups = group_stats(state, frozen_patterns)
+    recipes = [resolve(state, given) for _, given in targets]
+    points = [frontier_point(groups, recipe, target, given)
+              for recipe, (target, given) in zip(recipes, targets, strict=True)]
+    chosen = with_choice(groups, recipes[0])
+    return Solved(groups, points, chosen, modelopt_achieved_bits(chosen))
+
+
 # --------------------------------------------------------------------------------------------
 # Several formats: ModelOpt's names for them, and one search state composed from single-format ones
 
@@ -312,92 +334,3 @@ def _merged_setup_signature(states: Sequence[dict[str, Any]]) -> tuple[Any, ...]
                 raise NotComposable(f"group {entry[0]} was set up differently between searches")
             known[4] = tuple(sorted({*known[4], *entry[4]}))
     return tuple(sorted((tuple(e) for e in merged.values()), key=repr))
-
-
-# --------------------------------------------------------------------------------------------
-# Several formats searched once, split into the single-format states a search per format returns
-
-
-def run_shared(model: torch.nn.Module, batches: list[Batch], quant_cfgs: Sequence[dict[str, Any]],
-               *, method: Method, modelopt_bits: float, frozen_patterns: list[str],
-               num_score_steps: int) -> list[dict[str, Any]]:
-    """One ``auto_quantize`` over every format of ``quant_cfgs``; returns, per format, the state
-    ``run(model, batches, quant_cfgs[i], ...)`` would have returned (see :func:`split_state`)."""
-    state = run_formats(model, batches, quant_cfgs, method=method, modelopt_bits=modelopt_bits,
-                        frozen_patterns=frozen_patterns, num_score_steps=num_score_steps)
-    raw = raw_scores(model)
-    return [split_state(state, raw, quant_cfgs, i) for i in range(len(quant_cfgs))]
-
-
-def raw_scores(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-    """Each group's unclipped score per format, read from the search's hyperparameters.
-
-    ModelOpt 0.47 clips ``candidate_stats`` scores to be monotone in compression
-    (``initialize_candidate_stats``: ``score = min(score, prev_score)``), so two formats of equal
-    bits share the smaller score there. The per-(group, format) scores it clips are still held by
-    the ``QuantRecipeHparam`` of each group, which ``auto_quantize`` leaves on the model it
-    returns: ``hparam.get_score(recipe)`` is the value before clipping. Keyed by group handle,
-    then by the format's ``checkpoint_signature``.
-    """
-    from modelopt.torch.opt.utils import named_hparams
-    from modelopt.torch.quantization.algorithms import QuantRecipeHparam
-
-    out = {}
-    for name, hparam in named_hparams(model, unique=True):
-        if isinstance(hparam, QuantRecipeHparam):
-            out[name] = {r.checkpoint_signature: float(hparam.get_score(r))
-                         for r in hparam.solver_choices}
-    if not out:
-        raise RuntimeError("the searched model holds no AutoQuantize hyperparameters to read "
-                           "unclipped scores from (ModelOpt changed?)")
-    return out
-
-
-def split_state(state: dict[str, Any], raw: dict[str, dict[str, float]],
-                quant_cfgs: Sequence[dict[str, Any]], index: int) -> dict[str, Any]:
-    """The single-format state of ``quant_cfgs[index]`` out of a multi-format search.
-
-    Exact in ModelOpt 0.47 (checked bit for bit against single-format searches, both methods):
-    each format is calibrated with every group in that format and nothing else, and both methods
-    score a (group, format) against the otherwise unquantized model (gradient: one forward with
-    every group at NONE, each format's output difference per module, the same backward; kl_div: a
-    forward with that one group in that format). So a group's raw score for a format does not
-    depend on which other formats are searched; only ModelOpt's clipping does, and it is undone
-    by taking ``raw`` (see :func:`raw_scores`) and applying the rule to [format, NONE] alone.
-    The format is renamed as a single-format call names it (``CUSTOM_0`` unless a preset);
-    ``best`` is left for readers to re-solve (as in ModelOpt's own checkpoint).
-    """
-    from modelopt.torch.quantization.algorithms import QuantRecipe
-
-    multi = search_recipes(quant_cfgs)[index]
-    (single,) = search_recipes([quant_cfgs[index]])
-    none = QuantRecipe(quant_cfg=None)
-    keep = {multi.checkpoint_signature, none.checkpoint_signature}
-    stats = {}
-    for handle, st in state["candidate_stats"].items():
-        pick = [i for i, f in enumerate(st["formats"]) if f.checkpoint_signature in keep]
-        formats = [single if st["formats"][i] == multi else st["formats"][i] for i in pick]
-        scores, previous = [], float("inf")
-        for i in pick:  # ModelOpt's rule, over this format and NONE only
-            own = raw.get(handle, {}).get(st["formats"][i].checkpoint_signature)
-            if own is None:
-                raise NotComposable(f"no unclipped score for group {handle}")
-            previous = min(own, previous)
-            scores.append(previous)
-        stats[handle] = {**copy.deepcopy({k: v for k, v in st.items()
-                                          if k not in ("formats", "scores", "costs")}),
-                         "formats": formats, "scores": scores,
-                         "costs": [st["costs"][i] for i in pick]}
-    out = {k: copy.deepcopy(v) for k, v in state.items()
-           if k not in ("candidate_stats", "quantizer_states", "best")}
-    out.update({
-        "candidate_stats": stats,
-        "quantizer_states": {single: state["quantizer_states"][multi]},
-        "best": {"recipe": {}, "constraints": {}, "score": float("inf"), "is_satisfied": False},
-        "quantization_formats_signature": (single.checkpoint_signature,),
-    })
-    if state.get("resolved_search_setup_signature") is not None:
-        out["resolved_search_setup_signature"] = tuple(
-            (*item[:4], tuple(s for s in item[4] if s in keep), *item[5:])
-            for item in state["resolved_search_setup_signature"])
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ class Captions:
     available: int  # non-blank lines in the file
     requested: int  # samples the config asked for
 
-    @property
+    @cached_property  # computed once: the score key, the batches' key and the manifest read it
     def sha256(self) -> str:
         """Digest of exactly the captions used (one per line), independent of blank lines."""
         return hashlib.sha256("".join(f"{line}\n" for line in self.lines).encode()).hexdigest()
@@ -122,6 +123,11 @@ def batch_tokens(batches: list[Batch]) -> tuple[int, int]:
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     total = sum(b["input_ids"].numel() for b in batches)
     return real, total
+
+
+def token_facts(batches: list[Batch], seq_len: int) -> tuple[int, int, int]:
+    """(real tokens, padded positions, captions cut at ``seq_len``): what a manifest records."""
+    return (*batch_tokens(batches), truncated_count(batches, seq_len))
 
 
 def truncated_count(batches: list[Batch], seq_len: int) -> int:

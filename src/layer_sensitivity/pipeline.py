@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +66,9 @@ class Plan:
     random_init: RandomInit | None = None  # model.init=random: its weightless directory
     digest_memos: list[digest.ShardMemo] = field(default_factory=list)
     images: image_captions.ImageCaptions | None = None  # dataset.modality=image_text
+    # The pair's quantizer settings as the manifest records them (from quant_cfg, once).
+    weight_quantizer: dict[str, Any] = field(default_factory=dict)
+    input_quantizer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_settings(self) -> image_captions.ImageSettings:
@@ -145,7 +148,9 @@ def plan(cfg: SensitivityConfig) -> Plan:
                       if aq.reuse_scores else (None, []))
     return Plan(cfg, ckpt.path, ckpt.fingerprint, device, captions, quant_cfg,
                 catalogue.format_name(pair, cfg.quant_granularity), fmt_bits, targets,
-                score_samples, frozen, weights, ckpt.random_init, memos, images)
+                score_samples, frozen, weights, ckpt.random_init, memos, images,
+                catalogue.quantizer_settings(quant_cfg, catalogue.WEIGHT),
+                catalogue.quantizer_settings(quant_cfg, catalogue.INPUT))
 
 
 def write_planned(p: Plan) -> None:
@@ -238,6 +243,7 @@ class Solution:
     groups: dict[str, GroupStats]  # the main target's choice per group
     autoquant: dict[str, Any]  # achieved bits, total score, satisfied
     frontier: list[dict[str, Any]]
+    modelopt_bits: float  # what the solver was given for the main target
 
 
 def calibration_data(p: Plan, resources: Resources) -> list[calibration.Batch]:
@@ -264,29 +270,24 @@ def calibration_data(p: Plan, resources: Resources) -> list[calibration.Batch]:
 
 def solve(p: Plan, s: scoring.Scores) -> Solution:
     """Every target re-solved from the scores alone, the same way for stored and fresh scores."""
-    raw = autoquant.group_stats(s.state, p.frozen_patterns)
-    frontier, main = [], None
-    for target in p.targets:
-        given = s.modelopt_bits(target)
-        recipe = autoquant.resolve(s.state, given)
-        point = autoquant.frontier_point(raw, recipe, target, given)
-        main = main or (recipe, point)
-        frontier.append({**point.as_dict(), "recipe": {
-            h: catalogue.custom_label(f, p.format_name) for h, f in point.recipe.items()}})
-    assert main is not None
-    recipe, point = main
-    chosen = autoquant.with_choice(raw, recipe)
-    groups = catalogue.name_custom_format(chosen, p.format_name)
+    solved = autoquant.solve(s.state, p.frozen_patterns,
+                             [(target, s.modelopt_bits(target)) for target in p.targets])
+    label = p.format_name  # ModelOpt's CUSTOM_0(...) label of the pair's config, renamed
+    frontier = [{**asdict(point), "recipe": {h: catalogue.custom_label(f, label)
+                                             for h, f in point.recipe.items()}}
+                for point in solved.points]
+    groups = catalogue.name_custom_format(solved.chosen, label)
+    point = solved.points[0]
     if point.achieved_bits > p.target_bits + 1e-6 or not point.satisfied:
         log.warning("the solver did not meet %.4g LM bits (achieved %.4f)", p.target_bits,
                     point.achieved_bits)
     return Solution(groups, {
         "effective_bits_achieved": point.achieved_bits,
-        "modelopt_effective_bits_achieved": autoquant.modelopt_achieved_bits(chosen),
+        "modelopt_effective_bits_achieved": solved.modelopt_achieved_bits,
         "min_effective_bits": min_scope_bits(groups),
         "total_score": point.total_score,
         "satisfied": point.satisfied,
-    }, frontier if len(p.targets) > 1 else [])
+    }, frontier if len(p.targets) > 1 else [], point.modelopt_bits)
 
 
 class ScoreCounts(Protocol):
@@ -296,15 +297,13 @@ class ScoreCounts(Protocol):
     weights_in_scope: int
     weights_frozen: int
 
-    def modelopt_bits(self, target: float) -> float: ...
-
 
 def job_facts(p: Plan, s: ScoreCounts, batches: list[calibration.Batch], *, scheme_name: str,
-              target_bits: float, format_name: str, weight_quantizer: dict[str, Any],
-              input_quantizer: dict[str, Any], modelopt_config: dict[str, Any]
-              ) -> manifest.JobFacts:
+              target_bits: float, modelopt_bits: float, format_name: str,
+              weight_quantizer: dict[str, Any], input_quantizer: dict[str, Any],
+              modelopt_config: dict[str, Any]) -> manifest.JobFacts:
     """What the manifest records besides the groups: plan, data and the scores' counts."""
-    real, padded = calibration.batch_tokens(batches)
+    real, padded, truncated = calibration.token_facts(batches, p.cfg.dataset.calib_seq_len)
     return manifest.JobFacts(
         scheme_name=scheme_name, checkpoint=str(p.checkpoint), fingerprint=p.fingerprint,
         device=p.device, dtype=s.dtype, weights_in_scope=s.weights_in_scope,
@@ -313,10 +312,10 @@ def job_facts(p: Plan, s: ScoreCounts, batches: list[calibration.Batch], *, sche
         samples_max=p.captions.requested, samples_available=p.captions.available,
         batches=len(batches), score_batches=p.score_steps, score_samples=p.score_samples,
         real_tokens=real, padded_tokens=padded, target_bits=target_bits,
-        modelopt_bits=s.modelopt_bits(target_bits), format_name=format_name,
+        modelopt_bits=modelopt_bits, format_name=format_name,
         weight_quantizer=weight_quantizer, input_quantizer=input_quantizer,
         modelopt_config=modelopt_config, versions=versions(),
-        truncated_captions=calibration.truncated_count(batches, p.cfg.dataset.calib_seq_len),
+        truncated_captions=truncated,
         modality=p.cfg.dataset.modality.value, images=image_facts(p, batches))
 
 
@@ -335,9 +334,8 @@ def write_outputs(p: Plan, s: scoring.Scores, sol: Solution, batches: list[calib
     """The manifest, its reports and figures, and one recipe per frontier target."""
     doc = manifest.build(p.cfg, job_facts(
         p, s, batches, scheme_name=p.scheme_name, target_bits=p.target_bits,
-        format_name=p.format_name,
-        weight_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
-        input_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
+        modelopt_bits=sol.modelopt_bits, format_name=p.format_name,
+        weight_quantizer=p.weight_quantizer, input_quantizer=p.input_quantizer,
         modelopt_config=recipes.jsonable(p.quant_cfg)), sol.groups, sol.autoquant, sol.frontier,
         s.cache)
     files = [manifest.write(doc, out_dir), *report.write_reports(doc, out_dir)]

@@ -2,7 +2,7 @@
 
 A sweep over pairs repeats the expensive part of every job: the forward and backward passes that
 score each layer group. With gradient scores, one search over all the pairs' formats yields every
-pair's scores exactly (bit for bit; :func:`autoquant.split_state` says why), so
+pair's scores exactly (bit for bit; :func:`split_state` says why), so
 :func:`precompute` runs that search once per set of jobs that share model, data, method and score
 settings, and stores each pair's single-format state under the key its own job computes. Each job
 then runs as usual and finds its scores stored (a cache hit): its run, status (FINISHED, FAILED,
@@ -24,6 +24,7 @@ No Hydra, no MLflow.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -31,13 +32,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import autoquant, pipeline, scorecache, scoring
 from .errors import UserError
 from .model import placement, scope
 from .reuse import Resources
 from .schema import Method, SensitivityConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .calibration import Batch
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +208,98 @@ def _search(plans: list[pipeline.Plan], resources: Resources) -> list[dict[str, 
              ", ".join(f"{q.cfg.quant_pair.name}/{q.cfg.quant_granularity.name}" for q in plans))
     torch.manual_seed(p.cfg.autoquant.seed)
     try:
-        return autoquant.run_shared(
+        return run_shared(
             loaded.model, on_device, [q.quant_cfg for q in plans], method=p.cfg.autoquant.method,
             modelopt_bits=scope.modelopt_bits(SEARCH_BITS, in_scope, frozen),
             frozen_patterns=p.frozen_patterns, num_score_steps=p.score_steps)
     finally:
         del loaded, on_device
+
+
+# ------------------------------------------------------------------------------------------
+# Several formats searched once, split into the single-format states a search per format returns
+
+
+def run_shared(model: torch.nn.Module, batches: list[Batch], quant_cfgs: Sequence[dict[str, Any]],
+               *, method: Method, modelopt_bits: float, frozen_patterns: list[str],
+               num_score_steps: int) -> list[dict[str, Any]]:
+    """One ``auto_quantize`` over every format of ``quant_cfgs``; returns, per format, the state
+    ``autoquant.run(model, batches, quant_cfgs[i], ...)`` would have returned (see :func:`split_state`)."""
+    state = autoquant.run_formats(model, batches, quant_cfgs, method=method, modelopt_bits=modelopt_bits,
+                        frozen_patterns=frozen_patterns, num_score_steps=num_score_steps)
+    raw = raw_scores(model)
+    return [split_state(state, raw, quant_cfgs, i) for i in range(len(quant_cfgs))]
+
+
+def raw_scores(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Each group's unclipped score per format, read from the search's hyperparameters.
+
+    ModelOpt 0.47 clips ``candidate_stats`` scores to be monotone in compression
+    (``initialize_candidate_stats``: ``score = min(score, prev_score)``), so two formats of equal
+    bits share the smaller score there. The per-(group, format) scores it clips are still held by
+    the ``QuantRecipeHparam`` of each group, which ``auto_quantize`` leaves on the model it
+    returns: ``hparam.get_score(recipe)`` is the value before clipping. Keyed by group handle,
+    then by the format's ``checkpoint_signature``.
+    """
+    from modelopt.torch.opt.utils import named_hparams
+    from modelopt.torch.quantization.algorithms import QuantRecipeHparam
+
+    out = {}
+    for name, hparam in named_hparams(model, unique=True):
+        if isinstance(hparam, QuantRecipeHparam):
+            out[name] = {r.checkpoint_signature: float(hparam.get_score(r))
+                         for r in hparam.solver_choices}
+    if not out:
+        raise RuntimeError("the searched model holds no AutoQuantize hyperparameters to read "
+                           "unclipped scores from (ModelOpt changed?)")
+    return out
+
+
+def split_state(state: dict[str, Any], raw: dict[str, dict[str, float]],
+                quant_cfgs: Sequence[dict[str, Any]], index: int) -> dict[str, Any]:
+    """The single-format state of ``quant_cfgs[index]`` out of a multi-format search.
+
+    Exact in ModelOpt 0.47 (checked bit for bit against single-format searches, both methods):
+    each format is calibrated with every group in that format and nothing else, and both methods
+    score a (group, format) against the otherwise unquantized model (gradient: one forward with
+    every group at NONE, each format's output difference per module, the same backward; kl_div: a
+    forward with that one group in that format). So a group's raw score for a format does not
+    depend on which other formats are searched; only ModelOpt's clipping does, and it is undone
+    by taking ``raw`` (see :func:`raw_scores`) and applying the rule to [format, NONE] alone.
+    The format is renamed as a single-format call names it (``CUSTOM_0`` unless a preset);
+    ``best`` is left for readers to re-solve (as in ModelOpt's own checkpoint).
+    """
+    from modelopt.torch.quantization.algorithms import QuantRecipe
+
+    multi = autoquant.search_recipes(quant_cfgs)[index]
+    (single,) = autoquant.search_recipes([quant_cfgs[index]])
+    none = QuantRecipe(quant_cfg=None)
+    keep = {multi.checkpoint_signature, none.checkpoint_signature}
+    stats = {}
+    for handle, st in state["candidate_stats"].items():
+        pick = [i for i, f in enumerate(st["formats"]) if f.checkpoint_signature in keep]
+        formats = [single if st["formats"][i] == multi else st["formats"][i] for i in pick]
+        scores, previous = [], float("inf")
+        for i in pick:  # ModelOpt's rule, over this format and NONE only
+            own = raw.get(handle, {}).get(st["formats"][i].checkpoint_signature)
+            if own is None:
+                raise autoquant.NotComposable(f"no unclipped score for group {handle}")
+            previous = min(own, previous)
+            scores.append(previous)
+        stats[handle] = {**copy.deepcopy({k: v for k, v in st.items()
+                                          if k not in ("formats", "scores", "costs")}),
+                         "formats": formats, "scores": scores,
+                         "costs": [st["costs"][i] for i in pick]}
+    out = {k: copy.deepcopy(v) for k, v in state.items()
+           if k not in ("candidate_stats", "quantizer_states", "best")}
+    out.update({
+        "candidate_stats": stats,
+        "quantizer_states": {single: state["quantizer_states"][multi]},
+        "best": {"recipe": {}, "constraints": {}, "score": float("inf"), "is_satisfied": False},
+        "quantization_formats_signature": (single.checkpoint_signature,),
+    })
+    if state.get("resolved_search_setup_signature") is not None:
+        out["resolved_search_setup_signature"] = tuple(
+            (*item[:4], tuple(s for s in item[4] if s in keep), *item[5:])
+            for item in state["resolved_search_setup_signature"])
+    return out

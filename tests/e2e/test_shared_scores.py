@@ -71,14 +71,14 @@ def test_split_states_equal_single_format_searches(method: Method, pairs: tuple[
                           "frozen_patterns": p.frozen_patterns, "num_score_steps": len(batches)}
     shared_model = copy.deepcopy(loaded.model)
     multi = autoquant.run_formats(shared_model, batches, cfgs, **kw)
-    raw = autoquant.raw_scores(shared_model)
+    raw = shared_scores.raw_scores(shared_model)
     clipped = sum(s != raw[h][f.checkpoint_signature]
                   for h, st in multi["candidate_stats"].items()
                   for f, s in zip(st["formats"], st["scores"], strict=True))
     assert clipped > 0  # the shared search's own candidate_stats are no per-pair scores
     for i, cfg in enumerate(cfgs):
         single = autoquant.run(copy.deepcopy(loaded.model), batches, cfg, **kw)
-        split = autoquant.split_state(multi, raw, cfgs, i)
+        split = shared_scores.split_state(multi, raw, cfgs, i)
         assert set(split) == set(single)
         differ = [k for k in single if k != "best" and not _same(split[k], single[k])]
         assert differ == [], (pairs[i], differ)

@@ -53,8 +53,9 @@ def build_manifest(mp: MixedPlan, s: MixedScores, sol: MixedSolution,
     p = mp.formats[0]
     doc = manifest.build(mp.cfg, pipeline.job_facts(
         p, s, batches, scheme_name=mp.scheme_name, target_bits=mp.budgets[0],
-        format_name="+".join(mp.names), weight_quantizer={}, input_quantizer={},
-        modelopt_config={}), sol.groups, sol.autoquant, sol.frontier, s.cache)
+        modelopt_bits=s.modelopt_bits(mp.budgets[0]), format_name="+".join(mp.names),
+        weight_quantizer={}, input_quantizer={}, modelopt_config={}),
+        sol.groups, sol.autoquant, sol.frontier, s.cache)
     return doc.as_mixed(mp.names, KIND, _quantization(mp), Mixed.model_validate({
         "pairs": mp.pairs, "requested": mp.requested, "budgets": mp.budgets,
         "strategy": mp.strategy, "composed": s.composed, "reason": s.reason,
