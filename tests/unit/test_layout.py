@@ -35,7 +35,7 @@ TESTED_ELSEWHERE = {
                    "tests/unit/cli/test_common.py, run as a process by tests/e2e/test_sensitivity.py",
     "autoquant.py": "ModelOpt's search needs a model: tests/e2e/test_sensitivity.py, "
                     "tests/e2e/test_shared_scores.py; composing and re-solving states in "
-                    "tests/unit/test_mixed.py",
+                    "tests/unit/test_mixed.py, a job's re-solving in tests/unit/test_rooms.py",
     "evaluate.py": "quantizes and runs the model: tests/e2e/test_validity.py, tests/e2e/test_mixed.py",
     "export.py": "exports a quantized model: tests/e2e/test_export.py; refusals before loading in "
                  "tests/unit/catalogue/test_runtimes.py",

@@ -31,12 +31,12 @@ from types import FrameType
 from typing import Any
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from layer_sensitivity import autoquant, pipeline, scorecache, scoring
 from layer_sensitivity.cli.config_store import CONF_DIR
+from layer_sensitivity.model import placement
 from layer_sensitivity.reuse import Resources
 from layer_sensitivity.schema import SensitivityConfig
 
@@ -44,7 +44,6 @@ PACKAGE = Path(pipeline.__file__).parent
 CONDUCTOR = "pipeline"
 STOPWATCH = "phases"
 MAX_ENTRIES = 2
-
 
 _ROOMS: dict[str, str | None] = {}
 
@@ -61,6 +60,7 @@ def room(frame: FrameType) -> str | None:
 
 
 def package_frame(frame: FrameType | None) -> FrameType | None:
+    """The nearest frame of the package at or below ``frame`` (others are transparent)."""
     while frame is not None and room(frame) is None:
         frame = frame.f_back
     return frame
@@ -128,7 +128,7 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Walk:
     resources = Resources()
     batches = pipeline.calibration_data(p, resources)
     cache = scorecache.ScoreCache(Path(p.cfg.autoquant.score_cache_dir))
-    dtype = torch.float32 if p.cfg.model.dtype == "float32" else torch.float32
+    dtype = placement.resolve_dtype(p.cfg.model.dtype, p.device)  # as the scores phase keys it
     cache.store(cache.key(scoring.score_key_ingredients(p, dtype, batches)),
                 _synthetic_state(p.quant_cfg))
     walk = Walk()
@@ -145,3 +145,13 @@ def test_the_plan_enters_each_room_at_most_twice(walk: Walk) -> None:
     shown = "\n".join(f"{a} -> {b}" for a, b in walk.moves)
     assert walk.entries["scoring"] >= 1 and walk.entries["manifest"] >= 1, shown  # it walked
     assert {r: n for r, n in walk.entries.items() if n > MAX_ENTRIES} == {}, shown
+
+
+def test_autoquant_solve_answers_the_solve_phase_in_one_call(tmp_path: Path) -> None:
+    state = _synthetic_state(pipeline.plan(_cfg(tmp_path)).quant_cfg)
+    solved = autoquant.solve(state, [], [(16.0, 16.0), (12.0, 12.0)])  # main target first
+    assert [p.target_bits for p in solved.points] == [16.0, 12.0]
+    assert solved.points[0].achieved_bits == 16.0 and solved.modelopt_achieved_bits == 16.0
+    assert all(g.chosen.startswith("NONE") for g in solved.chosen.values())  # the main choice
+    assert solved.points[1].achieved_bits <= 12.0 and solved.points[1].satisfied
+    assert solved.groups.keys() == solved.chosen.keys() == state["candidate_stats"].keys()
