@@ -114,6 +114,8 @@ def compose_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[list[s
         except COMPOSE_ERRORS as e:
             fail(f"The sweep's job `{' '.join(overrides)}` does not compose: {why(e)}. "
                  "Fix that override; no job ran.")
+        except Exception as e:  # noqa: BLE001 - not a compose error: Hydra's sweeper decides
+            log.info("%s not composed here (%s)", " ".join(overrides), why(e))
     return composed
 
 
