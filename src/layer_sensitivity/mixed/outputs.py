@@ -13,7 +13,6 @@ import pandas as pd
 
 from .. import (
     calibration,
-    catalogue,
     figures,
     manifest,
     pipeline,
@@ -72,8 +71,7 @@ def _quantization(mp: MixedPlan) -> Quantization:
         formats=[FormatInfo(
             name=p.format_name, pair=p.cfg.quant_pair.name, bits=p.format_bits,
             modelopt_base=p.cfg.quant_pair.modelopt_base,
-            weight_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.WEIGHT),
-            input_quantizer=catalogue.quantizer_settings(p.quant_cfg, catalogue.INPUT),
+            weight_quantizer=p.weight_quantizer, input_quantizer=p.input_quantizer,
             experimental=p.cfg.quant_pair.experimental,
         ) for p in mp.formats],
         modelopt_configs={p.format_name: recipes.jsonable(p.quant_cfg) for p in mp.formats},

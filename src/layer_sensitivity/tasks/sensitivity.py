@@ -121,10 +121,8 @@ def resolved_params(plan: pipeline.Plan) -> dict[str, Any]:
         "resolved.samples": len(plan.captions.lines),
         "resolved.score_samples": plan.score_samples,
         "resolved.effective_bits_requested": plan.target_bits,
-        "resolved.weight_quantizer": catalogue.quantizer_settings(
-            plan.quant_cfg, catalogue.WEIGHT)["summary"],
-        "resolved.input_quantizer": catalogue.quantizer_settings(
-            plan.quant_cfg, catalogue.INPUT)["summary"],
+        "resolved.weight_quantizer": plan.weight_quantizer["summary"],
+        "resolved.input_quantizer": plan.input_quantizer["summary"],
     }
 
 
